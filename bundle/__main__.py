@@ -1,0 +1,3 @@
+from bundle.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,207 @@
+"""netbundle's command line: thin; parses, calls, prints, exits with a documented code.
+
+Exit codes: 0 ok; 1 internal error; 2 usage; 3 invalid bundle; 4 unsupported
+bundle format version; 5 bundle written but some slice partial or failed;
+6 could not write; 7 lab error; 8 render error; 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+from typing import NoReturn
+
+from bundle import __version__
+from bundle.errors import NetbundleError, UsageError
+
+
+def _fatal(message: str, code: int) -> NoReturn:
+    sys.stderr.write(f"netbundle: error: {message.splitlines()[0] if message else 'failed'}\n")
+    raise SystemExit(code)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        _fatal(f"{message} (see --help)", 2)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="netbundle", description="Network-incident evidence bundles for Linux and Kubernetes.")
+    p.add_argument("--version", action="version", version=f"netbundle {__version__}")
+    p.add_argument("--debug", action="store_true", help="re-raise errors with a traceback")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    c = sub.add_parser("collect", help="gather evidence into one .tar.zst bundle")
+    c.add_argument("--target", "-t", action="append", default=[], metavar="IP[:PORT]", help="repeatable")
+    c.add_argument("--netns", action="append", default=[], metavar="NAME", help="a named netns (repeatable)")
+    c.add_argument("--netns-pid", action="append", default=[], metavar="PID", help="a process's netns (repeatable)")
+    c.add_argument("--netns-path", action="append", default=[], metavar="PATH", help="a netns file (repeatable)")
+    c.add_argument("--host", action="store_true", help="also collect from this process's own netns "
+                   "(the default when no netns is named)")
+    c.add_argument("--passive", action="store_true", help="send no probe packets")
+    c.add_argument("--timeout", type=float, default=60.0, help="overall deadline in seconds (default 60)")
+    c.add_argument("--slice", action="append", dest="slices", metavar="NAME", help="only these slices")
+    c.add_argument("--ticket")
+    c.add_argument("--note")
+    c.add_argument("-o", "--output", type=Path)
+    c.add_argument("--json", action="store_true", help="print the outcome as JSON")
+
+    v = sub.add_parser("validate", help="verify a bundle: structure, checksums, schemas, version")
+    v.add_argument("bundle", type=Path)
+    v.add_argument("--json", action="store_true")
+
+    s = sub.add_parser("show", help="terminal summary of a bundle")
+    s.add_argument("bundle", type=Path)
+    s.add_argument("--json", action="store_true")
+
+    r = sub.add_parser("render", help="write the self-contained HTML appendix")
+    r.add_argument("bundle", type=Path)
+    r.add_argument("-o", "--output", type=Path)
+
+    lab = sub.add_parser("lab", help="reproducible incident scenarios in network namespaces")
+    lsub = lab.add_subparsers(dest="lab_command", required=True, parser_class=_Parser)
+    up = lsub.add_parser("up", help="build a scenario")
+    up.add_argument("scenario")
+    up.add_argument("--json", action="store_true")
+    down = lsub.add_parser("down", help="remove a scenario")
+    down.add_argument("scenario")
+    lsub.add_parser("list", help="scenarios and whether they are up")
+    return p
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+def _cmd_collect(args: argparse.Namespace, argv: list[str]) -> int:
+    from bundle.collect import vantage
+    from bundle.collect.engine import CollectRequest, Progress, collect
+    from bundle.collect.targets import parse_target
+
+    if args.timeout <= 0:
+        raise UsageError("--timeout must be positive")
+    targets = [parse_target(t) for t in args.target]
+    specs = [vantage.named(n) for n in args.netns] + [vantage.pid(p) for p in args.netns_pid]
+    specs += [vantage.path(p) for p in args.netns_path]
+    if args.host or not specs:
+        specs.insert(0, vantage.host())
+    tty = sys.stderr.isatty() and not args.json
+
+    def progress(ev: Progress) -> None:
+        if tty:
+            why = f"  ({ev.reason})" if ev.reason else ""
+            sys.stderr.write(f"  {ev.vantage:<24} {ev.slice:<8} {ev.status.value:<8} {ev.duration_s:6.1f}s{why}\n")
+
+    req = CollectRequest(targets=targets, vantages=vantage.dedupe(specs), output=args.output, passive=args.passive,
+                         timeout_s=args.timeout, ticket=args.ticket, note=args.note, argv=argv,
+                         slices=args.slices, debug=args.debug)
+    outcome = collect(req, progress)
+    if args.json:
+        print(json.dumps({"bundle": str(outcome.path), "exit_code": outcome.exit_code,
+                          "slices": [s.model_dump(mode="json") for s in outcome.manifest.slices] if outcome.manifest else []}))
+    else:
+        print(outcome.path)
+        if outcome.exit_code == 5 and outcome.manifest:
+            bad = [f"{s.vantage}/{s.slice}: {s.status.value} ({s.reason})" for s in outcome.manifest.slices
+                   if s.status.value in ("partial", "failed")]
+            sys.stderr.write("netbundle: bundle written, but not every slice completed:\n  " + "\n  ".join(bad) + "\n")
+        if outcome.interrupted:
+            sys.stderr.write("netbundle: interrupted; the bundle holds what was collected before\n")
+    return outcome.exit_code
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from bundle.archive import read_bundle
+
+    b = read_bundle(args.bundle)
+    if args.json:
+        print(json.dumps({"valid": True, "bundle_id": b.manifest.bundle_id,
+                          "format_version": b.manifest.format_version, "members": len(b.manifest.members)}))
+    else:
+        print(f"{args.bundle}: valid netbundle {b.manifest.format_version}, {len(b.manifest.members)} members verified")
+    return 0
+
+
+def _cmd_show(args: argparse.Namespace) -> int:
+    from bundle.archive import read_bundle
+    from bundle.render.text import summary
+
+    b = read_bundle(args.bundle)
+    if args.json:
+        print(b.manifest.model_dump_json(indent=2))
+    else:
+        sys.stdout.write(summary(b))
+    return 0
+
+
+def _cmd_render(args: argparse.Namespace) -> int:
+    from bundle.archive import read_bundle
+    from bundle.render.html import render_html
+
+    b = read_bundle(args.bundle)
+    out: Path = args.output or args.bundle.with_name(args.bundle.name.removesuffix(".tar.zst") + ".html")
+    html = render_html(b)
+    tmp = out.with_name(f".{out.name}.part")
+    try:
+        tmp.write_text(html, encoding="utf-8")
+        tmp.replace(out)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        from bundle.errors import RenderError
+
+        raise RenderError(f"cannot write {out}: {exc.strerror}") from None
+    print(out)
+    return 0
+
+
+def _cmd_lab(args: argparse.Namespace) -> int:
+    from bundle.lab import scenarios
+
+    if args.lab_command == "up":
+        info = scenarios.up(args.scenario)
+        if args.json:
+            print(json.dumps(info.as_dict(), indent=2))
+        else:
+            sys.stdout.write(info.describe())
+    elif args.lab_command == "down":
+        removed = scenarios.down(args.scenario)
+        print(f"removed {len(removed)} namespace(s): {' '.join(removed) or '-'}")
+    else:
+        for name, state in scenarios.status().items():
+            print(f"{name:<12} {state}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    raw = list(sys.argv[1:] if argv is None else argv)
+    args = _parser().parse_args(raw)
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        if args.command == "collect":
+            code = _cmd_collect(args, ["netbundle", *raw])
+        elif args.command == "validate":
+            code = _cmd_validate(args)
+        elif args.command == "show":
+            code = _cmd_show(args)
+        elif args.command == "render":
+            code = _cmd_render(args)
+        else:
+            code = _cmd_lab(args)
+    except NetbundleError as exc:
+        if args.debug:
+            raise
+        _fatal(str(exc), exc.exit_code)
+    except KeyboardInterrupt:
+        _fatal("interrupted", 130)
+    except BrokenPipeError:
+        return 0
+    return code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Collection: the engine, vantages and one module per slice."""

@@ -1,0 +1,72 @@
+"""What a collector declares and returns; the engine does the running.
+
+A collector runs inside its vantage's netns (in the agent process), returns
+documents and artifacts, and never prints. Needs are values the engine checks,
+so "skipped: needs CAP_NET_ADMIN" lands in the manifest without an `if` buried
+in the collector.
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+from bundle.models import MediaType, Model, Provenance, SliceStatus, Target
+
+
+@dataclass(frozen=True)
+class Needs:
+    """Preconditions: capabilities without which the slice is skipped outright."""
+
+    capabilities: tuple[str, ...] = ()
+
+    def unmet(self, have: list[str]) -> list[str]:
+        return [f"needs {cap}" for cap in self.capabilities if cap not in have]
+
+
+@dataclass
+class Artifact:
+    name: str
+    data: bytes
+    media_type: MediaType | str
+    provenance: Provenance
+
+    @classmethod
+    def document(cls, name: str, doc: Model, media_type: MediaType, source: str, started: float) -> Artifact:
+        return cls(
+            name=name,
+            data=doc.model_dump_json(indent=1).encode(),
+            media_type=media_type,
+            provenance=Provenance(source=source, duration_s=round(time.monotonic() - started, 6)),
+        )
+
+
+@dataclass
+class SliceResult:
+    status: SliceStatus
+    artifacts: list[Artifact] = field(default_factory=list)
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
+class SliceContext:
+    vantage_id: str
+    targets: tuple[Target, ...]
+    passive: bool
+    deadline: float  # time.monotonic() value the slice must finish by
+    capabilities: tuple[str, ...] = ()
+
+    def remaining(self) -> float:
+        return max(0.0, self.deadline - time.monotonic())
+
+
+class Collector(ABC):
+    name: ClassVar[str]
+    description: ClassVar[str]
+    needs: ClassVar[Needs] = Needs()
+
+    @abstractmethod
+    def collect(self, ctx: SliceContext) -> SliceResult:
+        """Gather this slice from the current netns."""

@@ -1,0 +1,348 @@
+"""Run every slice in every vantage under one deadline, stage what arrives, write one bundle.
+
+Each vantage gets one agent process inside its netns; agents run
+concurrently. Whatever happens (a slice raising, hanging, an agent dying,
+Ctrl-C, SIGTERM), what was collected is written and the manifest says what
+was not and why.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import getpass
+import json
+import os
+import platform
+import queue
+import re
+import secrets
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from bundle import __version__
+from bundle.archive import StagedBundle
+from bundle.collect.registry import collectors
+from bundle.collect.vantage import VantageSpec
+from bundle.errors import BundleWriteError, UsageError
+from bundle.models import (
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    READ_COMPATIBLE_FORMAT_VERSION,
+    HostFacts,
+    Invocation,
+    Manifest,
+    MediaType,
+    Privileges,
+    Provenance,
+    SliceRun,
+    SliceStatus,
+    Target,
+    Vantage,
+)
+
+EXIT_OK = 0
+EXIT_INCOMPLETE = 5
+EXIT_INTERRUPTED = 130
+_GRACE_S = 1.5  # the agent's own deadline sits this much inside ours
+
+
+@dataclass(frozen=True)
+class CollectRequest:
+    targets: list[Target]
+    vantages: list[VantageSpec]
+    output: Path | None = None
+    passive: bool = False
+    timeout_s: float = 60.0
+    ticket: str | None = None
+    note: str | None = None
+    argv: list[str] = field(default_factory=list)
+    slices: list[str] | None = None
+    debug: bool = False
+
+
+@dataclass(frozen=True)
+class Progress:
+    vantage: str
+    slice: str
+    status: SliceStatus
+    duration_s: float
+    reason: str | None
+
+
+@dataclass
+class CollectOutcome:
+    path: Path | None
+    manifest: Manifest | None
+    exit_code: int
+    interrupted: bool = False
+
+
+def host_facts() -> HostFacts:
+    try:
+        boot_id: str | None = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        boot_id = None
+    uname = platform.uname()
+    return HostFacts(hostname=socket.gethostname(), kernel=f"{uname.release} {uname.version}",
+                     boot_id=boot_id, machine=uname.machine)
+
+
+def default_output(created: datetime, hostname: str, directory: Path = Path(".")) -> Path:
+    """incident-YYYYmmdd-HHMM-<host>.tar.zst, never clobbering an earlier bundle."""
+    host = re.sub(r"[^A-Za-z0-9.-]", "_", hostname)[:48] or "host"
+    stem = f"incident-{created:%Y%m%d-%H%M}-{host}"
+    candidate, n = directory / f"{stem}.tar.zst", 2
+    while candidate.exists():
+        candidate, n = directory / f"{stem}-{n}.tar.zst", n + 1
+    return candidate
+
+
+class _Agent(threading.Thread):
+    """Starts one vantage's agent and forwards its JSON lines to the engine's queue."""
+
+    def __init__(self, spec: VantageSpec, request: dict[str, Any], events: queue.Queue[tuple[str, dict[str, Any]]]) -> None:
+        super().__init__(daemon=True, name=f"agent-{spec.id}")
+        self.spec = spec
+        self.request = request
+        self.events = events
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.stderr = tempfile.TemporaryFile()
+
+    def run(self) -> None:
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "bundle.collect.agent"],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr,
+            )
+            assert self.proc.stdin is not None and self.proc.stdout is not None
+            self.proc.stdin.write(json.dumps(self.request).encode())
+            self.proc.stdin.close()
+            for line in self.proc.stdout:
+                try:
+                    event = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(event, dict):
+                    self.events.put((self.spec.id, event))
+            self.proc.wait()
+        except OSError as exc:
+            self.events.put((self.spec.id, {"event": "crash", "reason": f"cannot start agent: {exc}"}))
+        finally:
+            self.events.put((self.spec.id, {"event": "exit"}))
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+
+    def stderr_tail(self, limit: int = 2000) -> str:
+        self.stderr.seek(0)
+        return self.stderr.read()[-limit:].decode(errors="replace")
+
+
+class _Run:
+    """The bookkeeping of one collection: vantages, slice runs, staged members."""
+
+    def __init__(self, req: CollectRequest, staged: StagedBundle, slices: list[str]) -> None:
+        self.req = req
+        self.staged = staged
+        self.slices = slices
+        self.vantages: dict[str, Vantage] = {}
+        self.runs: dict[tuple[str, str], SliceRun] = {}
+        for spec in req.vantages:
+            self.vantages[spec.id] = Vantage(id=spec.id, kind=spec.kind, ref=spec.ref, entered=False)
+            for name in slices:
+                self.runs[(spec.id, name)] = SliceRun(slice=name, vantage=spec.id, status=SliceStatus.FAILED,
+                                                      reason="not run")
+
+    def on_vantage(self, vid: str, event: dict[str, Any]) -> None:
+        v = self.vantages[vid]
+        v.entered = bool(event.get("entered"))
+        v.netns_inode = event.get("netns_inode")
+        v.error = event.get("error")
+        if event.get("privileges"):
+            v.privileges = Privileges.model_validate(event["privileges"])
+        if v.error:
+            for name in self.slices:
+                self.runs[(vid, name)].reason = v.error
+
+    def on_slice(self, vid: str, event: dict[str, Any]) -> SliceRun:
+        name = str(event.get("slice"))
+        run = self.runs.get((vid, name))
+        if run is None:
+            raise ValueError(f"agent reported an unknown slice {name!r}")
+        run.status = SliceStatus(event["status"])
+        run.reason = event.get("reason")
+        run.started = datetime.fromisoformat(event["started"]) if event.get("started") else None
+        run.finished = datetime.fromisoformat(event["finished"]) if event.get("finished") else None
+        run.duration_s = float(event.get("duration_s", 0.0))
+        for art in event.get("artifacts", []):
+            path = f"vantages/{vid}/{art['name']}"
+            prov = Provenance.model_validate(art["provenance"])
+            prov.slice, prov.vantage = name, vid
+            try:
+                data = base64.b64decode(art["data_b64"], validate=True)
+            except (binascii.Error, ValueError):
+                run.status, run.reason = SliceStatus.FAILED, f"agent sent a corrupt artifact {art['name']!r}"
+                continue
+            self.staged.add_bytes(path, data, art["media_type"], prov)
+            run.members.append(path)
+        if event.get("traceback"):
+            path = f"errors/{vid}-{name}.txt"
+            self.staged.add_bytes(path, str(event["traceback"]).encode(), MediaType.TRACEBACK,
+                                  Provenance(slice=name, vantage=vid, source="collector exception"))
+            run.members.append(path)
+        return run
+
+    def close_pending(self, reason_for: Callable[[str], str]) -> None:
+        for (vid, _), run in self.runs.items():
+            if run.reason == "not run":
+                run.reason = reason_for(vid)
+
+
+def collect(req: CollectRequest, progress: Callable[[Progress], None] | None = None) -> CollectOutcome:
+    """Collect every slice from every vantage and write the bundle; never raises for a slice's failure."""
+    if not req.vantages:
+        raise UsageError("no vantage to collect from")
+    table = collectors()
+    slices = req.slices or list(table)
+    unknown = [s for s in slices if s not in table]
+    if unknown:
+        raise UsageError(f"unknown slice(s): {', '.join(unknown)} (known: {', '.join(table)})")
+    created = datetime.now(UTC)
+    host = host_facts()
+    out = req.output or default_output(created, host.hostname)
+    if not out.parent.is_dir() or not os.access(out.parent, os.W_OK):
+        raise BundleWriteError(f"cannot write the bundle: {out.parent} is not a writable folder")
+    staged = StagedBundle(parent=out.parent.resolve())
+    try:
+        return _collect(req, progress, table_slices=slices, staged=staged, created=created, host=host, out=out)
+    finally:
+        staged.cleanup()
+
+
+def _collect(req: CollectRequest, progress: Callable[[Progress], None] | None, *, table_slices: list[str],
+             staged: StagedBundle, created: datetime, host: HostFacts, out: Path) -> CollectOutcome:
+    run = _Run(req, staged, table_slices)
+    events: queue.Queue[tuple[str, dict[str, Any]]] = queue.Queue()
+    deadline = time.monotonic() + req.timeout_s
+    agents: dict[str, _Agent] = {}
+    for spec in req.vantages:
+        problem = spec.problem()
+        if problem:
+            run.vantages[spec.id].error = problem
+            for name in table_slices:
+                run.runs[(spec.id, name)].reason = problem
+            continue
+        request = {
+            "vantage_id": spec.id, "netns_path": str(spec.path) if spec.path else None,
+            "targets": [t.model_dump(mode="json") for t in req.targets], "passive": req.passive,
+            "timeout_s": max(1.0, req.timeout_s - _GRACE_S), "slice_budget_s": req.timeout_s,
+            "slices": table_slices, "debug": req.debug,
+        }
+        agents[spec.id] = _Agent(spec, request, events)
+    for agent in agents.values():
+        agent.start()
+    live = set(agents)
+    interrupted = False
+    timed_out = False
+    try:
+        while live:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                timed_out = True
+                break
+            try:
+                vid, event = events.get(timeout=min(left, 0.5))
+            except queue.Empty:
+                continue
+            _dispatch(run, agents, live, vid, event, progress)
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        for agent in agents.values():
+            agent.kill()
+    # Keep whatever the agents delivered before they were stopped.
+    for agent in agents.values():
+        agent.join(timeout=2)
+    while True:
+        try:
+            vid, event = events.get_nowait()
+        except queue.Empty:
+            break
+        _dispatch(run, agents, live, vid, event, progress)
+
+    def reason_for(vid: str) -> str:
+        if interrupted:
+            return "interrupted before this slice finished"
+        if timed_out:
+            return f"timeout: the overall deadline of {req.timeout_s:g} s passed"
+        agent = agents.get(vid)
+        tail = agent.stderr_tail().strip().splitlines()[-1:] if agent else []
+        return "agent exited before this slice ran" + (f": {tail[0]}" if tail else "")
+
+    run.close_pending(reason_for)
+    for vid, agent in agents.items():
+        tail = agent.stderr_tail()
+        if tail.strip():
+            path = f"errors/{vid}-agent.txt"
+            staged.add_bytes(path, tail.encode(), MediaType.TEXT,
+                             Provenance(vantage=vid, source="agent stderr", truncated=len(tail) >= 2000))
+    statuses = {r.status for r in run.runs.values()}
+    if interrupted:
+        code = EXIT_INTERRUPTED
+    elif statuses <= {SliceStatus.COMPLETE, SliceStatus.SKIPPED}:
+        code = EXIT_OK
+    else:
+        code = EXIT_INCOMPLETE
+    manifest = Manifest(
+        format=FORMAT_NAME, format_version=FORMAT_VERSION, read_compatible_version=READ_COMPATIBLE_FORMAT_VERSION,
+        bundle_id=f"netbundle-{created:%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}",
+        created=created, finished=datetime.now(UTC), tool_version=__version__, host=host,
+        invocation=Invocation(argv=req.argv, user=_user(), uid=os.getuid(), exit_code=code, ticket=req.ticket,
+                              note=req.note, passive=req.passive, timeout_s=req.timeout_s),
+        targets=req.targets, vantages=list(run.vantages.values()), slices=list(run.runs.values()),
+        members=list(staged.members.values()),
+    )
+    path = staged.write(manifest, out)
+    return CollectOutcome(path=path, manifest=manifest, exit_code=code, interrupted=interrupted)
+
+
+def _dispatch(run: _Run, agents: dict[str, _Agent], live: set[str], vid: str, event: dict[str, Any],
+              progress: Callable[[Progress], None] | None) -> None:
+    kind = event.get("event")
+    if kind == "vantage":
+        run.on_vantage(vid, event)
+    elif kind == "slice":
+        try:
+            sr = run.on_slice(vid, event)
+        except (ValueError, KeyError, TypeError) as exc:
+            return _note_bad_event(run, vid, exc)
+        if progress is not None:
+            progress(Progress(vantage=vid, slice=sr.slice, status=sr.status, duration_s=sr.duration_s, reason=sr.reason))
+    elif kind == "crash":
+        run.vantages[vid].error = str(event.get("reason"))
+    elif kind == "exit":
+        live.discard(vid)
+    return None
+
+
+def _note_bad_event(run: _Run, vid: str, exc: Exception) -> None:
+    v = run.vantages[vid]
+    v.error = f"agent sent a malformed event: {exc}"
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return str(os.getuid())

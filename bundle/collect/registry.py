@@ -1,0 +1,17 @@
+"""The explicit list of collectors, keyed by name; a duplicate name is an error."""
+
+from __future__ import annotations
+
+from bundle.collect.base import Collector
+from bundle.collect.route import RouteCollector
+
+_COLLECTORS: tuple[type[Collector], ...] = (RouteCollector,)
+
+
+def collectors() -> dict[str, type[Collector]]:
+    table: dict[str, type[Collector]] = {}
+    for cls in _COLLECTORS:
+        if cls.name in table:
+            raise KeyError(f"two collectors named {cls.name!r}")
+        table[cls.name] = cls
+    return table

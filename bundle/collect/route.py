@@ -1,0 +1,255 @@
+"""Route/neighbor slice: links, addresses, rules, all route tables, neighbors,
+`route get` per target, rp_filter/forwarding, and bounded ICMP/MTU probes.
+
+Everything comes from netlink in the current netns (pyroute2: these tables
+are small enough that its full decoding costs little), never from `ip`.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+from bundle.collect import icmp
+from bundle.collect.base import Artifact, Collector, SliceContext, SliceResult
+from bundle.models import (
+    Address,
+    InterfaceSysctls,
+    Link,
+    LinkStats,
+    MediaType,
+    MissingReason,
+    Neighbor,
+    NeighborState,
+    Nexthop,
+    Route,
+    RouteLookup,
+    RouteSlice,
+    Rule,
+    SliceStatus,
+    Sysctls,
+    Unavailable,
+)
+
+_IFF = [
+    (0x1, "UP"), (0x2, "BROADCAST"), (0x4, "DEBUG"), (0x8, "LOOPBACK"), (0x10, "POINTOPOINT"),
+    (0x20, "NOTRAILERS"), (0x80, "NOARP"), (0x100, "PROMISC"), (0x200, "ALLMULTI"), (0x400, "MASTER"),
+    (0x800, "SLAVE"), (0x1000, "MULTICAST"), (0x2000, "PORTSEL"), (0x4000, "AUTOMEDIA"),
+    (0x8000, "DYNAMIC"), (0x10000, "LOWER_UP"), (0x20000, "DORMANT"), (0x40000, "ECHO"),
+]
+_NUD = [
+    (0x01, NeighborState.INCOMPLETE), (0x02, NeighborState.REACHABLE), (0x04, NeighborState.STALE),
+    (0x08, NeighborState.DELAY), (0x10, NeighborState.PROBE), (0x20, NeighborState.FAILED),
+    (0x40, NeighborState.NOARP), (0x80, NeighborState.PERMANENT),
+]
+_RTN = {0: "unspec", 1: "unicast", 2: "local", 3: "broadcast", 4: "anycast", 5: "multicast", 6: "blackhole",
+        7: "unreachable", 8: "prohibit", 9: "throw", 10: "nat", 11: "xresolve"}
+_PROTO = {0: "unspec", 1: "redirect", 2: "kernel", 3: "boot", 4: "static", 8: "gated", 9: "ra", 10: "mrt",
+          11: "zebra", 12: "bird", 13: "dnrouted", 14: "xorp", 15: "ntk", 16: "dhcp", 18: "keepalived",
+          42: "babel", 99: "openr", 186: "bgp", 187: "isis", 188: "ospf", 189: "rip", 192: "eigrp"}
+_SCOPE = {0: "global", 200: "site", 253: "link", 254: "host", 255: "nowhere"}
+_RULE_ACTION = {1: "lookup", 2: "goto", 3: "nop", 6: "blackhole", 7: "unreachable", 8: "prohibit"}
+_FAMILY = {2: 4, 10: 6}
+
+
+def _attr(msg: Any, name: str) -> Any:
+    return msg.get_attr(name)
+
+
+def _link(msg: Any, names: dict[int, str]) -> Link:
+    info = _attr(msg, "IFLA_LINKINFO")
+    kind = info.get_attr("IFLA_INFO_KIND") if info is not None else None
+    st = _attr(msg, "IFLA_STATS64") or _attr(msg, "IFLA_STATS")
+    stats = None
+    if st is not None:
+        stats = LinkStats(**{k: int(st[k]) for k in LinkStats.model_fields})
+    master = _attr(msg, "IFLA_MASTER")
+    parent = _attr(msg, "IFLA_LINK")
+    return Link(
+        index=msg["index"],
+        name=_attr(msg, "IFLA_IFNAME"),
+        kind=kind,
+        operstate=_attr(msg, "IFLA_OPERSTATE") or "UNKNOWN",
+        flags=[n for bit, n in _IFF if msg["flags"] & bit],
+        mtu=_attr(msg, "IFLA_MTU"),
+        address=_attr(msg, "IFLA_ADDRESS"),
+        master=names.get(master) if master else None,
+        parent_index=parent if parent and parent != msg["index"] else None,
+        stats=stats,
+    )
+
+
+def _iface_sysctls(msg: Any, all_rp: int | Unavailable) -> InterfaceSysctls:
+    name = _attr(msg, "IFLA_IFNAME")
+    spec = _attr(msg, "IFLA_AF_SPEC")
+    conf = spec.get_attr("AF_INET") if spec is not None else None
+    missing = Unavailable(unavailable=MissingReason.NOT_APPLICABLE, detail="no IPv4 configuration on this link")
+    if not conf:
+        return InterfaceSysctls(name=name, rp_filter=missing, forwarding=missing, rp_filter_effective=missing)
+    rp = int(conf["rp_filter"])
+    eff: int | Unavailable = max(rp, all_rp) if isinstance(all_rp, int) else all_rp
+    return InterfaceSysctls(name=name, rp_filter=rp, forwarding=int(conf["forwarding"]), rp_filter_effective=eff)
+
+
+def _cidr(addr: str | None, plen: int, family: int) -> str:
+    if addr is None:
+        addr = "0.0.0.0" if family == 4 else "::"
+    return f"{addr}/{plen}"
+
+
+def _route(msg: Any, names: dict[int, str]) -> Route:
+    fam = _FAMILY.get(msg["family"], 0)
+    metrics = _attr(msg, "RTA_METRICS")
+    mtu = metrics.get_attr("RTAX_MTU") if metrics is not None else None
+    hops = []
+    for hop in _attr(msg, "RTA_MULTIPATH") or []:
+        hops.append(Nexthop(gateway=hop.get_attr("RTA_GATEWAY"), dev=names.get(hop["oif"]), weight=hop["hops"] + 1))
+    oif = _attr(msg, "RTA_OIF")
+    return Route(
+        family=fam,
+        table=_attr(msg, "RTA_TABLE") or msg["table"],
+        type=_RTN.get(msg["type"], str(msg["type"])),
+        dst=_cidr(_attr(msg, "RTA_DST"), msg["dst_len"], fam),
+        gateway=_attr(msg, "RTA_GATEWAY"),
+        dev=names.get(oif) if oif else None,
+        prefsrc=_attr(msg, "RTA_PREFSRC"),
+        protocol=_PROTO.get(msg["proto"], str(msg["proto"])),
+        scope=_SCOPE.get(msg["scope"], str(msg["scope"])),
+        metric=_attr(msg, "RTA_PRIORITY"),
+        mtu=mtu or None,
+        nexthops=hops,
+    )
+
+
+def _rule(msg: Any) -> Rule:
+    fam = _FAMILY.get(msg["family"], 0)
+    src, dst = _attr(msg, "FRA_SRC"), _attr(msg, "FRA_DST")
+    return Rule(
+        family=fam,
+        priority=_attr(msg, "FRA_PRIORITY") or 0,
+        action=_RULE_ACTION.get(msg["action"], str(msg["action"])),
+        table=_attr(msg, "FRA_TABLE") or msg["table"] or None,
+        src=_cidr(src, msg["src_len"], fam) if src else None,
+        dst=_cidr(dst, msg["dst_len"], fam) if dst else None,
+        iif=_attr(msg, "FRA_IIFNAME"),
+        oif=_attr(msg, "FRA_OIFNAME"),
+        fwmark=_attr(msg, "FRA_FWMARK"),
+        fwmask=_attr(msg, "FRA_FWMASK"),
+    )
+
+
+def _neighbor(msg: Any, names: dict[int, str]) -> Neighbor:
+    state = msg["state"]
+    return Neighbor(
+        family=_FAMILY.get(msg["family"], 0),
+        dev=names.get(msg["ifindex"], str(msg["ifindex"])),
+        dst=_attr(msg, "NDA_DST"),
+        lladdr=_attr(msg, "NDA_LLADDR"),
+        states=[s for bit, s in _NUD if state & bit] or [NeighborState.NONE],
+        router=bool(msg["flags"] & 0x80),
+    )
+
+
+def _scope_name(scope: int) -> str:
+    return _SCOPE.get(scope, str(scope))
+
+
+def _read_sysctl(path: str) -> int | Unavailable:
+    try:
+        return int(Path(path).read_text().strip())
+    except PermissionError as exc:
+        return Unavailable(unavailable=MissingReason.NOT_PERMITTED, detail=f"{path}: {exc.strerror}")
+    except (OSError, ValueError) as exc:
+        return Unavailable(unavailable=MissingReason.ERROR, detail=f"{path}: {exc}")
+
+
+def route_get(ipr: Any, target: str, names: dict[int, str], links: dict[str, Link],
+              source: str | None = None, iif: str | None = None) -> RouteLookup:
+    """`ip route get TARGET [from SRC iif IF]` through RTM_GETROUTE."""
+    kwargs: dict[str, Any] = {"dst": target}
+    if source:
+        kwargs["src"] = source
+    if iif:
+        link = links.get(iif)
+        if link is None:
+            return RouteLookup(target=target, source=source, iif=iif, ok=False, error=f"no such interface {iif}")
+        kwargs["iif"] = link.index
+    try:
+        msg = list(ipr.route("get", **kwargs))[0]
+    except NetlinkError as exc:
+        return RouteLookup(target=target, source=source, iif=iif, ok=False, error=os.strerror(exc.code))
+    route = _route(msg, names)
+    mtu = route.mtu or (links[route.dev].mtu if route.dev in links else None)
+    return RouteLookup(
+        target=target, source=source, iif=iif, ok=True, type=route.type, dst=_attr(msg, "RTA_DST"),
+        gateway=route.gateway, dev=route.dev, prefsrc=route.prefsrc, table=route.table, mtu=mtu,
+    )
+
+
+def snapshot() -> tuple[list[Link], list[Address], list[Rule], list[Route], list[Neighbor], Sysctls, Any, dict[int, str]]:
+    """Read the passive tables; returns the open IPRoute for lookups (caller closes it)."""
+    ipr = IPRoute()
+    link_msgs = list(ipr.get_links())
+    names = {m["index"]: m.get_attr("IFLA_IFNAME") for m in link_msgs}
+    links = [_link(m, names) for m in link_msgs]
+    addrs = []
+    for m in ipr.get_addr():
+        addr = m.get_attr("IFA_LOCAL") or m.get_attr("IFA_ADDRESS")
+        addrs.append(Address(ifindex=m["index"], ifname=names.get(m["index"], str(m["index"])),
+                             family=_FAMILY.get(m["family"], 0), address=addr, prefixlen=m["prefixlen"],
+                             scope=_scope_name(m["scope"])))
+    rules = [_rule(m) for fam in (2, 10) for m in ipr.get_rules(family=fam)]
+    routes = [_route(m, names) for m in ipr.route("dump") if m["family"] in (2, 10)]
+    neighbors = [_neighbor(m, names) for m in ipr.get_neighbours() if m["family"] in (2, 10)]
+    all_rp = _read_sysctl("/proc/sys/net/ipv4/conf/all/rp_filter")
+    sysctls = Sysctls(
+        ip_forward=_read_sysctl("/proc/sys/net/ipv4/ip_forward"),
+        rp_filter_all=all_rp,
+        rp_filter_default=_read_sysctl("/proc/sys/net/ipv4/conf/default/rp_filter"),
+        interfaces=[_iface_sysctls(m, all_rp) for m in link_msgs],
+    )
+    return links, addrs, rules, routes, neighbors, sysctls, ipr, names
+
+
+class RouteCollector(Collector):
+    name = "route"
+    description = "links, addresses, rules, route tables, neighbors, route get, rp_filter; ICMP and MTU probes"
+
+    def collect(self, ctx: SliceContext) -> SliceResult:
+        started = time.monotonic()
+        links, addrs, rules, routes, neighbors, sysctls, ipr, names = snapshot()
+        by_name = {link.name: link for link in links}
+        with ipr:
+            lookups = [route_get(ipr, t.address, names, by_name) for t in ctx.targets]
+        reasons: list[str] = []
+        pings = []
+        sweeps = []
+        if not ctx.passive:
+            for lookup in (lk for lk in lookups if lk.ok):
+                if ctx.remaining() < 1:
+                    reasons.append("probes cut by the deadline")
+                    break
+                result = icmp.ping(lookup.target, count=2, timeout=min(1.0, ctx.remaining() / 4))
+                pings.append(result)
+                if result.unavailable is not None:
+                    reasons.append(f"ICMP probes: {result.unavailable.detail}")
+                    break
+                if lookup.ok and lookup.mtu and lookup.type == "unicast" and result.received:
+                    rtt = max(result.rtts_ms)
+                    sweeps.append(icmp.mtu_sweep(lookup.target, lookup.mtu, lookup.dev,
+                                                 budget_s=min(12.0, ctx.remaining() - 0.5), rtt_ms=rtt))
+                    if sweeps[-1].status.value == "cut":
+                        reasons.append(f"MTU sweep to {lookup.target} cut by its budget")
+        doc = RouteSlice(links=links, addresses=addrs, rules=rules, routes=routes, neighbors=neighbors,
+                         lookups=lookups, sysctls=sysctls, pings=pings, mtu_sweeps=sweeps,
+                         active_probes=not ctx.passive)
+        art = Artifact.document("route.json", doc, MediaType.ROUTE,
+                                "netlink RTM_GETLINK/GETADDR/GETRULE/GETROUTE/GETNEIGH dumps, RTM_GETROUTE per target, "
+                                "/proc/sys/net/ipv4, raw ICMP probes", started)
+        status = SliceStatus.PARTIAL if reasons else SliceStatus.COMPLETE
+        return SliceResult(status=status, artifacts=[art], reason="; ".join(reasons) or None)

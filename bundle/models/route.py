@@ -1,0 +1,192 @@
+"""The route/neighbor slice: what one netns knows about reaching a destination."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from pydantic import Field
+
+from bundle.models._base import Model, Unavailable
+
+
+class LinkStats(Model):
+    rx_packets: int
+    tx_packets: int
+    rx_bytes: int
+    tx_bytes: int
+    rx_errors: int
+    tx_errors: int
+    rx_dropped: int
+    tx_dropped: int
+
+
+class Link(Model):
+    index: int
+    name: str
+    kind: str | None = Field(default=None, description="veth, bridge, vxlan, ... (None for physical/loopback)")
+    operstate: str
+    flags: list[str]
+    mtu: int
+    address: str | None = None
+    master: str | None = None
+    parent_index: int | None = Field(default=None, description="IFLA_LINK: the peer or lower device index")
+    stats: LinkStats | None = None
+
+
+class Address(Model):
+    ifindex: int
+    ifname: str
+    family: int = Field(description="4 or 6")
+    address: str
+    prefixlen: int
+    scope: str
+
+
+class Rule(Model):
+    family: int
+    priority: int
+    action: str
+    table: int | None = None
+    src: str | None = None
+    dst: str | None = None
+    iif: str | None = None
+    oif: str | None = None
+    fwmark: int | None = None
+    fwmask: int | None = None
+
+
+class Nexthop(Model):
+    gateway: str | None = None
+    dev: str | None = None
+    weight: int = 1
+
+
+class Route(Model):
+    family: int
+    table: int
+    type: str = Field(description="unicast, local, broadcast, unreachable, blackhole, ...")
+    dst: str = Field(description="always CIDR: 0.0.0.0/0 for default")
+    gateway: str | None = None
+    dev: str | None = None
+    prefsrc: str | None = None
+    protocol: str
+    scope: str
+    metric: int | None = None
+    mtu: int | None = Field(default=None, description="RTAX_MTU route metric, when set")
+    nexthops: list[Nexthop] = []
+
+
+class NeighborState(StrEnum):
+    INCOMPLETE = "INCOMPLETE"
+    REACHABLE = "REACHABLE"
+    STALE = "STALE"
+    DELAY = "DELAY"
+    PROBE = "PROBE"
+    FAILED = "FAILED"
+    NOARP = "NOARP"
+    PERMANENT = "PERMANENT"
+    NONE = "NONE"
+
+
+class Neighbor(Model):
+    family: int
+    dev: str
+    dst: str
+    lladdr: str | None = None
+    states: list[NeighborState]
+    router: bool = False
+
+
+class RouteLookup(Model):
+    """`ip route get` for one target, as the kernel answered it."""
+
+    target: str
+    source: str | None = None
+    iif: str | None = None
+    ok: bool
+    error: str | None = None
+    type: str | None = None
+    dst: str | None = None
+    gateway: str | None = None
+    dev: str | None = None
+    prefsrc: str | None = None
+    table: int | None = None
+    mtu: int | None = Field(default=None, description="the route's RTAX_MTU, or the egress link MTU")
+
+
+class InterfaceSysctls(Model):
+    name: str
+    rp_filter: int | Unavailable
+    forwarding: int | Unavailable
+    rp_filter_effective: int | Unavailable = Field(
+        description="max(conf/all, conf/<if>): the mode the kernel applies"
+    )
+
+
+class Sysctls(Model):
+    ip_forward: int | Unavailable
+    rp_filter_all: int | Unavailable
+    rp_filter_default: int | Unavailable
+    interfaces: list[InterfaceSysctls]
+
+
+class IcmpError(Model):
+    source: str
+    type: int
+    code: int
+    description: str
+    mtu: int | None = Field(default=None, description="next-hop MTU in a 'fragmentation needed'/'packet too big'")
+
+
+class PingResult(Model):
+    target: str
+    sent: int
+    received: int
+    rtts_ms: list[float]
+    errors: list[IcmpError]
+    unavailable: Unavailable | None = None
+
+
+class MtuProbe(Model):
+    payload: int = Field(description="ICMP echo payload bytes; the IP packet is payload + 28 (IPv4) or + 48 (IPv6)")
+    passed: bool
+    rtt_ms: float | None = None
+    error: IcmpError | None = None
+
+
+class SweepStatus(StrEnum):
+    FOUND = "found"
+    ALL_PASS = "all_pass"
+    NO_REPLY = "no_reply"
+    CUT = "cut"
+    UNAVAILABLE = "unavailable"
+
+
+class MtuSweep(Model):
+    """A DF-set echo sweep: the largest size that passes bounds the path MTU."""
+
+    target: str
+    status: SweepStatus
+    egress_dev: str | None = None
+    egress_mtu: int | None = None
+    largest_pass: int | None = Field(default=None, description="largest ICMP payload that got a reply")
+    smallest_fail: int | None = Field(default=None, description="smallest ICMP payload that got none")
+    path_mtu: int | None = None
+    frag_needed: IcmpError | None = Field(default=None, description="a 'fragmentation needed' that did arrive")
+    probes: list[MtuProbe] = []
+    probe_timeout_s: float
+    duration_s: float
+    unavailable: Unavailable | None = None
+
+
+class RouteSlice(Model):
+    links: list[Link]
+    addresses: list[Address]
+    rules: list[Rule]
+    routes: list[Route]
+    neighbors: list[Neighbor]
+    lookups: list[RouteLookup]
+    sysctls: Sysctls
+    pings: list[PingResult] = []
+    mtu_sweeps: list[MtuSweep] = []
+    active_probes: bool
