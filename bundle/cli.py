@@ -200,6 +200,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         _fatal("interrupted", 130)
     except BrokenPipeError:
         return 0
+    except Exception as exc:  # the one-line promise holds for our own bugs too
+        if args.debug:
+            raise
+        _fatal(f"internal error: {type(exc).__name__}: {exc} (re-run with --debug for a traceback)", 1)
     return code
 
 

@@ -1,0 +1,169 @@
+"""Incident scenarios built from network namespaces, for practice, demos and tests.
+
+Addresses: pods 10.244.1.0/24 on node A, nodes 10.244.0.0/24; all inside
+namespaces this module creates, never connected to the machine's interfaces.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+from pyroute2.netlink.exceptions import NetlinkError
+
+from bundle.errors import LabError
+from bundle.lab.topology import Topology, existing_namespaces, remove_namespace
+
+LISTEN_PORT = 8080
+_LISTENER = "bundle.lab.listener"
+
+
+@dataclass
+class LabInfo:
+    scenario: str
+    description: str
+    namespaces: dict[str, str]
+    targets: list[str]
+    vantages: list[str]
+    expect: dict[str, object] = field(default_factory=dict)
+
+    def collect_argv(self) -> list[str]:
+        argv = ["netbundle", "collect"]
+        for t in self.targets:
+            argv += ["--target", t]
+        for role in self.vantages:
+            argv += ["--netns", self.namespaces[role]]
+        return argv
+
+    def as_dict(self) -> dict[str, object]:
+        return {"scenario": self.scenario, "description": self.description, "namespaces": self.namespaces,
+                "targets": self.targets, "collect": self.collect_argv(), "expect": self.expect}
+
+    def describe(self) -> str:
+        lines = [f"lab {self.scenario}: {self.description}", "namespaces:"]
+        lines += [f"  {role:<8} {name}" for role, name in self.namespaces.items()]
+        lines += ["targets: " + " ".join(self.targets), "collect with:", "  " + " ".join(self.collect_argv()),
+                  f"remove with:\n  netbundle lab down {self.scenario}"]
+        return "\n".join(lines) + "\n"
+
+
+def _two_nodes(t: Topology, *, server_pod: bool, node_link_mtu: int) -> None:
+    """client pod -> node A (bridge cbr0, forwarding) -> node B ("remote"), optional server pod on node A."""
+    for role in ("pod", "node", "remote"):
+        t.add_netns(role)
+    t.bridge("node", "cbr0")
+    t.address("node", "cbr0", "10.244.1.1/24")
+    t.veth("node", "vethpod", "pod", "eth0")
+    t.enslave("node", "vethpod", "cbr0")
+    t.address("pod", "eth0", "10.244.1.2/24")
+    t.route("pod", "0.0.0.0/0", gateway="10.244.1.1")
+    t.veth("node", "eth0", "remote", "eth0", mtu=node_link_mtu)
+    t.address("node", "eth0", "10.244.0.1/24")
+    t.address("remote", "eth0", "10.244.0.2/24")
+    t.route("remote", "10.244.1.0/24", gateway="10.244.0.1")
+    t.sysctl("node", "net.ipv4.ip_forward", "1")
+    t.python("remote", _LISTENER, "--port", str(LISTEN_PORT), "--send", "65536")
+    if server_pod:
+        t.add_netns("server")
+        t.veth("node", "vethsrv", "server", "eth0")
+        t.enslave("node", "vethsrv", "cbr0")
+        t.address("server", "eth0", "10.244.1.3/24")
+        t.route("server", "0.0.0.0/0", gateway="10.244.1.1")
+        t.python("server", _LISTENER, "--port", str(LISTEN_PORT), "--send", "1024")
+        t.wait_listening("server", LISTEN_PORT)
+    t.wait_listening("remote", LISTEN_PORT)
+
+
+def _healthy(t: Topology) -> LabInfo:
+    _two_nodes(t, server_pod=True, node_link_mtu=1500)
+    return LabInfo(
+        scenario="healthy",
+        description="client pod -> node -> server pod and a remote node; everything works (the control case)",
+        namespaces=dict(t.namespaces),
+        targets=[f"10.244.1.3:{LISTEN_PORT}", f"10.244.0.2:{LISTEN_PORT}"],
+        vantages=["pod", "node"],
+        expect={"path_mtu": {"10.244.0.2": 1500}},
+    )
+
+
+_DROP_FRAG_NEEDED = """
+table inet nb_lab {
+    chain output { type filter hook output priority 0; icmp type destination-unreachable icmp code frag-needed drop; }
+    chain forward { type filter hook forward priority 0; icmp type destination-unreachable icmp code frag-needed drop; }
+}
+"""
+
+
+def _mtu(t: Topology) -> LabInfo:
+    _two_nodes(t, server_pod=False, node_link_mtu=1400)
+    t.nft("node", _DROP_FRAG_NEEDED)
+    return LabInfo(
+        scenario="mtu",
+        description="pod -> node -> remote node; the node-to-node link is MTU 1400 and the node drops ICMP "
+                    "'fragmentation needed': small pings pass, large DF packets vanish (a PMTU blackhole)",
+        namespaces=dict(t.namespaces),
+        targets=[f"10.244.0.2:{LISTEN_PORT}"],
+        vantages=["pod", "node"],
+        expect={"path_mtu": {"10.244.0.2": 1400}, "largest_pass": 1372, "smallest_fail": 1373},
+    )
+
+
+SCENARIOS: dict[str, Callable[[Topology], LabInfo]] = {"healthy": _healthy, "mtu": _mtu}
+
+
+def _prefix(scenario: str) -> str:
+    return f"nb-{scenario}"
+
+
+def _check(scenario: str) -> Callable[[Topology], LabInfo]:
+    if os.geteuid() != 0:
+        raise LabError("the lab builds network namespaces and needs root")
+    try:
+        return SCENARIOS[scenario]
+    except KeyError:
+        raise LabError(f"unknown scenario {scenario!r} (known: {', '.join(SCENARIOS)})") from None
+
+
+@contextmanager
+def running(scenario: str, prefix: str) -> Iterator[LabInfo]:
+    """Build a scenario under a prefix and remove it on exit, whatever happens (tests use `nbt-...`)."""
+    build = _check(scenario)
+    with Topology(prefix) as topo:
+        try:
+            yield build(topo)
+        except NetlinkError as exc:
+            raise LabError(f"netlink: {os.strerror(exc.code)}") from None
+
+
+def up(scenario: str, prefix: str | None = None) -> LabInfo:
+    """Build and leave running; on any failure nothing is left behind."""
+    build = _check(scenario)
+    topo = Topology(prefix or _prefix(scenario))
+    try:
+        return build(topo)
+    except NetlinkError as exc:
+        topo.teardown()
+        raise LabError(f"netlink: {os.strerror(exc.code)}") from None
+    except BaseException:
+        topo.teardown()
+        raise
+
+
+def down(scenario: str, prefix: str | None = None) -> list[str]:
+    _check(scenario)
+    pre = (prefix or _prefix(scenario)) + "-"
+    removed = [n for n in existing_namespaces() if n.startswith(pre)]
+    for name in removed:
+        remove_namespace(name)
+    return removed
+
+
+def status() -> dict[str, str]:
+    have = existing_namespaces()
+    out = {}
+    for name in SCENARIOS:
+        ns = [n for n in have if n.startswith(_prefix(name) + "-")]
+        out[name] = f"up ({' '.join(ns)})" if ns else "down"
+    return out

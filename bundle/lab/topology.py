@@ -1,0 +1,193 @@
+"""A small topology builder for lab scenarios: netns, veth, bridge, addresses,
+routes, MTU, sysctls, nftables rules and helper processes.
+
+It only ever touches namespaces it created (never the machine's own
+interfaces), and `teardown()` removes them all, with their processes.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import signal
+import subprocess
+import sys
+import time
+from types import TracebackType
+from typing import Any
+
+from pyroute2 import IPRoute, netns
+from pyroute2.netlink.exceptions import NetlinkError
+
+from bundle._netns import named_netns_path, setns_net
+from bundle.errors import LabError
+
+
+def existing_namespaces() -> list[str]:
+    return sorted(netns.listnetns())
+
+
+def netns_pids(name: str) -> list[int]:
+    """Processes whose netns is this one (what `ip netns pids` does)."""
+    try:
+        target = os.stat(named_netns_path(name)).st_ino
+    except OSError:
+        return []
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if os.stat(f"/proc/{entry}/ns/net").st_ino == target:
+                    pids.append(int(entry))
+            except OSError:
+                continue
+    return pids
+
+
+def remove_namespace(name: str) -> None:
+    """Kill what runs inside, then delete the netns (its veths go with it)."""
+    for pid in netns_pids(name):
+        if pid != os.getpid():
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    if name in existing_namespaces():
+        netns.remove(name)
+
+
+class Topology:
+    """Namespaces named <prefix>-<role>; every call fails loudly as a LabError."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self.namespaces: dict[str, str] = {}
+
+    def __enter__(self) -> Topology:
+        return self
+
+    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
+        self.teardown()
+
+    def name(self, role: str) -> str:
+        return f"{self.prefix}-{role}"
+
+    def ipr(self, role: str) -> Any:
+        return IPRoute(netns=self.namespaces[role])
+
+    def add_netns(self, role: str) -> str:
+        name = self.name(role)
+        if name in existing_namespaces():
+            raise LabError(f"netns {name} already exists (run `netbundle lab down` or remove it first)")
+        netns.create(name)
+        self.namespaces[role] = name
+        with self.ipr(role) as ipr:
+            ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
+        return name
+
+    def veth(self, role_a: str, if_a: str, role_b: str, if_b: str, mtu: int = 1500) -> None:
+        with self.ipr(role_a) as a:
+            a.link("add", ifname=if_a, kind="veth", peer={"ifname": if_b, "net_ns_fd": self.namespaces[role_b]})
+        self.link_up(role_a, if_a, mtu)
+        self.link_up(role_b, if_b, mtu)
+
+    def bridge(self, role: str, ifname: str, mtu: int = 1500) -> None:
+        with self.ipr(role) as ipr:
+            ipr.link("add", ifname=ifname, kind="bridge")
+        self.link_up(role, ifname, mtu)
+
+    def enslave(self, role: str, ifname: str, bridge: str) -> None:
+        with self.ipr(role) as ipr:
+            ipr.link("set", index=self._index(ipr, ifname), master=self._index(ipr, bridge))
+
+    def link_up(self, role: str, ifname: str, mtu: int | None = None) -> None:
+        with self.ipr(role) as ipr:
+            kwargs: dict[str, Any] = {"state": "up"}
+            if mtu:
+                kwargs["mtu"] = mtu
+            ipr.link("set", index=self._index(ipr, ifname), **kwargs)
+
+    def address(self, role: str, ifname: str, cidr: str) -> None:
+        iface = ipaddress.ip_interface(cidr)
+        with self.ipr(role) as ipr:
+            ipr.addr("add", index=self._index(ipr, ifname), address=str(iface.ip), prefixlen=iface.network.prefixlen)
+
+    def route(self, role: str, dst: str, gateway: str | None = None, dev: str | None = None) -> None:
+        with self.ipr(role) as ipr:
+            kwargs: dict[str, Any] = {"dst": dst}
+            if gateway:
+                kwargs["gateway"] = gateway
+            if dev:
+                kwargs["oif"] = self._index(ipr, dev)
+            ipr.route("add", **kwargs)
+
+    def sysctl(self, role: str, key: str, value: str) -> None:
+        """Write /proc/sys/<key> inside the netns, from a forked child that entered it."""
+        path = "/proc/sys/" + key.replace(".", "/")
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - child
+            code = 0
+            try:
+                setns_net(named_netns_path(self.namespaces[role]))
+                with open(path, "w") as fh:
+                    fh.write(value)
+            except BaseException:
+                code = 1
+            os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        if os.waitstatus_to_exitcode(status) != 0:
+            raise LabError(f"could not set {key}={value} in {self.namespaces[role]}")
+
+    def nft(self, role: str, ruleset: str) -> None:
+        self._run(role, ["nft", "-f", "-"], ruleset)
+
+    def spawn(self, role: str, argv: list[str]) -> None:
+        """Start a detached helper process inside the netns; teardown kills it."""
+        try:
+            proc = subprocess.run(
+                ["ip", "netns", "exec", self.namespaces[role], "setsid", "-f", *argv],
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=10,
+            )
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise LabError(f"could not start {argv[0]} in {self.namespaces[role]}: {exc}") from None
+        if proc.returncode != 0:
+            raise LabError(f"could not start {argv[0]} in {self.namespaces[role]} (exit {proc.returncode})")
+
+    def python(self, role: str, module: str, *args: str) -> None:
+        self.spawn(role, [sys.executable, "-m", module, *args])
+
+    def wait_listening(self, role: str, port: int, timeout: float = 5.0) -> None:
+        """Block until a TCP listener on port exists in that netns (helpers start asynchronously)."""
+        needle = f":{port:04X} "
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            proc = subprocess.run(["ip", "netns", "exec", self.namespaces[role], "cat", "/proc/net/tcp", "/proc/net/tcp6"],
+                                  capture_output=True, text=True, timeout=5)
+            if any(needle in line and line.split()[3] == "0A" for line in proc.stdout.splitlines()[1:] if len(line.split()) > 3):
+                return
+            time.sleep(0.05)
+        raise LabError(f"no listener on port {port} in {self.namespaces[role]} after {timeout:g} s")
+
+    def teardown(self) -> None:
+        for name in reversed(list(self.namespaces.values())):
+            remove_namespace(name)
+        self.namespaces.clear()
+
+    def _run(self, role: str, argv: list[str], stdin: str | None = None) -> None:
+        try:
+            proc = subprocess.run(["ip", "netns", "exec", self.namespaces[role], *argv], input=stdin,
+                                  capture_output=True, text=True, timeout=10)
+        except FileNotFoundError as exc:
+            raise LabError(f"{argv[0]} is not installed: {exc}") from None
+        except subprocess.TimeoutExpired:
+            raise LabError(f"{' '.join(argv)} timed out in {self.namespaces[role]}") from None
+        if proc.returncode != 0:
+            raise LabError(f"{' '.join(argv)} failed in {self.namespaces[role]}: {proc.stderr.strip()}")
+
+    @staticmethod
+    def _index(ipr: Any, ifname: str) -> int:
+        found = ipr.link_lookup(ifname=ifname)
+        if not found:
+            raise LabError(f"no interface {ifname}")
+        return int(found[0])
+
