@@ -1,6 +1,7 @@
 """Pydantic documents of a bundle. They know nothing of how evidence is collected."""
 
 from bundle.models._base import MissingReason, Model, Unavailable
+from bundle.models.findings import Evidence, Finding, Severity
 from bundle.models.manifest import (
     FORMAT_NAME,
     FORMAT_VERSION,
@@ -46,6 +47,9 @@ DOCUMENT_MODELS: dict[str, type[Model]] = {
 
 __all__ = [
     "DOCUMENT_MODELS",
+    "Evidence",
+    "Finding",
+    "Severity",
     "FORMAT_NAME",
     "FORMAT_VERSION",
     "READ_COMPATIBLE_FORMAT_VERSION",

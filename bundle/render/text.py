@@ -1,0 +1,55 @@
+"""`netbundle show`: the terminal summary."""
+
+from __future__ import annotations
+
+from bundle.archive import Bundle
+from bundle.render.view import build_view
+
+
+def _clean(text: object) -> str:
+    """Strip control characters so a hostile string cannot drive the terminal."""
+    return "".join(ch if ch.isprintable() else "?" for ch in str(text))
+
+
+def summary(bundle: Bundle) -> str:
+    view = build_view(bundle)
+    m = view.manifest
+    out = [
+        f"bundle   {_clean(m.bundle_id)}  (format {_clean(m.format_version)}, netbundle {_clean(m.tool_version)})",
+        f"host     {_clean(m.host.hostname)}  kernel {_clean(m.host.kernel.split()[0])}",
+        f"when     {m.created:%Y-%m-%d %H:%M:%S}Z .. {m.finished:%H:%M:%S}Z   by {_clean(m.invocation.user)} "
+        f"(uid {m.invocation.uid}), exit {m.invocation.exit_code}",
+    ]
+    if m.invocation.ticket or m.invocation.note:
+        out.append(f"ticket   {_clean(m.invocation.ticket or '-')}  {_clean(m.invocation.note or '')}")
+    out.append("targets  " + (" ".join(_clean(t.spec) for t in m.targets) or "-"))
+    out.append("")
+    for vv in view.vantages:
+        v = vv.vantage
+        caps = "all caps" if v.privileges and "CAP_NET_ADMIN" in v.privileges.capabilities else "limited caps"
+        where = f"{v.kind.value} {_clean(v.ref) if v.ref else ''}".strip()
+        uid = v.privileges.uid if v.privileges else "?"
+        out.append(f"vantage  {_clean(v.id)}  [{where}, netns {v.netns_inode or '?'}, uid {uid}, {caps}]")
+        if v.error:
+            out.append(f"         error: {_clean(v.error)}")
+        for s in vv.slices:
+            why = f"  {_clean(s.reason)}" if s.reason else ""
+            out.append(f"         {s.slice:<8} {s.status.value:<8} {s.duration_s:5.1f}s{why}")
+        if vv.route:
+            for lk in vv.route.lookups:
+                via = f"via {lk.gateway} " if lk.gateway else ""
+                res = f"{via}dev {lk.dev} src {lk.prefsrc} mtu {lk.mtu}" if lk.ok else f"error: {lk.error}"
+                out.append(f"         route get {_clean(lk.target)}: {_clean(res)}")
+            for sw in vv.route.mtu_sweeps:
+                out.append(f"         mtu sweep {_clean(sw.target)}: {sw.status.value}, path MTU "
+                           f"{sw.path_mtu or '?'} (pass {sw.largest_pass}, fail {sw.smallest_fail}) in {sw.duration_s:.1f}s")
+    out.append("")
+    if view.findings:
+        out.append("findings")
+        for f in view.findings:
+            out.append(f"  [{f.severity.value}] {_clean(f.summary)}")
+            if f.next_command:
+                out.append(f"      next: {_clean(f.next_command)}")
+    else:
+        out.append("findings: none from the collected slices")
+    return "\n".join(out) + "\n"
