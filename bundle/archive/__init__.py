@@ -3,4 +3,11 @@
 from bundle.archive.reader import Bundle, ReadLimits, check_version, read_bundle
 from bundle.archive.writer import ZSTD_LEVEL, StagedBundle
 
-__all__ = ["ZSTD_LEVEL", "Bundle", "ReadLimits", "StagedBundle", "check_version", "read_bundle"]
+__all__ = [
+    "Bundle",
+    "ReadLimits",
+    "StagedBundle",
+    "ZSTD_LEVEL",
+    "check_version",
+    "read_bundle",
+]

@@ -14,7 +14,7 @@ import json
 import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, TypeVar
+from typing import Any, TypeVar
 
 import pyzstd
 from pydantic import ValidationError
@@ -102,7 +102,7 @@ def read_bundle(path: Path, limits: ReadLimits = ReadLimits(), extract_to: Path 
             raise InvalidBundle("archive ends early (truncated)") from None
 
 
-def _read_tar(zf: IO[bytes], limits: ReadLimits, extract_to: Path | None) -> Bundle:
+def _read_tar(zf: Any, limits: ReadLimits, extract_to: Path | None) -> Bundle:
     bundle: Bundle | None = None
     expected: dict[str, Member] = {}
     seen: set[str] = set()

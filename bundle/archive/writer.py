@@ -66,7 +66,7 @@ class StagedBundle:
         try:
             with os.fdopen(fd, "wb") as raw:
                 with pyzstd.ZstdFile(raw, "w", level_or_option=ZSTD_LEVEL) as zf:
-                    with tarfile.open(fileobj=zf, mode="w|", format=tarfile.PAX_FORMAT) as tar:  # type: ignore[call-overload]
+                    with tarfile.open(fileobj=zf, mode="w|", format=tarfile.PAX_FORMAT) as tar:
                         mtime = int(manifest.created.timestamp())
                         top = manifest.bundle_id
                         doc = manifest.model_dump_json(indent=2).encode()

@@ -313,8 +313,8 @@ def _collect(req: CollectRequest, progress: Callable[[Progress], None] | None, *
         targets=req.targets, vantages=list(run.vantages.values()), slices=list(run.runs.values()),
         members=list(staged.members.values()),
     )
-    path = staged.write(manifest, out)
-    return CollectOutcome(path=path, manifest=manifest, exit_code=code, interrupted=interrupted)
+    written = staged.write(manifest, out)
+    return CollectOutcome(path=written, manifest=manifest, exit_code=code, interrupted=interrupted)
 
 
 def _dispatch(run: _Run, agents: dict[str, _Agent], live: set[str], vid: str, event: dict[str, Any],

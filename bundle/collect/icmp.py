@@ -43,7 +43,7 @@ def _checksum(data: bytes) -> int:
     s = sum(struct.unpack(f"!{len(data) // 2}H", data))
     s = (s >> 16) + (s & 0xFFFF)
     s += s >> 16
-    return ~s & 0xFFFF
+    return int(~s & 0xFFFF)
 
 
 @dataclass
@@ -108,12 +108,12 @@ class IcmpProber:
             except OSError as exc:
                 return EchoOutcome(False, local_error=exc.strerror)
             got = self._match(data, addr[0], seq)
-            if got is None:
+            if got is None or got is False:
                 continue
             rtt = round((time.monotonic() - start) * 1000, 3)
-            if got is True:
-                return EchoOutcome(True, rtt_ms=rtt)
-            return EchoOutcome(False, rtt_ms=rtt, error=got)
+            if isinstance(got, IcmpError):
+                return EchoOutcome(False, rtt_ms=rtt, error=got)
+            return EchoOutcome(True, rtt_ms=rtt)
         return EchoOutcome(False)
 
     def _match(self, data: bytes, src: str, seq: int) -> IcmpError | bool | None:

@@ -1,0 +1,73 @@
+"""Shared fixtures: lab scenarios under an `nbt-` prefix, removed after use.
+
+Privileged tests need root and real namespaces. On a laptop without root they
+skip; with NETBUNDLE_REQUIRE_PRIVILEGED=1 (CI) a skipped privileged test fails.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from bundle.lab import scenarios
+from bundle.lab.scenarios import LabInfo
+
+REPO = Path(__file__).resolve().parent.parent
+REQUIRE_PRIVILEGED = os.environ.get("NETBUNDLE_REQUIRE_PRIVILEGED") == "1"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if os.geteuid() == 0:
+        return
+    skip = pytest.mark.skip(reason="privileged: needs root for network namespaces")
+    for item in items:
+        if "privileged" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    if REQUIRE_PRIVILEGED and report.skipped and "privileged" in item.keywords:
+        report.outcome = "failed"
+        report.longrepr = f"privileged test skipped under NETBUNDLE_REQUIRE_PRIVILEGED=1: {report.longrepr}"
+
+
+def _prefix(name: str) -> str:
+    return f"nbt-{name}-{os.getpid() % 100000}"
+
+
+@pytest.fixture(scope="session")
+def mtu_lab() -> Iterator[LabInfo]:
+    with scenarios.running("mtu", _prefix("mtu")) as info:
+        yield info
+
+
+@pytest.fixture(scope="session")
+def healthy_lab() -> Iterator[LabInfo]:
+    with scenarios.running("healthy", _prefix("ok")) as info:
+        yield info
+
+
+def netbundle(*args: str, timeout: float = 120, check: bool = False, **kw: object) -> subprocess.CompletedProcess[str]:
+    """Run the real CLI as a user would."""
+    return subprocess.run([sys.executable, "-m", "bundle", *args], capture_output=True, text=True,
+                          timeout=timeout, check=check, cwd=kw.pop("cwd", None))  # type: ignore[arg-type]
+
+
+def ip_json(netns: str, *args: str) -> list[dict[str, object]]:
+    import json
+
+    out = subprocess.run(["ip", "-n", netns, "-j", *args], capture_output=True, text=True, check=True).stdout
+    return json.loads(out) if out.strip() else []
+
+
+def have(tool: str) -> bool:
+    return shutil.which(tool) is not None
