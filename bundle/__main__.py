@@ -1,3 +1,3 @@
-from bundle.cli import main
+from bundle._entry import main
 
 raise SystemExit(main())

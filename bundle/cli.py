@@ -13,10 +13,10 @@ import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from types import FrameType
 from typing import NoReturn
 
 from bundle import __version__
+from bundle._entry import interrupt
 from bundle.errors import NetbundleError, UsageError
 
 
@@ -68,14 +68,12 @@ def _parser() -> argparse.ArgumentParser:
     up = lsub.add_parser("up", help="build a scenario")
     up.add_argument("scenario")
     up.add_argument("--json", action="store_true")
+    up.add_argument("--prefix", help="namespace name prefix (default nb-SCENARIO)")
     down = lsub.add_parser("down", help="remove a scenario")
     down.add_argument("scenario")
+    down.add_argument("--prefix", help="namespace name prefix (default nb-SCENARIO)")
     lsub.add_parser("list", help="scenarios and whether they are up")
     return p
-
-
-def _on_sigterm(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt
 
 
 def _cmd_collect(args: argparse.Namespace, argv: list[str]) -> int:
@@ -163,13 +161,13 @@ def _cmd_lab(args: argparse.Namespace) -> int:
     from bundle.lab import scenarios
 
     if args.lab_command == "up":
-        info = scenarios.up(args.scenario)
+        info = scenarios.up(args.scenario, args.prefix)
         if args.json:
             print(json.dumps(info.as_dict(), indent=2))
         else:
             sys.stdout.write(info.describe())
     elif args.lab_command == "down":
-        removed = scenarios.down(args.scenario)
+        removed = scenarios.down(args.scenario, args.prefix)
         print(f"removed {len(removed)} namespace(s): {' '.join(removed) or '-'}")
     else:
         for name, state in scenarios.status().items():
@@ -179,8 +177,11 @@ def _cmd_lab(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     raw = list(sys.argv[1:] if argv is None else argv)
-    args = _parser().parse_args(raw)
-    signal.signal(signal.SIGTERM, _on_sigterm)
+    signal.signal(signal.SIGTERM, interrupt)
+    try:
+        args = _parser().parse_args(raw)
+    except KeyboardInterrupt:
+        _fatal("interrupted", 130)
     try:
         if args.command == "collect":
             code = _cmd_collect(args, ["netbundle", *raw])

@@ -1,0 +1,129 @@
+"""The route slice against the real kernel: equal to `ip -j` in the same netns, and the MTU sweep."""
+
+from __future__ import annotations
+
+import ipaddress
+import subprocess
+
+import pytest
+
+from bundle.archive import read_bundle
+from bundle.models import RouteSlice, SweepStatus
+from tests.conftest import ip_json, netbundle
+
+pytestmark = pytest.mark.privileged
+
+_TABLES = {"main": 254, "local": 255, "default": 253}
+
+
+def _table(value: object) -> int:
+    return _TABLES.get(str(value), None) or int(str(value))
+
+
+def _cidr(dst: str, family: int) -> str:
+    if dst == "default":
+        return "0.0.0.0/0" if family == 4 else "::/0"
+    return str(ipaddress.ip_network(dst, strict=False)) if "/" in dst else f"{dst}/{32 if family == 4 else 128}"
+
+
+def _collect(tmp_path, lab, *extra: str):
+    out = tmp_path / "b.tar.zst"
+    argv = ["collect", "-o", str(out), *extra]
+    for t in lab.targets:
+        argv += ["--target", t]
+    for role in ("pod", "node"):
+        argv += ["--netns", lab.namespaces[role]]
+    proc = netbundle(*argv)
+    assert proc.returncode == 0, proc.stderr
+    return out, read_bundle(out)
+
+
+def _ours(bundle, ns) -> RouteSlice:
+    doc = bundle.route(f"netns-{ns}")
+    assert doc is not None
+    return doc
+
+
+def _ip_view(ns: str, targets: list[str]) -> dict[str, object]:
+    """What `ip -j` says, normalised to the shape our documents use."""
+    links = {(l["ifindex"], l["ifname"], l["mtu"], l["operstate"], l.get("address"), l.get("master"),
+              (l.get("linkinfo") or {}).get("info_kind"),
+              frozenset(f for f in l["flags"] if f not in ("NO-CARRIER", "M-DOWN")))
+             for l in ip_json(ns, "-d", "link", "show")}
+    neigh = {(n["dst"], n["dev"], n.get("lladdr"), frozenset(n.get("state", ["NONE"])))
+             for n in ip_json(ns, "neigh", "show", "nud", "all")}
+    routes = set()
+    for fam in (4, 6):
+        for r in ip_json(ns, f"-{fam}", "route", "show", "table", "all"):
+            routes.add((fam, _table(r.get("table", "main")), r.get("type", "unicast"), _cidr(r["dst"], fam),
+                        r.get("gateway"), r.get("dev"), r.get("prefsrc")))
+    addrs = {(a["ifname"], i["local"], i["prefixlen"], i["scope"])
+             for a in ip_json(ns, "addr", "show") for i in a["addr_info"]}
+    rules = {(fam, r["priority"], _table(r["table"]), r["src"] if r["src"] == "all" else _cidr(r["src"], fam))
+             for fam in (4, 6) for r in ip_json(ns, f"-{fam}", "rule", "show")}
+    gets = {}
+    for t in targets:
+        g = ip_json(ns, "route", "get", t)[0]
+        gets[t] = (g["dst"], g.get("gateway"), g["dev"], g.get("prefsrc"))
+    return {"links": links, "neigh": neigh, "routes": routes, "addrs": addrs, "rules": rules, "gets": gets}
+
+
+def _our_view(doc: RouteSlice) -> dict[str, object]:
+    links = {(l.index, l.name, l.mtu, l.operstate, l.address, l.master, l.kind, frozenset(l.flags)) for l in doc.links}
+    neigh = {(n.dst, n.dev, n.lladdr, frozenset(s.value for s in n.states)) for n in doc.neighbors}
+    routes = {(r.family, r.table, r.type, r.dst, r.gateway, r.dev, r.prefsrc) for r in doc.routes}
+    addrs = {(a.ifname, a.address, a.prefixlen, a.scope) for a in doc.addresses}
+    rules = {(r.family, r.priority, r.table, r.src or "all") for r in doc.rules}
+    gets = {lk.target: (lk.dst, lk.gateway, lk.dev, lk.prefsrc) for lk in doc.lookups}
+    return {"links": links, "neigh": neigh, "routes": routes, "addrs": addrs, "rules": rules, "gets": gets}
+
+
+def test_route_slice_equals_ip_json(tmp_path, mtu_lab):
+    """Differential: every table in the bundle equals `ip -j` run in the same netns.
+
+    Neighbor states and counters move on their own, so a mismatch is retried
+    with a fresh collection before it counts.
+    """
+    targets = [t.split(":")[0] for t in mtu_lab.targets] + ["10.244.1.1", "10.244.0.1"]
+    for attempt in range(3):
+        _, bundle = _collect(tmp_path, mtu_lab, "--passive", *[x for t in targets[1:] for x in ("--target", t)])
+        diffs = {}
+        for role in ("pod", "node"):
+            ns = mtu_lab.namespaces[role]
+            ours, theirs = _our_view(_ours(bundle, ns)), _ip_view(ns, targets)
+            diffs.update({f"{role}.{k}": (ours[k], theirs[k]) for k in ours if ours[k] != theirs[k]})
+        if not diffs:
+            break
+    assert not diffs, diffs
+    # Not vacuous: the lab's shape is really in there.
+    pod = _our_view(_ours(bundle, mtu_lab.namespaces["pod"]))
+    assert (4, 254, "unicast", "0.0.0.0/0", "10.244.1.1", "eth0", None) in pod["routes"]
+    node = _ours(bundle, mtu_lab.namespaces["node"])
+    assert {l.name: l.mtu for l in node.links}["eth0"] == 1400
+    assert {l.name: l.kind for l in node.links}["cbr0"] == "bridge"
+
+
+def test_mtu_sweep_finds_the_blackhole(tmp_path, mtu_lab):
+    out, bundle = _collect(tmp_path, mtu_lab)
+    pod = _ours(bundle, mtu_lab.namespaces["pod"])
+    [sweep] = pod.mtu_sweeps
+    assert sweep.status is SweepStatus.FOUND
+    assert (sweep.largest_pass, sweep.smallest_fail, sweep.path_mtu) == (1372, 1373, 1400)
+    assert sweep.egress_mtu == 1500 and sweep.frag_needed is None
+    assert sweep.duration_s < 15
+    run = next(s for s in bundle.manifest.slices if s.vantage == f"netns-{mtu_lab.namespaces['pod']}")
+    assert run.duration_s < 15
+    node = _ours(bundle, mtu_lab.namespaces["node"])
+    assert node.mtu_sweeps[0].status is SweepStatus.ALL_PASS and node.mtu_sweeps[0].path_mtu == 1400
+    assert pod.pings[0].received == 2
+    listing = subprocess.run(["tar", "--zstd", "-tf", str(out)], capture_output=True, text=True, check=True).stdout
+    assert listing.splitlines()[0] == f"{bundle.manifest.bundle_id}/manifest.json"
+
+
+def test_healthy_path_has_no_blackhole(tmp_path, healthy_lab):
+    _, bundle = _collect(tmp_path, healthy_lab)
+    pod = _ours(bundle, healthy_lab.namespaces["pod"])
+    by_target = {s.target: s for s in pod.mtu_sweeps}
+    assert by_target["10.244.0.2"].status is SweepStatus.ALL_PASS and by_target["10.244.0.2"].path_mtu == 1500
+    assert by_target["10.244.1.3"].path_mtu == 1500
+    assert all(p.received == 2 for p in pod.pings)

@@ -1,0 +1,135 @@
+"""The HTML appendix: self-contained (no external request, checked in a real browser), and escaped."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+from pyroute2 import IPRoute, netns
+
+from bundle.archive import read_bundle
+from bundle.render import render_html
+from tests.conftest import netbundle
+
+pytestmark = pytest.mark.privileged
+
+_FETCHING_ATTRS = {"src", "href", "srcset", "action", "formaction", "poster", "data", "background", "manifest",
+                   "xlink:href", "ping", "cite", "longdesc", "usemap", "codebase", "archive"}
+
+
+class _Fetches(HTMLParser):
+    """Collects everything in a page that could make a browser fetch something."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.found: list[str] = []
+        self.csp = ""
+        self._in_style = False
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag in ("script", "iframe", "img", "object", "embed", "link", "video", "audio", "source", "base", "frame"):
+            self.found.append(f"<{tag}>")
+        for name, value in attrs:
+            if name in _FETCHING_ATTRS:
+                self.found.append(f"{tag}[{name}]={value}")
+            if name == "style" and value and "url(" in value:
+                self.found.append(f"{tag}[style]")
+        if tag == "meta" and dict(attrs).get("http-equiv") == "Content-Security-Policy":
+            self.csp = dict(attrs).get("content") or ""
+        self._in_style = tag == "style"
+
+    def handle_data(self, data: str) -> None:
+        if self._in_style and ("url(" in data or "@import" in data):
+            self.found.append("css url()/@import")
+
+
+def fetches(html: str) -> _Fetches:
+    p = _Fetches()
+    p.feed(html)
+    return p
+
+
+def browser_requests(page: Path, tmp_path: Path) -> list[str]:
+    """Open the page in headless Chromium inside an empty netns (only lo: nothing can leave this
+    machine) and return every URL the page itself asked for, from Chromium's own net log."""
+    name = f"nbt-browser-{page.stem[:20]}"
+    netns.create(name)
+    try:
+        with IPRoute(netns=name) as ipr:
+            ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
+        log = tmp_path / f"{page.stem}-netlog.json"
+        subprocess.run(
+            ["ip", "netns", "exec", name, "chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+             "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={tmp_path / ('profile-' + page.stem)}", f"--log-net-log={log}",
+             "--net-log-capture-mode=Everything", "--virtual-time-budget=3000", "--dump-dom", page.as_uri()],
+            capture_output=True, timeout=120, check=True,
+        )
+        events = json.loads(log.read_text())
+    finally:
+        netns.remove(name)
+    start_job = events["constants"]["logEventTypes"]["URL_REQUEST_START_JOB"]
+    urls = []
+    for ev in events["events"]:
+        params = ev.get("params") or {}
+        if ev["type"] == start_job and "file://" in str(params.get("network_isolation_key", "")):
+            urls.append(params["url"])
+    return urls
+
+
+@pytest.fixture(scope="module")
+def rendered(tmp_path_factory, mtu_lab) -> Path:
+    tmp = tmp_path_factory.mktemp("render")
+    out = tmp / "b.tar.zst"
+    proc = netbundle("collect", "--target", mtu_lab.targets[0], "--netns", mtu_lab.namespaces["pod"],
+                     "--netns", mtu_lab.namespaces["node"], "-o", str(out))
+    assert proc.returncode == 0, proc.stderr
+    html = tmp / "appendix.html"
+    assert netbundle("render", str(out), "-o", str(html)).returncode == 0
+    return html
+
+
+def test_page_has_nothing_that_fetches(rendered):
+    p = fetches(rendered.read_text())
+    assert p.found == []
+    assert "default-src 'none'" in p.csp
+
+
+def test_static_check_catches_a_fetch():
+    assert fetches('<img src="http://198.51.100.7/x.png">').found
+    assert fetches("<style>body{background:url(http://x)}</style>").found
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="chromium not installed (make test installs it)")
+def test_browser_makes_no_external_request(rendered, tmp_path):
+    control = tmp_path / "control.html"
+    control.write_text('<html><body><img src="http://198.51.100.7/x.png">x</body></html>')
+    assert browser_requests(control, tmp_path) == ["http://198.51.100.7/x.png"]  # the probe can see a fetch
+    assert browser_requests(rendered, tmp_path) == []
+
+
+def test_hostile_strings_are_escaped(tmp_path):
+    """Interface names and operator text from the system under diagnosis never reach the HTML raw."""
+    ns = "nbt-escape"
+    netns.create(ns)
+    try:
+        with IPRoute(netns=ns) as ipr:
+            ipr.link("add", ifname="<script>", kind="veth", peer={"ifname": '"><i>x'})
+        out = tmp_path / "b.tar.zst"
+        proc = netbundle("collect", "--passive", "--netns", ns, "--ticket", "<script>alert(1)</script>",
+                         "--note", "a&b <img src=x onerror=alert(1)>", "-o", str(out))
+        assert proc.returncode == 0, proc.stderr
+    finally:
+        netns.remove(ns)
+    b = read_bundle(out)
+    assert {l.name for l in b.route(f"netns-{ns}").links} >= {"<script>", '"><i>x'}
+    html = render_html(b)
+    assert "<script>" not in html and "<i>x" not in html and "<img" not in html
+    assert "&lt;script&gt;" in html and "&#34;&gt;&lt;i&gt;x" in html
+    assert fetches(html).found == []
+    show = netbundle("show", str(out)).stdout
+    assert "<script>alert(1)</script>" in show  # the terminal shows text as text
