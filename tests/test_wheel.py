@@ -16,8 +16,9 @@ pytestmark = pytest.mark.slow
 
 def test_wheel_installs_and_renders(tmp_path):
     dist = tmp_path / "dist"
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(dist),
-                    str(REPO)], check=True, capture_output=True, timeout=300)
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+                            str(dist), str(REPO)], capture_output=True, text=True, timeout=300)
+    assert built.returncode == 0, built.stderr
     [wheel] = dist.glob("netbundle-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert "bundle/_data/templates/appendix.html.j2" in names
@@ -28,7 +29,9 @@ def test_wheel_installs_and_renders(tmp_path):
     env_dir = tmp_path / "venv"
     venv.create(env_dir, with_pip=True, system_site_packages=False)
     py = env_dir / "bin" / "python"
-    subprocess.run([str(py), "-m", "pip", "install", "-q", str(wheel)], check=True, capture_output=True, timeout=600)
+    installed = subprocess.run([str(py), "-m", "pip", "install", "-q", str(wheel)], capture_output=True, text=True,
+                               timeout=600)
+    assert installed.returncode == 0, installed.stderr
     sample = REPO / "tests" / "data" / "hostile" / "control-valid.tar.zst"
     html = tmp_path / "out.html"
     # Run from an unrelated folder so nothing can come from the source tree.
