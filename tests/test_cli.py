@@ -116,6 +116,7 @@ def test_sigint_leaves_a_valid_bundle_or_none(tmp_path, mtu_lab):
                     s.status.value == "complete" for s in b.manifest.slices)
         else:
             outcomes.append(None)
-            assert proc.returncode == 130, err
+            # 130 from netbundle, or killed by the signal before Python had installed any handler
+            assert proc.returncode in (130, -signal.SIGINT, -signal.SIGTERM), err
         assert not list(tmp_path.glob(".netbundle-stage-*")) and not list(tmp_path.glob(".*.part"))
     assert 130 in outcomes, outcomes  # at least one interruption landed mid-collect and wrote a bundle
