@@ -44,6 +44,8 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--host", action="store_true", help="also collect from this process's own netns "
                    "(the default when no netns is named)")
     c.add_argument("--passive", action="store_true", help="send no probe packets")
+    c.add_argument("--route-from", metavar="IP", help="also `route get` each target as if from this source")
+    c.add_argument("--route-iif", metavar="IFNAME", help="also `route get` each target as if arriving on this interface")
     c.add_argument("--timeout", type=float, default=60.0, help="overall deadline in seconds (default 60)")
     c.add_argument("--slice", action="append", dest="slices", metavar="NAME", help="only these slices")
     c.add_argument("--ticket")
@@ -95,7 +97,12 @@ def _cmd_collect(args: argparse.Namespace, argv: list[str]) -> int:
             why = f"  ({ev.reason})" if ev.reason else ""
             sys.stderr.write(f"  {ev.vantage:<24} {ev.slice:<8} {ev.status.value:<8} {ev.duration_s:6.1f}s{why}\n")
 
-    req = CollectRequest(targets=targets, vantages=vantage.dedupe(specs), output=args.output, passive=args.passive,
+    options = {}
+    if args.route_from:
+        options["route_from"] = parse_target(args.route_from).address
+    if args.route_iif:
+        options["route_iif"] = args.route_iif
+    req = CollectRequest(options=options, targets=targets, vantages=vantage.dedupe(specs), output=args.output, passive=args.passive,
                          timeout_s=args.timeout, ticket=args.ticket, note=args.note, argv=argv,
                          slices=args.slices, debug=args.debug)
     outcome = collect(req, progress)

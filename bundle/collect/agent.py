@@ -77,7 +77,8 @@ def run(request: dict[str, Any]) -> None:
                    "duration_s": 0.0, "artifacts": []})
             continue
         ctx = SliceContext(vantage_id=request["vantage_id"], targets=targets, passive=bool(request["passive"]),
-                           deadline=started + budget, capabilities=tuple(caps))
+                           deadline=started + budget, capabilities=tuple(caps),
+                           options=tuple(sorted((str(k), str(v)) for k, v in request.get("options", {}).items())))
         future = pool.submit(cls().collect, ctx)
         try:
             result = future.result(timeout=max(0.1, budget))

@@ -57,6 +57,10 @@ class SliceContext:
     passive: bool
     deadline: float  # time.monotonic() value the slice must finish by
     capabilities: tuple[str, ...] = ()
+    options: tuple[tuple[str, str], ...] = ()  # slice options from the command line, e.g. ("route_from", IP)
+
+    def option(self, name: str) -> str | None:
+        return dict(self.options).get(name)
 
     def remaining(self) -> float:
         return max(0.0, self.deadline - time.monotonic())

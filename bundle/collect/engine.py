@@ -67,6 +67,7 @@ class CollectRequest:
     note: str | None = None
     argv: list[str] = field(default_factory=list)
     slices: list[str] | None = None
+    options: dict[str, str] = field(default_factory=dict)
     debug: bool = False
 
 
@@ -247,7 +248,7 @@ def _collect(req: CollectRequest, progress: Callable[[Progress], None] | None, *
             "vantage_id": spec.id, "netns_path": str(spec.path) if spec.path else None,
             "targets": [t.model_dump(mode="json") for t in req.targets], "passive": req.passive,
             "timeout_s": max(1.0, req.timeout_s - _GRACE_S), "slice_budget_s": req.timeout_s,
-            "slices": table_slices, "debug": req.debug,
+            "slices": table_slices, "debug": req.debug, "options": req.options,
         }
         agents[spec.id] = _Agent(spec, request, events)
     for agent in agents.values():

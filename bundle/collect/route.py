@@ -224,13 +224,17 @@ class RouteCollector(Collector):
         started = time.monotonic()
         links, addrs, rules, routes, neighbors, sysctls, ipr, names = snapshot()
         by_name = {link.name: link for link in links}
+        source, iif = ctx.option("route_from"), ctx.option("route_iif")
         with ipr:
             lookups = [route_get(ipr, t.address, names, by_name) for t in ctx.targets]
+            if source or iif:
+                # `ip route get DST from SRC iif IF`: the path a packet arriving from elsewhere would take.
+                lookups += [route_get(ipr, t.address, names, by_name, source=source, iif=iif) for t in ctx.targets]
         reasons: list[str] = []
         pings = []
         sweeps = []
         if not ctx.passive:
-            for lookup in (lk for lk in lookups if lk.ok):
+            for lookup in (lk for lk in lookups if lk.ok and lk.source is None and lk.iif is None):
                 if ctx.remaining() < 1:
                     reasons.append("probes cut by the deadline")
                     break

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import shlex
+
 import jinja2
 
 from bundle._resources import data_dir
 from bundle.archive import Bundle
 from bundle.errors import RenderError
-from bundle.render.view import BAD_NEIGHBOR_STATES, build_view
+from bundle.render.view import BAD_NEIGHBOR_STATES, build_view, missing_capabilities
 
 TEMPLATE = "appendix.html.j2"
 
@@ -17,18 +19,21 @@ def _environment() -> jinja2.Environment:
         folder = data_dir("templates")
     except FileNotFoundError as exc:
         raise RenderError(str(exc)) from None
-    return jinja2.Environment(
+    env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(folder),
         autoescape=True,  # everything from the system under diagnosis is escaped
         undefined=jinja2.StrictUndefined,
         trim_blocks=True,
         lstrip_blocks=True,
     )
+    env.filters["shjoin"] = shlex.join
+    return env
 
 
 def render_html(bundle: Bundle) -> str:
     try:
         template = _environment().get_template(TEMPLATE)
-        return template.render(view=build_view(bundle), bad_states=BAD_NEIGHBOR_STATES)
+        return template.render(view=build_view(bundle), bad_states=BAD_NEIGHBOR_STATES,
+                               missing_caps=missing_capabilities)
     except jinja2.TemplateError as exc:
         raise RenderError(f"template {TEMPLATE}: {exc}") from None

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from bundle.archive import Bundle
-from bundle.render.view import build_view
+from bundle.render.view import build_view, lookup_label, missing_capabilities
 
 
 def _clean(text: object) -> str:
@@ -26,7 +26,8 @@ def summary(bundle: Bundle) -> str:
     out.append("")
     for vv in view.vantages:
         v = vv.vantage
-        caps = "all caps" if v.privileges and "CAP_NET_ADMIN" in v.privileges.capabilities else "limited caps"
+        missing = missing_capabilities(v)
+        caps = "privileged" if not missing else "without " + ",".join(missing)
         where = f"{v.kind.value} {_clean(v.ref) if v.ref else ''}".strip()
         uid = v.privileges.uid if v.privileges else "?"
         out.append(f"vantage  {_clean(v.id)}  [{where}, netns {v.netns_inode or '?'}, uid {uid}, {caps}]")
@@ -38,8 +39,9 @@ def summary(bundle: Bundle) -> str:
         if vv.route:
             for lk in vv.route.lookups:
                 via = f"via {lk.gateway} " if lk.gateway else ""
-                res = f"{via}dev {lk.dev} src {lk.prefsrc} mtu {lk.mtu}" if lk.ok else f"error: {lk.error}"
-                out.append(f"         route get {_clean(lk.target)}: {_clean(res)}")
+                src = f" src {lk.prefsrc}" if lk.prefsrc else ""
+                res = f"{lk.type} {via}dev {lk.dev}{src} mtu {lk.mtu}" if lk.ok else f"error: {lk.error}"
+                out.append(f"         route get {_clean(lookup_label(lk))}: {_clean(res)}")
             for sw in vv.route.mtu_sweeps:
                 out.append(f"         mtu sweep {_clean(sw.target)}: {sw.status.value}, path MTU "
                            f"{sw.path_mtu or '?'} (pass {sw.largest_pass}, fail {sw.smallest_fail}) in {sw.duration_s:.1f}s")

@@ -9,6 +9,19 @@ from bundle.archive import Bundle
 from bundle.models import Finding, Manifest, NeighborState, RouteLookup, RouteSlice, SliceRun, Vantage
 
 BAD_NEIGHBOR_STATES = {NeighborState.FAILED, NeighborState.INCOMPLETE, NeighborState.STALE}
+# Capabilities whose absence hides evidence: netns entry, raw probes, netlink writes/dumps, other owners' /proc.
+KEY_CAPABILITIES = ("CAP_SYS_ADMIN", "CAP_NET_ADMIN", "CAP_NET_RAW", "CAP_SYS_PTRACE", "CAP_DAC_READ_SEARCH")
+
+
+def lookup_label(lk: RouteLookup) -> str:
+    """`10.96.0.10 from 10.244.1.2 iif cbr0`, as the operator would type it after `ip route get`."""
+    return " ".join([lk.target] + ([f"from {lk.source}"] if lk.source else []) + ([f"iif {lk.iif}"] if lk.iif else []))
+
+
+def missing_capabilities(vantage: Vantage) -> list[str]:
+    if vantage.privileges is None:
+        return list(KEY_CAPABILITIES)
+    return [c for c in KEY_CAPABILITIES if c not in vantage.privileges.capabilities]
 
 
 @dataclass
@@ -38,7 +51,7 @@ def build_view(bundle: Bundle) -> View:
         if doc is not None:
             findings += route_findings(v, doc)
             for lk in doc.lookups:
-                lookups.setdefault(lk.target, {})[v.id] = lk
+                lookups.setdefault(lookup_label(lk), {})[v.id] = lk
     order = {"critical": 0, "warning": 1, "info": 2}
     findings.sort(key=lambda f: order[f.severity.value])
     return View(manifest=m, vantages=vantages, findings=findings, lookups=lookups)

@@ -64,7 +64,11 @@ def _ip_view(ns: str, targets: list[str]) -> dict[str, object]:
     gets = {}
     for t in targets:
         g = ip_json(ns, "route", "get", t)[0]
-        gets[t] = (g["dst"], g.get("gateway"), g["dev"], g.get("prefsrc"))
+        gets[(t, None, None)] = (g["dst"], g.get("gateway"), g["dev"], g.get("prefsrc"))
+    if ns.endswith("-node"):  # the path a packet from the pod takes through the node
+        for t in targets:
+            g = ip_json(ns, "route", "get", t, "from", "10.244.1.2", "iif", "cbr0")[0]
+            gets[(t, "10.244.1.2", "cbr0")] = (g["dst"], g.get("gateway"), g["dev"], g.get("prefsrc"))
     return {"links": links, "neigh": neigh, "routes": routes, "addrs": addrs, "rules": rules, "gets": gets}
 
 
@@ -74,7 +78,7 @@ def _our_view(doc: RouteSlice) -> dict[str, object]:
     routes = {(r.family, r.table, r.type, r.dst, r.gateway, r.dev, r.prefsrc) for r in doc.routes}
     addrs = {(a.ifname, a.address, a.prefixlen, a.scope) for a in doc.addresses}
     rules = {(r.family, r.priority, r.table, r.src or "all") for r in doc.rules}
-    gets = {lk.target: (lk.dst, lk.gateway, lk.dev, lk.prefsrc) for lk in doc.lookups}
+    gets = {(lk.target, lk.source, lk.iif): (lk.dst, lk.gateway, lk.dev, lk.prefsrc) for lk in doc.lookups}
     return {"links": links, "neigh": neigh, "routes": routes, "addrs": addrs, "rules": rules, "gets": gets}
 
 
@@ -87,10 +91,14 @@ def test_route_slice_equals_ip_json(tmp_path, mtu_lab):
     targets = [t.split(":")[0] for t in mtu_lab.targets] + ["10.244.1.1", "10.244.0.1"]
     for attempt in range(3):
         _, bundle = _collect(tmp_path, mtu_lab, "--passive", *[x for t in targets[1:] for x in ("--target", t)])
+        _, routed = _collect(tmp_path, mtu_lab, "--passive", "--route-from", "10.244.1.2", "--route-iif", "cbr0",
+                             *[x for t in targets[1:] for x in ("--target", t)])
         diffs = {}
         for role in ("pod", "node"):
             ns = mtu_lab.namespaces[role]
             ours, theirs = _our_view(_ours(bundle, ns)), _ip_view(ns, targets)
+            if role == "node":
+                ours["gets"].update(_our_view(_ours(routed, ns))["gets"])
             diffs.update({f"{role}.{k}": (ours[k], theirs[k]) for k in ours if ours[k] != theirs[k]})
         if not diffs:
             break

@@ -1,0 +1,57 @@
+"""Say what you could not see: with a capability dropped, the bundle is written and says why."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from bundle.archive import read_bundle
+from bundle.models import MissingReason
+
+pytestmark = pytest.mark.privileged
+
+
+def _collect_without(cap: str, out, lab) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["setpriv", f"--bounding-set=-{cap}", sys.executable, "-m", "bundle", "collect", "--target",
+         lab.targets[0], "--netns", lab.namespaces["pod"], "-o", str(out)],
+        capture_output=True, text=True, timeout=120,
+    )
+
+
+def test_without_net_raw_probes_are_not_permitted(tmp_path, mtu_lab):
+    out = tmp_path / "b.tar.zst"
+    proc = _collect_without("net_raw", out, mtu_lab)
+    assert proc.returncode == 5, proc.stderr
+    b = read_bundle(out)
+    [v] = b.manifest.vantages
+    assert v.entered and v.privileges and "CAP_NET_RAW" not in v.privileges.capabilities
+    [run] = b.manifest.slices
+    assert run.status.value == "partial" and "not permitted" in (run.reason or "")
+    doc = b.route(v.id)
+    assert doc and doc.links and doc.lookups[0].ok  # the passive evidence is all there
+    assert doc.pings[0].unavailable and doc.pings[0].unavailable.unavailable is MissingReason.NOT_PERMITTED
+    show = subprocess.run([sys.executable, "-m", "bundle", "show", str(out)], capture_output=True, text=True).stdout
+    assert "without CAP_NET_RAW" in show
+
+
+def test_without_sys_admin_the_netns_cannot_be_entered(tmp_path, mtu_lab):
+    out = tmp_path / "b.tar.zst"
+    proc = _collect_without("sys_admin", out, mtu_lab)
+    assert proc.returncode == 5, proc.stderr
+    b = read_bundle(out)
+    [v] = b.manifest.vantages
+    assert not v.entered and "Operation not permitted" in (v.error or "")
+    assert b.manifest.slices[0].status.value == "failed"
+    assert b.route(v.id) is None
+
+
+def test_json_outcome(tmp_path, mtu_lab):
+    out = tmp_path / "b.tar.zst"
+    proc = subprocess.run([sys.executable, "-m", "bundle", "collect", "--passive", "--json", "--netns",
+                           mtu_lab.namespaces["node"], "-o", str(out)], capture_output=True, text=True, timeout=60)
+    doc = json.loads(proc.stdout)
+    assert doc["bundle"] == str(out) and doc["exit_code"] == 0 and doc["slices"][0]["status"] == "complete"
