@@ -46,6 +46,12 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--passive", action="store_true", help="send no probe packets")
     c.add_argument("--route-from", metavar="IP", help="also `route get` each target as if from this source")
     c.add_argument("--route-iif", metavar="IFNAME", help="also `route get` each target as if arriving on this interface")
+    c.add_argument("--socket-samples", type=int, default=3, metavar="K",
+                   help="state-count samples for the socket trend (default 3)")
+    c.add_argument("--socket-interval", type=float, default=1.0, metavar="SECONDS",
+                   help="seconds between socket samples (default 1)")
+    c.add_argument("--socket-rows", type=int, default=20000, metavar="N",
+                   help="socket rows kept beyond those of the targets (default 20000; counts stay exact)")
     c.add_argument("--timeout", type=float, default=60.0, help="overall deadline in seconds (default 60)")
     c.add_argument("--slice", action="append", dest="slices", metavar="NAME", help="only these slices")
     c.add_argument("--ticket")
@@ -97,7 +103,10 @@ def _cmd_collect(args: argparse.Namespace, argv: list[str]) -> int:
             why = f"  ({ev.reason})" if ev.reason else ""
             sys.stderr.write(f"  {ev.vantage:<24} {ev.slice:<8} {ev.status.value:<8} {ev.duration_s:6.1f}s{why}\n")
 
-    options = {}
+    if args.socket_samples < 1 or args.socket_interval < 0 or args.socket_rows < 0:
+        raise UsageError("--socket-samples must be >= 1, --socket-interval and --socket-rows >= 0")
+    options = {"socket_samples": str(args.socket_samples), "socket_interval": str(args.socket_interval),
+               "socket_rows": str(args.socket_rows)}
     if args.route_from:
         options["route_from"] = parse_target(args.route_from).address
     if args.route_iif:

@@ -16,6 +16,7 @@ import json
 import os
 import signal
 import sys
+import threading
 import time
 import traceback
 from datetime import UTC, datetime
@@ -27,9 +28,14 @@ from bundle.models import Privileges, SliceStatus, Target
 PR_SET_PDEATHSIG = 1
 
 
+_EMIT_LOCK = threading.Lock()
+
+
 def _emit(event: dict[str, Any]) -> None:
-    sys.stdout.write(json.dumps(event, separators=(",", ":")) + "\n")
-    sys.stdout.flush()
+    line = json.dumps(event, separators=(",", ":")) + "\n"
+    with _EMIT_LOCK:
+        sys.stdout.write(line)
+        sys.stdout.flush()
 
 
 def _die_with_parent() -> None:
@@ -65,46 +71,57 @@ def run(request: dict[str, Any]) -> None:
 
     table = collectors()
     targets = tuple(Target.model_validate(t) for t in request["targets"])
-    pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+    # Slices of one vantage run side by side, so the capture window, socket samples and probes overlap.
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=max(1, len(request["slices"])))
+    running: dict[concurrent.futures.Future[Any], tuple[str, str, float, float]] = {}
     for name in request["slices"]:
         cls = table[name]
         started_wall, started = _now(), time.monotonic()
         budget = min(float(request.get("slice_budget_s", 60)), deadline - started)
         unmet = cls.needs.unmet(caps)
-        base = {"event": "slice", "slice": name, "started": started_wall}
         if unmet:
-            _emit({**base, "status": SliceStatus.SKIPPED, "reason": "; ".join(unmet), "finished": _now(),
-                   "duration_s": 0.0, "artifacts": []})
+            _emit({"event": "slice", "slice": name, "started": started_wall, "status": SliceStatus.SKIPPED,
+                   "reason": "; ".join(unmet), "finished": _now(), "duration_s": 0.0, "artifacts": []})
             continue
         ctx = SliceContext(vantage_id=request["vantage_id"], targets=targets, passive=bool(request["passive"]),
                            deadline=started + budget, capabilities=tuple(caps),
                            options=tuple(sorted((str(k), str(v)) for k, v in request.get("options", {}).items())))
-        future = pool.submit(cls().collect, ctx)
-        try:
-            result = future.result(timeout=max(0.1, budget))
-        except concurrent.futures.TimeoutError:
-            _emit({**base, "status": SliceStatus.FAILED, "reason": f"timeout: no result within {budget:.1f} s",
-                   "finished": _now(), "duration_s": round(time.monotonic() - started, 3), "artifacts": []})
-            # The hung thread cannot be stopped; a fresh pool lets later slices run.
-            pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
-            continue
-        except Exception as exc:  # contained: one slice never costs the others
-            if request.get("debug"):
-                raise
-            tb = traceback.format_exc()
-            _emit({**base, "status": SliceStatus.FAILED, "reason": f"{type(exc).__name__}: {exc}",
-                   "finished": _now(), "duration_s": round(time.monotonic() - started, 3),
-                   "traceback": tb, "artifacts": []})
-            continue
-        _emit({
-            **base, "status": result.status, "reason": result.reason, "finished": _now(),
-            "duration_s": round(time.monotonic() - started, 3),
-            "artifacts": [
-                {"name": a.name, "media_type": str(a.media_type), "data_b64": base64.b64encode(a.data).decode(),
-                 "provenance": a.provenance.model_dump(mode="json")}
-                for a in result.artifacts
-            ],
-        })
+        running[pool.submit(cls().collect, ctx)] = (name, started_wall, started, budget)
+    hard_stop = max((started + budget for _, _, started, budget in running.values()), default=time.monotonic())
+    try:
+        for future in concurrent.futures.as_completed(running, timeout=max(0.1, hard_stop - time.monotonic())):
+            _report(future, *running[future], debug=bool(request.get("debug")))
+    except concurrent.futures.TimeoutError:
+        pass
+    for future, (name, started_wall, started, budget) in running.items():
+        if not future.done():
+            # A hung slice's thread cannot be stopped; main() exits the process without waiting for it.
+            _emit({"event": "slice", "slice": name, "started": started_wall, "status": SliceStatus.FAILED,
+                   "reason": f"timeout: no result within {budget:.1f} s", "finished": _now(),
+                   "duration_s": round(time.monotonic() - started, 3), "artifacts": []})
+
+
+def _report(future: concurrent.futures.Future[Any], name: str, started_wall: str, started: float, budget: float,
+            *, debug: bool) -> None:
+    base = {"event": "slice", "slice": name, "started": started_wall}
+    try:
+        result = future.result()
+    except Exception as exc:  # contained: one slice never costs the others
+        if debug:
+            raise
+        _emit({**base, "status": SliceStatus.FAILED, "reason": f"{type(exc).__name__}: {exc}",
+               "finished": _now(), "duration_s": round(time.monotonic() - started, 3),
+               "traceback": "".join(traceback.format_exception(exc)), "artifacts": []})
+        return
+    _emit({
+        **base, "status": result.status, "reason": result.reason, "finished": _now(),
+        "duration_s": round(time.monotonic() - started, 3),
+        "artifacts": [
+            {"name": a.name, "media_type": str(a.media_type), "data_b64": base64.b64encode(a.data).decode(),
+             "provenance": a.provenance.model_dump(mode="json")}
+            for a in result.artifacts
+        ],
+    })
 
 
 def main() -> None:

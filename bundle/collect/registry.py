@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from bundle.collect.base import Collector
 from bundle.collect.route import RouteCollector
+from bundle.collect.sockets import SocketsCollector
 
-_COLLECTORS: tuple[type[Collector], ...] = (RouteCollector,)
+_COLLECTORS: tuple[type[Collector], ...] = (RouteCollector, SocketsCollector)
 
 
 def collectors() -> dict[str, type[Collector]]:

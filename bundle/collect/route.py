@@ -225,11 +225,12 @@ class RouteCollector(Collector):
         links, addrs, rules, routes, neighbors, sysctls, ipr, names = snapshot()
         by_name = {link.name: link for link in links}
         source, iif = ctx.option("route_from"), ctx.option("route_iif")
+        addresses = list(dict.fromkeys(t.address for t in ctx.targets))  # one lookup per address, in order
         with ipr:
-            lookups = [route_get(ipr, t.address, names, by_name) for t in ctx.targets]
+            lookups = [route_get(ipr, a, names, by_name) for a in addresses]
             if source or iif:
                 # `ip route get DST from SRC iif IF`: the path a packet arriving from elsewhere would take.
-                lookups += [route_get(ipr, t.address, names, by_name, source=source, iif=iif) for t in ctx.targets]
+                lookups += [route_get(ipr, a, names, by_name, source=source, iif=iif) for a in addresses]
         reasons: list[str] = []
         pings = []
         sweeps = []

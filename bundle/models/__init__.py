@@ -20,6 +20,19 @@ from bundle.models.manifest import (
     VantageKind,
     parse_version,
 )
+from bundle.models.sockets import (
+    BindScope,
+    ConnectAttempt,
+    ConnectOutcome,
+    ConnectProbe,
+    Listener,
+    Owner,
+    OwnerScan,
+    Socket,
+    SocketsSlice,
+    StateSample,
+)
+from bundle.models.sockets import TcpInfo as SocketTcpInfo
 from bundle.models.route import (
     Address,
     IcmpError,
@@ -43,10 +56,15 @@ from bundle.models.route import (
 # Which model validates a member of a given media type.
 DOCUMENT_MODELS: dict[str, type[Model]] = {
     MediaType.ROUTE: RouteSlice,
+    MediaType.SOCKETS: SocketsSlice,
 }
 
 __all__ = [
     "Address",
+    "BindScope",
+    "ConnectAttempt",
+    "ConnectOutcome",
+    "ConnectProbe",
     "DOCUMENT_MODELS",
     "Evidence",
     "FORMAT_NAME",
@@ -58,6 +76,7 @@ __all__ = [
     "Invocation",
     "Link",
     "LinkStats",
+    "Listener",
     "Manifest",
     "MediaType",
     "Member",
@@ -68,6 +87,8 @@ __all__ = [
     "Neighbor",
     "NeighborState",
     "Nexthop",
+    "Owner",
+    "OwnerScan",
     "PingResult",
     "Privileges",
     "Provenance",
@@ -79,6 +100,10 @@ __all__ = [
     "Severity",
     "SliceRun",
     "SliceStatus",
+    "Socket",
+    "SocketTcpInfo",
+    "SocketsSlice",
+    "StateSample",
     "SweepStatus",
     "Sysctls",
     "Target",

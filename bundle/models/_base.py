@@ -22,6 +22,7 @@ class MissingReason(StrEnum):
     TIMEOUT = "timeout"
     ERROR = "error"
     SKIPPED = "skipped"
+    NOT_VISIBLE = "not_visible"  # exists, but outside what this process can see (another pid namespace)
 
 
 class Unavailable(Model):

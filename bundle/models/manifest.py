@@ -30,6 +30,7 @@ def parse_version(text: str) -> tuple[int, int]:
 class MediaType(StrEnum):
     MANIFEST = "application/vnd.netbundle.manifest.v1+json"
     ROUTE = "application/vnd.netbundle.route.v1+json"
+    SOCKETS = "application/vnd.netbundle.sockets.v1+json"
     TRACEBACK = "text/vnd.netbundle.traceback"
     TEXT = "text/plain"
     JSON = "application/json"

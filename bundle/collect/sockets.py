@@ -1,0 +1,175 @@
+"""Sockets slice: every TCP/UDP socket (sock_diag), owners (/proc/*/fd), listeners with bind scope,
+state counts sampled as a trend, and a bounded TCP connect probe per target.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import ipaddress
+import socket
+import time
+from collections import Counter
+
+from bundle.collect import connect
+from bundle.collect.base import Artifact, Collector, SliceContext, SliceResult
+from bundle.collect.owners import OwnerMap, scan_owners
+from bundle.models import (
+    BindScope,
+    Listener,
+    MediaType,
+    MissingReason,
+    SliceStatus,
+    Socket,
+    SocketsSlice,
+    SocketTcpInfo,
+    StateSample,
+    Target,
+    Unavailable,
+)
+from bundle.netlink.sockdiag import DiagSocket, dump_all
+
+DEFAULT_ROWS = 20_000
+DEFAULT_SAMPLES = 3
+DEFAULT_INTERVAL_S = 1.0
+_PROTO = {socket.IPPROTO_TCP: "tcp", socket.IPPROTO_UDP: "udp"}
+
+
+def bind_scope(address: str) -> BindScope:
+    ip = ipaddress.ip_address(address)
+    if ip.is_unspecified:
+        return BindScope.WILDCARD
+    if ip.is_loopback or (isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped and ip.ipv4_mapped.is_loopback):
+        return BindScope.LOOPBACK
+    return BindScope.SPECIFIC
+
+
+def _is_target_row(s: DiagSocket, targets: tuple[Target, ...]) -> bool:
+    """Client side (to the target) or server side (on the target's port, or its address when no port)."""
+    for t in targets:
+        if t.port is None:
+            if t.address in (s.remote, s.local):
+                return True
+        elif (s.remote == t.address and s.rport == t.port) or s.lport == t.port:
+            return True
+    return False
+
+
+def _owner_fields(s: DiagSocket, owners: OwnerMap) -> tuple[list[object], Unavailable | None]:
+    if s.inode == 0:
+        return [], Unavailable(unavailable=MissingReason.NOT_APPLICABLE,
+                               detail="no socket inode (TIME-WAIT or a pending connection request)")
+    found = owners.by_inode.get(s.inode)
+    if found:
+        return list(found), None
+    if owners.scan.denied:
+        return [], Unavailable(unavailable=MissingReason.NOT_PERMITTED,
+                               detail=f"owner unknown: not permitted ({owners.scan.denied} processes unreadable "
+                                      f"as uid {owners.scan.uid})")
+    return [], Unavailable(unavailable=MissingReason.NOT_VISIBLE,
+                           detail="no process visible from this pid namespace holds it")
+
+
+def _row(s: DiagSocket, owners: OwnerMap, ifnames: dict[int, str]) -> Socket:
+    found, unknown = _owner_fields(s, owners)
+    tcp = None
+    if s.tcp is not None and s.protocol == socket.IPPROTO_TCP:
+        t = s.tcp
+        tcp = SocketTcpInfo(rtt_us=t.rtt_us, rttvar_us=t.rttvar_us, retransmits=t.retransmits,
+                            total_retrans=t.total_retrans, snd_cwnd=t.snd_cwnd, snd_mss=t.snd_mss,
+                            rcv_mss=t.rcv_mss, pmtu=t.pmtu, unacked=t.unacked, lost=t.lost)
+    return Socket(
+        protocol=_PROTO[s.protocol], family=s.family, state=s.state, local=s.local, lport=s.lport, remote=s.remote,
+        rport=s.rport, recv_q=s.rqueue, send_q=s.wqueue, timer=s.timer, timer_expires_ms=s.expires_ms,
+        retransmits=s.retrans, uid=s.uid, inode=s.inode, cookie=s.cookie,
+        interface=ifnames.get(s.ifindex) if s.ifindex else None,
+        owners=found, owner_unknown=unknown, tcp=tcp,  # type: ignore[arg-type]
+    )
+
+
+def _sample(socks: list[DiagSocket], at: float, targets: tuple[Target, ...]) -> StateSample:
+    tcp: Counter[str] = Counter()
+    udp: Counter[str] = Counter()
+    retrans = 0
+    per_target: dict[str, Counter[str]] = {t.spec: Counter() for t in targets}
+    for s in socks:
+        if s.protocol == socket.IPPROTO_TCP:
+            tcp[s.state] += 1
+            if s.tcp is not None:
+                retrans += s.tcp.total_retrans
+            for t in targets:
+                if s.remote == t.address and (t.port is None or s.rport == t.port):
+                    per_target[t.spec][s.state] += 1
+        else:
+            udp[s.state] += 1
+    return StateSample(at_s=round(at, 3), tcp=dict(tcp), udp=dict(udp), retransmits=retrans,
+                       to_targets={k: dict(v) for k, v in per_target.items()})
+
+
+def _ifnames() -> dict[int, str]:
+    return {index: name for index, name in socket.if_nameindex()}
+
+
+class SocketsCollector(Collector):
+    name = "sockets"
+    description = "TCP/UDP sockets with owners, listeners and bind scope, state trend, TCP connect probes"
+
+    def collect(self, ctx: SliceContext) -> SliceResult:
+        started = time.monotonic()
+        samples_wanted = max(1, int(ctx.option("socket_samples") or DEFAULT_SAMPLES))
+        interval = max(0.0, float(ctx.option("socket_interval") or DEFAULT_INTERVAL_S))
+        row_limit = max(0, int(ctx.option("socket_rows") or DEFAULT_ROWS))
+        reasons: list[str] = []
+
+        first = dump_all()
+        samples = [_sample(first, 0.0, ctx.targets)]
+        for i in range(1, samples_wanted):
+            wake = started + i * interval
+            if wake > ctx.deadline - 0.5:
+                reasons.append(f"state trend cut to {len(samples)} samples by the deadline")
+                break
+            time.sleep(max(0.0, wake - time.monotonic()))
+            samples.append(_sample(dump_all(with_tcp_info=True), time.monotonic() - started, ctx.targets))
+
+        owners = scan_owners({s.inode for s in first if s.inode})
+        ifnames = _ifnames()
+        keep = [s for s in first if _is_target_row(s, ctx.targets)]
+        others = [s for s in first if not _is_target_row(s, ctx.targets)]
+        room = max(0, row_limit - len(keep))
+        kept_others = others[:room]
+        rows = [_row(s, owners, ifnames) for s in keep + kept_others]
+        counts = Counter(f"{_PROTO[s.protocol]} {s.state}" for s in first)
+        listeners = []
+        for s in first:
+            if (s.protocol == socket.IPPROTO_TCP and s.state == "LISTEN") or (
+                    s.protocol == socket.IPPROTO_UDP and s.state == "UNCONN" and s.rport == 0):
+                found, unknown = _owner_fields(s, owners)
+                listeners.append(Listener(protocol=_PROTO[s.protocol], local=s.local, lport=s.lport,
+                                          scope=bind_scope(s.local), recv_q=s.rqueue, send_q=s.wqueue,
+                                          owners=found, owner_unknown=unknown))  # type: ignore[arg-type]
+        notes = []
+        if not owners.scan.complete:
+            # Every row is still there; only the owner column is limited, and each row says so.
+            notes.append(f"owners hidden: {owners.scan.denied} of {owners.scan.processes} processes unreadable "
+                         f"as uid {owners.scan.uid}")
+
+        probes = []
+        if not ctx.passive:
+            ported = [t for t in ctx.targets if t.port is not None]
+            if ported:
+                timeout = min(2.0, max(0.2, (ctx.remaining() - 0.5) / 2))
+                with concurrent.futures.ThreadPoolExecutor(max_workers=min(8, len(ported))) as pool:
+                    futures = [pool.submit(connect.probe, t.spec, t.address, t.port or 0, 2, timeout) for t in ported]
+                    probes = [f.result() for f in futures]
+
+        doc = SocketsSlice(
+            sockets=rows, total=len(first), kept=len(rows), dropped=len(others) - len(kept_others),
+            row_limit=row_limit, counts=dict(sorted(counts.items())), listeners=listeners, samples=samples,
+            probes=probes, owner_scan=owners.scan,
+            active_probes=not ctx.passive,
+        )
+        art = Artifact.document("sockets.json", doc, MediaType.SOCKETS,
+                                "sock_diag SOCK_DIAG_BY_FAMILY dumps (TCP/UDP, IPv4/IPv6, tcp_info), /proc/*/fd, "
+                                "TCP connect probes", started)
+        art.provenance.truncated = doc.dropped > 0
+        status = SliceStatus.PARTIAL if reasons else SliceStatus.COMPLETE
+        return SliceResult(status=status, artifacts=[art], reason="; ".join(reasons + notes) or None)

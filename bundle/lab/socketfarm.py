@@ -1,0 +1,89 @@
+"""Open many sockets in mixed states inside the current netns, then wait: for tests and benchmarks.
+
+    python -m bundle.lab.socketfarm --total 10000 --ready FILE [--lifetime S]
+
+Mix (of --total): ~40% ESTAB (both ends held), ~20% TIME-WAIT, ~20% CLOSE-WAIT (and the peer's
+FIN-WAIT-2), ~10% UDP (bound, some connected), the rest LISTEN on distinct ports.
+Everything is on 127.0.0.1/::1 inside the netns; nothing leaves it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import socket
+import time
+from pathlib import Path
+
+BASE_PORT = 20000
+
+
+def _listeners(n: int, backlog: int = 4096) -> list[socket.socket]:
+    out = []
+    for i in range(n):
+        s = socket.socket(socket.AF_INET6 if i % 5 == 4 else socket.AF_INET, socket.SOCK_STREAM)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("::1" if i % 5 == 4 else "127.0.0.1", BASE_PORT + i))
+        s.listen(backlog)
+        out.append(s)
+    return out
+
+
+def build(total: int) -> list[socket.socket]:
+    hold: list[socket.socket] = []
+    n_listen = max(5, total // 100)
+    listeners = _listeners(n_listen)
+    hold += listeners
+    v4 = [s for s in listeners if s.family == socket.AF_INET]
+
+    def pair(i: int) -> tuple[socket.socket, socket.socket]:
+        lst = v4[i % len(v4)]
+        c = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        c.connect(lst.getsockname())
+        srv, _ = lst.accept()
+        return c, srv
+
+    n_estab = int(total * 0.4) // 2
+    n_tw = int(total * 0.2)
+    n_cw = int(total * 0.2) // 2
+    n_udp = int(total * 0.1)
+    k = 0
+    for _ in range(n_estab):
+        hold += pair(k)
+        k += 1
+    for _ in range(n_tw):
+        c, srv = pair(k)
+        k += 1
+        c.close()  # the client closes first: it ends in TIME-WAIT once the server closes too
+        srv.close()
+    for _ in range(n_cw):
+        c, srv = pair(k)
+        k += 1
+        c.shutdown(socket.SHUT_WR)  # FIN from the client: the server side sits in CLOSE-WAIT
+        hold += [c, srv]
+    for i in range(n_udp):
+        u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        u.bind(("127.0.0.1", 0))
+        if i % 2:
+            u.connect(("127.0.0.1", BASE_PORT + (i % n_listen)))
+        hold.append(u)
+    return hold
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--total", type=int, required=True)
+    p.add_argument("--ready", type=Path, required=True)
+    p.add_argument("--lifetime", type=float, default=600.0)
+    args = p.parse_args()
+    need = args.total * 2 + 1024
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < need:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (need, max(hard, need)))
+    hold = build(args.total)
+    args.ready.write_text(str(len(hold)))
+    time.sleep(args.lifetime)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,127 @@
+"""The sockets slice: every TCP/UDP socket of one netns, owners, trends and connect probes."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from pydantic import Field
+
+from bundle.models._base import Model, Unavailable
+
+
+class Owner(Model):
+    pid: int
+    command: str
+    fd: int
+
+
+class TcpInfo(Model):
+    rtt_us: int
+    rttvar_us: int
+    retransmits: int
+    total_retrans: int
+    snd_cwnd: int
+    snd_mss: int
+    rcv_mss: int
+    pmtu: int
+    unacked: int
+    lost: int
+
+
+class Socket(Model):
+    protocol: str = Field(description="tcp or udp")
+    family: int
+    state: str = Field(description="as ss names it: ESTAB, SYN-SENT, LISTEN, UNCONN, TIME-WAIT, ...")
+    local: str
+    lport: int
+    remote: str
+    rport: int
+    recv_q: int
+    send_q: int
+    timer: str
+    timer_expires_ms: int
+    retransmits: int
+    uid: int
+    inode: int
+    cookie: int
+    interface: str | None = None
+    owners: list[Owner] = []
+    owner_unknown: Unavailable | None = Field(
+        default=None, description="why owners is empty: not_permitted (hidden), not_applicable (no inode), ..."
+    )
+    tcp: TcpInfo | None = None
+
+
+class BindScope(StrEnum):
+    LOOPBACK = "loopback"  # reachable from this netns only
+    WILDCARD = "wildcard"
+    SPECIFIC = "specific"
+
+
+class Listener(Model):
+    protocol: str
+    local: str
+    lport: int
+    scope: BindScope
+    recv_q: int = Field(description="for LISTEN: current accept queue")
+    send_q: int = Field(description="for LISTEN: the backlog")
+    owners: list[Owner] = []
+    owner_unknown: Unavailable | None = None
+
+
+class StateSample(Model):
+    at_s: float = Field(description="seconds since the slice started")
+    tcp: dict[str, int]
+    udp: dict[str, int]
+    retransmits: int = Field(description="sum of tcp_info total_retrans over current TCP sockets")
+    to_targets: dict[str, dict[str, int]] = Field(
+        default_factory=dict, description="per target 'IP:PORT' (or IP), TCP state counts of sockets to it"
+    )
+
+
+class ConnectOutcome(StrEnum):
+    CONNECTED = "connected"
+    REFUSED = "refused"
+    TIMEOUT = "timeout"
+    UNREACHABLE = "unreachable"
+    PROHIBITED = "prohibited"
+    ERROR = "error"
+
+
+class ConnectAttempt(Model):
+    outcome: ConnectOutcome
+    latency_ms: float
+    errno_name: str | None = None
+    detail: str | None = None
+
+
+class ConnectProbe(Model):
+    target: str
+    address: str
+    port: int
+    outcome: ConnectOutcome = Field(description="the best outcome over the attempts")
+    attempts: list[ConnectAttempt]
+    timeout_s: float
+
+
+class OwnerScan(Model):
+    """How far the /proc/*/fd walk could see: hidden owners must never read as 'no process'."""
+
+    processes: int
+    denied: int
+    uid: int
+    complete: bool
+
+
+class SocketsSlice(Model):
+    sockets: list[Socket]
+    total: int
+    kept: int
+    dropped: int = Field(description="rows left out past the row limit; counts stay exact")
+    row_limit: int
+    counts: dict[str, int] = Field(description="exact '<proto> <state>' counts over all sockets")
+    listeners: list[Listener]
+    samples: list[StateSample]
+    probes: list[ConnectProbe] = []
+    owner_scan: OwnerScan
+    active_probes: bool

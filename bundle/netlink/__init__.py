@@ -1,0 +1,1 @@
+"""Small, fast netlink decoders for tables too large for pyroute2's per-attribute decoding."""

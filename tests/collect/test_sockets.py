@@ -1,0 +1,146 @@
+"""The sockets slice against the real kernel: equal to `ss -tanpH` / `ss -uanpH` in the same netns."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import time
+from collections import Counter
+
+import pytest
+from pyroute2 import IPRoute, netns
+
+from bundle.archive import read_bundle
+from bundle.collect.sockets import bind_scope
+from bundle.models import BindScope, ConnectOutcome, SocketsSlice
+from tests.conftest import netbundle
+
+pytestmark = pytest.mark.privileged
+
+_USERS = re.compile(r"pid=(\d+)")
+
+
+def _endpoint(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    host = host.strip("[]").split("%")[0]
+    if host in ("*", "0.0.0.0", "::"):
+        host = "*"
+    return host, 0 if port == "*" else int(port)
+
+
+def _norm(addr: str) -> str:
+    return "*" if addr in ("0.0.0.0", "::", "*") else addr
+
+
+def ss_rows(ns: str) -> Counter[tuple[object, ...]]:
+    rows: Counter[tuple[object, ...]] = Counter()
+    for proto, flag in (("tcp", "-tanpH"), ("udp", "-uanpH")):
+        out = subprocess.run(["ip", "netns", "exec", ns, "ss", flag], capture_output=True, text=True, check=True).stdout
+        for line in out.splitlines():
+            parts = line.split()
+            state, local, peer = parts[0], parts[3], parts[4]
+            pids = frozenset(int(p) for p in _USERS.findall(" ".join(parts[5:])))
+            rows[(proto, state, *_endpoint(local), *_endpoint(peer), pids)] += 1
+    return rows
+
+
+def our_rows(doc: SocketsSlice) -> Counter[tuple[object, ...]]:
+    return Counter((s.protocol, s.state, _norm(s.local), s.lport, _norm(s.remote), s.rport,
+                    frozenset(o.pid for o in s.owners)) for s in doc.sockets)
+
+
+@pytest.fixture(scope="module")
+def farm(tmp_path_factory):
+    """A netns holding a few thousand sockets in mixed states, held by one process."""
+    name = f"nbt-farm-{id(tmp_path_factory) % 10000}"
+    ready = tmp_path_factory.mktemp("farm") / "ready"
+    netns.create(name)
+    with IPRoute(netns=name) as ipr:
+        ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
+    proc = subprocess.Popen(["ip", "netns", "exec", name, sys.executable, "-m", "bundle.lab.socketfarm",
+                             "--total", "3000", "--ready", str(ready), "--lifetime", "300"])
+    try:
+        for _ in range(300):
+            if ready.exists():
+                break
+            time.sleep(0.05)
+        assert ready.exists(), "socket farm did not start"
+        yield name, proc.pid
+    finally:
+        proc.kill()
+        proc.wait()
+        netns.remove(name)
+
+
+def _collect(tmp_path, ns: str, *extra: str) -> SocketsSlice:
+    out = tmp_path / "b.tar.zst"
+    proc = netbundle("collect", "--slice", "sockets", "--netns", ns, "-o", str(out), *extra)
+    assert proc.returncode == 0, proc.stderr
+    doc = read_bundle(out).document(f"vantages/netns-{ns}/sockets.json", SocketsSlice)
+    assert doc is not None
+    return doc
+
+
+def test_socket_table_equals_ss(tmp_path, farm):
+    ns, _ = farm
+    for _ in range(3):  # sockets change state on their own (FIN-WAIT-2 and TIME-WAIT expire): retry a race
+        doc = _collect(tmp_path, ns, "--passive", "--socket-samples", "1")
+        theirs = ss_rows(ns)
+        ours = our_rows(doc)
+        if ours == theirs:
+            break
+    assert ours == theirs, (ours - theirs, theirs - ours)
+    states = Counter(s.state for s in doc.sockets)
+    assert {"ESTAB", "TIME-WAIT", "CLOSE-WAIT", "FIN-WAIT-2", "LISTEN", "UNCONN"} <= set(states)
+    assert doc.total == sum(states.values()) > 2000 and doc.dropped == 0
+    assert doc.owner_scan.complete and doc.owner_scan.denied == 0
+
+
+def test_row_limit_keeps_counts_exact_and_target_rows(tmp_path, farm):
+    ns, _ = farm
+    doc = _collect(tmp_path, ns, "--passive", "--socket-samples", "1", "--socket-rows", "100",
+                   "--target", "127.0.0.1:20003")
+    assert doc.total > 2000 and doc.kept >= 100 and doc.dropped == doc.total - doc.kept
+    assert sum(doc.counts.values()) == doc.total
+    to_target = [s for s in doc.sockets if s.lport == 20003 or (s.remote == "127.0.0.1" and s.rport == 20003)]
+    assert len(to_target) > 50  # every row of the target is kept
+    assert doc.kept == max(100, len(to_target))
+    full = _collect(tmp_path, ns, "--passive", "--socket-samples", "1", "--target", "127.0.0.1:20003")
+    assert len([s for s in full.sockets if s.lport == 20003 or s.rport == 20003]) == len(to_target)
+
+
+def test_owners_and_tcp_info(tmp_path, farm):
+    ns, pid = farm
+    doc = _collect(tmp_path, ns, "--passive", "--socket-samples", "1")
+    estab = [s for s in doc.sockets if s.state == "ESTAB" and s.protocol == "tcp"]
+    assert estab and all(s.tcp is not None and s.tcp.snd_mss > 0 for s in estab)
+    tw = [s for s in doc.sockets if s.state == "TIME-WAIT"]
+    assert tw and all(s.owner_unknown and s.owner_unknown.unavailable.value == "not_applicable" for s in tw)
+    listeners = {(l.local, l.lport): l for l in doc.listeners}
+    assert listeners[("127.0.0.1", 20000)].scope is BindScope.LOOPBACK
+    assert listeners[("::1", 20004)].scope is BindScope.LOOPBACK
+    assert all(l.owners for l in doc.listeners if l.protocol == "tcp")
+
+
+def test_bind_scope():
+    assert bind_scope("0.0.0.0") is BindScope.WILDCARD and bind_scope("::") is BindScope.WILDCARD
+    assert bind_scope("127.0.0.53") is BindScope.LOOPBACK and bind_scope("::ffff:127.0.0.1") is BindScope.LOOPBACK
+    assert bind_scope("10.244.1.3") is BindScope.SPECIFIC
+
+
+def test_connect_probe_outcomes(tmp_path, healthy_lab):
+    pod = healthy_lab.namespaces["pod"]
+    out = tmp_path / "b.tar.zst"
+    proc = netbundle("collect", "--slice", "sockets", "--netns", pod, "--target", "10.244.1.3:8080",
+                     "--target", "10.244.1.3:9", "--target", "10.244.1.77:8080", "--target", "10.96.5.5:80",
+                     "-o", str(out))
+    assert proc.returncode == 0, proc.stderr
+    doc = read_bundle(out).document(f"vantages/netns-{pod}/sockets.json", SocketsSlice)
+    by = {p.target: p for p in doc.probes}
+    assert by["10.244.1.3:8080"].outcome is ConnectOutcome.CONNECTED
+    assert by["10.244.1.3:9"].outcome is ConnectOutcome.REFUSED and len(by["10.244.1.3:9"].attempts) == 1
+    # on-link but absent: ARP fails -> host unreachable; off-link via a node that has no route -> ICMP or timeout
+    assert by["10.244.1.77:8080"].outcome in (ConnectOutcome.UNREACHABLE, ConnectOutcome.TIMEOUT)
+    assert by["10.96.5.5:80"].outcome in (ConnectOutcome.UNREACHABLE, ConnectOutcome.TIMEOUT)
+    assert all(a.latency_ms <= 2100 for p in doc.probes for a in p.attempts)
