@@ -10,7 +10,8 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
@@ -42,6 +43,21 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 
 def _prefix(name: str) -> str:
     return f"nbt-{name}-{os.getpid() % 100000}"
+
+
+@pytest.fixture(scope="session")
+def lab() -> Iterator[Callable[[str], LabInfo]]:
+    """lab("syn-drop"): a scenario built once per session under an nbt- prefix, removed at the end."""
+    built: dict[str, LabInfo] = {}
+    stack = ExitStack()
+
+    def get(scenario: str) -> LabInfo:
+        if scenario not in built:
+            built[scenario] = stack.enter_context(scenarios.running(scenario, _prefix(scenario.replace("-", ""))))
+        return built[scenario]
+
+    with stack:
+        yield get
 
 
 @pytest.fixture(scope="session")

@@ -28,6 +28,7 @@ from bundle.models import (
     Member,
     Model,
     RouteSlice,
+    SocketsSlice,
     parse_version,
 )
 
@@ -61,6 +62,9 @@ class Bundle:
 
     def route(self, vantage_id: str) -> RouteSlice | None:
         return self.document(f"vantages/{vantage_id}/route.json", RouteSlice)
+
+    def sockets(self, vantage_id: str) -> SocketsSlice | None:
+        return self.document(f"vantages/{vantage_id}/sockets.json", SocketsSlice)
 
 
 def check_version(raw: dict[str, object]) -> None:

@@ -222,9 +222,12 @@ def collect(req: CollectRequest, progress: Callable[[Progress], None] | None = N
     created = datetime.now(UTC)
     host = host_facts()
     out = req.output or default_output(created, host.hostname)
-    if not out.parent.is_dir() or not os.access(out.parent, os.W_OK):
-        raise BundleWriteError(f"cannot write the bundle: {out.parent} is not a writable folder")
-    staged = StagedBundle(parent=out.parent.resolve())
+    if not out.parent.is_dir():
+        raise BundleWriteError(f"cannot write the bundle: {out.parent} is not a folder")
+    try:  # a real attempt, not os.access(): capabilities and read-only mounts decide, not mode bits
+        staged = StagedBundle(parent=out.parent.resolve())
+    except OSError as exc:
+        raise BundleWriteError(f"cannot write the bundle in {out.parent}: {exc.strerror}") from None
     try:
         return _collect(req, progress, table_slices=slices, staged=staged, created=created, host=host, out=out)
     finally:

@@ -41,6 +41,9 @@ def scan_owners(wanted: set[int] | None = None, proc: str = "/proc") -> OwnerMap
             for fd in fds:
                 try:
                     link = os.readlink(f"{fd_dir}/{fd}")
+                except PermissionError:  # listing allowed (CAP_DAC_READ_SEARCH) but not ptrace-read access
+                    denied += 1
+                    break
                 except OSError:
                     continue
                 if not link.startswith("socket:["):

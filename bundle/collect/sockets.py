@@ -157,8 +157,14 @@ class SocketsCollector(Collector):
             ported = [t for t in ctx.targets if t.port is not None]
             if ported:
                 timeout = min(2.0, max(0.2, (ctx.remaining() - 0.5) / 2))
-                with concurrent.futures.ThreadPoolExecutor(max_workers=min(8, len(ported))) as pool:
-                    futures = [pool.submit(connect.probe, t.spec, t.address, t.port or 0, 2, timeout) for t in ported]
+                jobs = [(t.spec, t.address, t.port or 0) for t in ported]
+                # The sidecar case: a target port served here on loopback only gets an in-netns check too.
+                for t in ported:
+                    for lst in listeners:
+                        if lst.protocol == "tcp" and lst.lport == t.port and lst.scope is BindScope.LOOPBACK:
+                            jobs.append((f"loopback {lst.local}:{lst.lport}", lst.local, lst.lport))
+                with concurrent.futures.ThreadPoolExecutor(max_workers=min(8, len(jobs))) as pool:
+                    futures = [pool.submit(connect.probe, spec, addr, port, 2, timeout) for spec, addr, port in jobs]
                     probes = [f.result() for f in futures]
 
         doc = SocketsSlice(

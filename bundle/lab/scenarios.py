@@ -17,6 +17,7 @@ from bundle.errors import LabError
 from bundle.lab.topology import Topology, existing_namespaces, remove_namespace
 
 LISTEN_PORT = 8080
+OTHER_PORT = 9090
 _LISTENER = "bundle.lab.listener"
 
 
@@ -49,8 +50,11 @@ class LabInfo:
         return "\n".join(lines) + "\n"
 
 
-def _two_nodes(t: Topology, *, server_pod: bool, node_link_mtu: int) -> None:
-    """client pod -> node A (bridge cbr0, forwarding) -> node B ("remote"), optional server pod on node A."""
+def _two_nodes(t: Topology, *, server_pod: bool, node_link_mtu: int, server_bind: str | None = "0.0.0.0") -> None:
+    """client pod -> node A (bridge cbr0, forwarding) -> node B ("remote"), optional server pod on node A.
+
+    server_bind: where the server pod listens on 8080 (None: nothing listens there).
+    """
     for role in ("pod", "node", "remote"):
         t.add_netns(role)
     t.bridge("node", "cbr0")
@@ -71,8 +75,12 @@ def _two_nodes(t: Topology, *, server_pod: bool, node_link_mtu: int) -> None:
         t.enslave("node", "vethsrv", "cbr0")
         t.address("server", "eth0", "10.244.1.3/24")
         t.route("server", "0.0.0.0/0", gateway="10.244.1.1")
-        t.python("server", _LISTENER, "--port", str(LISTEN_PORT), "--send", "1024")
-        t.wait_listening("server", LISTEN_PORT)
+        if server_bind is not None:
+            t.python("server", _LISTENER, "--bind", server_bind, "--port", str(LISTEN_PORT), "--send", "1024")
+            t.wait_listening("server", LISTEN_PORT)
+        else:  # something else runs there, just not on the port the clients use
+            t.python("server", _LISTENER, "--port", str(OTHER_PORT), "--send", "16")
+            t.wait_listening("server", OTHER_PORT)
     t.wait_listening("remote", LISTEN_PORT)
 
 
@@ -110,7 +118,56 @@ def _mtu(t: Topology) -> LabInfo:
     )
 
 
-SCENARIOS: dict[str, Callable[[Topology], LabInfo]] = {"healthy": _healthy, "mtu": _mtu}
+def _no_listener(t: Topology) -> LabInfo:
+    _two_nodes(t, server_pod=True, node_link_mtu=1500, server_bind=None)
+    return LabInfo(
+        scenario="no-listener",
+        description="the server pod runs (on 9090) but nothing listens on 8080, the port clients use: "
+                    "their SYNs are answered with RST",
+        namespaces=dict(t.namespaces), targets=[f"10.244.1.3:{LISTEN_PORT}"], vantages=["pod", "node", "server"],
+        expect={"findings": ["transport.refused", "transport.no_listener"]},
+    )
+
+
+_DROP_SYN = f"""
+table inet nb_lab {{
+    chain forward {{ type filter hook forward priority 0; tcp dport {LISTEN_PORT} tcp flags & (syn | ack) == syn drop; }}
+}}
+"""
+
+
+def _syn_drop(t: Topology) -> LabInfo:
+    _two_nodes(t, server_pod=True, node_link_mtu=1500)
+    t.nft("node", _DROP_SYN)
+    # An application in the client pod that keeps trying: its SYN-SENT sockets pile up.
+    t.python("pod", "bundle.lab.client", "--target", f"10.244.1.3:{LISTEN_PORT}", "--interval", "0.25")
+    return LabInfo(
+        scenario="syn-drop",
+        description=f"the node drops forwarded SYNs to port {LISTEN_PORT}: the client pod's connections sit in "
+                    "SYN-SENT and time out, while the node itself still connects",
+        namespaces=dict(t.namespaces), targets=[f"10.244.1.3:{LISTEN_PORT}"], vantages=["pod", "node", "server"],
+        expect={"findings": ["transport.connect_timeout", "transport.syn_sent_stuck"]},
+    )
+
+
+def _loopback_listener(t: Topology) -> LabInfo:
+    _two_nodes(t, server_pod=True, node_link_mtu=1500, server_bind="127.0.0.1")
+    return LabInfo(
+        scenario="loopback-listener",
+        description=f"the server pod listens on 127.0.0.1:{LISTEN_PORT} only: clients in other namespaces are "
+                    "refused while a check inside the pod succeeds (the sidecar case)",
+        namespaces=dict(t.namespaces), targets=[f"10.244.1.3:{LISTEN_PORT}"], vantages=["pod", "node", "server"],
+        expect={"findings": ["transport.refused", "transport.loopback_only"]},
+    )
+
+
+SCENARIOS: dict[str, Callable[[Topology], LabInfo]] = {
+    "healthy": _healthy,
+    "mtu": _mtu,
+    "no-listener": _no_listener,
+    "syn-drop": _syn_drop,
+    "loopback-listener": _loopback_listener,
+}
 
 
 def _prefix(scenario: str) -> str:

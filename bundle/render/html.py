@@ -5,13 +5,27 @@ from __future__ import annotations
 import shlex
 
 import jinja2
+from markupsafe import Markup
 
 from bundle._resources import data_dir
 from bundle.archive import Bundle
 from bundle.errors import RenderError
-from bundle.render.view import BAD_NEIGHBOR_STATES, build_view, missing_capabilities
+from bundle.models import StateSample
+from bundle.render.view import BAD_NEIGHBOR_STATES, TREND_STATES, build_view, missing_capabilities
 
 TEMPLATE = "appendix.html.j2"
+
+
+def sparkline(samples: list[StateSample], state: str, width: int = 90, height: int = 18) -> Markup:
+    """An inline SVG polyline of one TCP state's count over the samples (numbers only: safe to emit)."""
+    values = [smp.tcp.get(state, 0) for smp in samples]
+    if not values:
+        return Markup("")
+    top = max(values) or 1
+    step = width / max(1, len(values) - 1)
+    points = " ".join(f"{i * step:.1f},{height - 2 - (v / top) * (height - 4):.1f}" for i, v in enumerate(values))
+    return Markup(f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img">'
+                  f'<polyline fill="none" stroke="#3060a0" stroke-width="1.5" points="{points}"/></svg>')
 
 
 def _environment() -> jinja2.Environment:
@@ -34,6 +48,6 @@ def render_html(bundle: Bundle) -> str:
     try:
         template = _environment().get_template(TEMPLATE)
         return template.render(view=build_view(bundle), bad_states=BAD_NEIGHBOR_STATES,
-                               missing_caps=missing_capabilities)
+                               missing_caps=missing_capabilities, sparkline=sparkline, trend_states=TREND_STATES)
     except jinja2.TemplateError as exc:
         raise RenderError(f"template {TEMPLATE}: {exc}") from None

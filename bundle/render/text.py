@@ -45,6 +45,20 @@ def summary(bundle: Bundle) -> str:
             for sw in vv.route.mtu_sweeps:
                 out.append(f"         mtu sweep {_clean(sw.target)}: {sw.status.value}, path MTU "
                            f"{sw.path_mtu or '?'} (pass {sw.largest_pass}, fail {sw.smallest_fail}) in {sw.duration_s:.1f}s")
+        if vv.sockets:
+            sk = vv.sockets
+            counts = " ".join(f"{k.replace(' ', ':')}={n}" for k, n in sk.counts.items()) or "none"
+            kept = f", {sk.dropped} rows past the limit not kept" if sk.dropped else ""
+            out.append(f"         sockets {sk.total}{kept}: {_clean(counts)}")
+            ls = ", ".join(f"{lst.protocol}/{_clean(lst.local)}:{lst.lport}"
+                           f"{' (loopback only)' if lst.scope.value == 'loopback' else ''}" for lst in sk.listeners[:12])
+            out.append(f"         listeners {len(sk.listeners)}: {ls or '-'}{' ...' if len(sk.listeners) > 12 else ''}")
+            for p in sk.probes:
+                lat = ", ".join(f"{a.outcome.value} {a.latency_ms:.0f}ms" for a in p.attempts)
+                out.append(f"         connect {_clean(p.target)}: {p.outcome.value} ({lat})")
+            if not sk.owner_scan.complete:
+                out.append(f"         owners: {sk.owner_scan.denied} of {sk.owner_scan.processes} processes unreadable "
+                           f"as uid {sk.owner_scan.uid}: empty owners are unknown, not absent")
     out.append("")
     if view.findings:
         out.append("findings")

@@ -4,13 +4,26 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from bundle.analyze import route_findings
+from bundle.analyze import VantageEvidence, route_findings, transport_findings
 from bundle.archive import Bundle
-from bundle.models import Finding, Manifest, NeighborState, RouteLookup, RouteSlice, SliceRun, Vantage
+from bundle.models import (
+    Finding,
+    Manifest,
+    NeighborState,
+    RouteLookup,
+    RouteSlice,
+    SliceRun,
+    Socket,
+    SocketsSlice,
+    Vantage,
+)
 
-BAD_NEIGHBOR_STATES = {NeighborState.FAILED, NeighborState.INCOMPLETE, NeighborState.STALE}
+BAD_NEIGHBOR_STATES = {NeighborState.FAILED, NeighborState.INCOMPLETE}  # STALE is shown, softer
 # Capabilities whose absence hides evidence: netns entry, raw probes, netlink writes/dumps, other owners' /proc.
 KEY_CAPABILITIES = ("CAP_SYS_ADMIN", "CAP_NET_ADMIN", "CAP_NET_RAW", "CAP_SYS_PTRACE", "CAP_DAC_READ_SEARCH")
+TREND_STATES = ("ESTAB", "SYN-SENT", "SYN-RECV", "CLOSE-WAIT", "TIME-WAIT", "FIN-WAIT-2", "LISTEN")
+_LAYERS = {"route": 0, "transport": 1, "dns": 2, "service": 3}
+_SEVERITY = {"critical": 0, "warning": 1, "info": 2}
 
 
 def lookup_label(lk: RouteLookup) -> str:
@@ -29,6 +42,14 @@ class VantageView:
     vantage: Vantage
     route: RouteSlice | None
     slices: list[SliceRun]
+    sockets: SocketsSlice | None = None
+
+    def target_sockets(self, address: str, port: int | None) -> list[Socket]:
+        """The rows of one target: to it (client side) or on its port (server side)."""
+        if self.sockets is None:
+            return []
+        return [s for s in self.sockets.sockets
+                if (s.remote == address and (port is None or s.rport == port)) or (port is not None and s.lport == port)]
 
 
 @dataclass
@@ -45,13 +66,16 @@ def build_view(bundle: Bundle) -> View:
     vantages = []
     findings: list[Finding] = []
     lookups: dict[str, dict[str, RouteLookup]] = {t.address: {} for t in m.targets}
+    evidence = []
     for v in m.vantages:
         doc = bundle.route(v.id)
-        vantages.append(VantageView(v, doc, [s for s in m.slices if s.vantage == v.id]))
+        socks = bundle.sockets(v.id)
+        vantages.append(VantageView(v, doc, [s for s in m.slices if s.vantage == v.id], socks))
+        evidence.append(VantageEvidence(v, doc, socks))
         if doc is not None:
             findings += route_findings(v, doc)
             for lk in doc.lookups:
                 lookups.setdefault(lookup_label(lk), {})[v.id] = lk
-    order = {"critical": 0, "warning": 1, "info": 2}
-    findings.sort(key=lambda f: order[f.severity.value])
+    findings += transport_findings(evidence, list(m.targets))
+    findings.sort(key=lambda f: (_LAYERS.get(f.layer, 9), _SEVERITY[f.severity.value]))
     return View(manifest=m, vantages=vantages, findings=findings, lookups=lookups)

@@ -94,7 +94,8 @@ def test_socket_table_equals_ss(tmp_path, farm):
     states = Counter(s.state for s in doc.sockets)
     assert {"ESTAB", "TIME-WAIT", "CLOSE-WAIT", "FIN-WAIT-2", "LISTEN", "UNCONN"} <= set(states)
     assert doc.total == sum(states.values()) > 2000 and doc.dropped == 0
-    assert doc.owner_scan.complete and doc.owner_scan.denied == 0
+    # every socket with an inode is held by the farm (the scan may still meet an unreadable process elsewhere)
+    assert all(s.owners for s in doc.sockets if s.inode)
 
 
 def test_row_limit_keeps_counts_exact_and_target_rows(tmp_path, farm):
@@ -144,3 +145,32 @@ def test_connect_probe_outcomes(tmp_path, healthy_lab):
     assert by["10.244.1.77:8080"].outcome in (ConnectOutcome.UNREACHABLE, ConnectOutcome.TIMEOUT)
     assert by["10.96.5.5:80"].outcome in (ConnectOutcome.UNREACHABLE, ConnectOutcome.TIMEOUT)
     assert all(a.latency_ms <= 2100 for p in doc.probes for a in p.attempts)
+
+
+def test_non_root_still_completes_and_names_hidden_owners(tmp_path, lab):
+    """As uid 65534 (with only CAP_DAC_READ_SEARCH, so it can run the interpreter under /root):
+    every row is there, and owners it could not read are marked not_permitted, never empty."""
+    info = lab("healthy")
+    folder = tmp_path / "out"
+    folder.mkdir()
+    folder.chmod(0o777)
+    out = folder / "b.tar.zst"
+    proc = subprocess.run(
+        ["ip", "netns", "exec", info.namespaces["server"], "setpriv", "--reuid=65534", "--regid=65534",
+         "--clear-groups", "--inh-caps=+dac_read_search", "--ambient-caps=+dac_read_search",
+         sys.executable, "-m", "bundle", "collect", "--slice", "sockets", "--target", info.targets[0], "-o", str(out)],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    b = read_bundle(out)
+    [v] = b.manifest.vantages
+    assert v.privileges.uid == 65534 and "CAP_SYS_PTRACE" not in v.privileges.capabilities
+    [run] = b.manifest.slices
+    assert run.status.value == "complete" and "owners hidden" in (run.reason or "")
+    doc = b.sockets(v.id)
+    assert doc.owner_scan.denied > 0 and not doc.owner_scan.complete
+    [listener] = [l for l in doc.listeners if l.lport == 8080]
+    assert listener.owners == [] and listener.owner_unknown.unavailable.value == "not_permitted"
+    assert "not permitted" in listener.owner_unknown.detail
+    show = netbundle("show", str(out)).stdout
+    assert "transport.owners_hidden" not in show and "owners of 1 sockets are hidden" in show

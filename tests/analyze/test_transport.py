@@ -1,0 +1,68 @@
+"""Transport findings: each lab scenario yields its finding from a fresh collect; the healthy lab none."""
+
+from __future__ import annotations
+
+import pytest
+
+from bundle.archive import read_bundle
+from bundle.render.view import build_view
+from tests.conftest import netbundle
+
+pytestmark = pytest.mark.privileged
+
+TRANSPORT = {"transport.refused", "transport.no_listener", "transport.loopback_only", "transport.connect_timeout",
+             "transport.syn_sent_stuck", "transport.syn_sent_rising", "transport.close_wait",
+             "transport.unreachable", "transport.owners_hidden"}
+
+
+def _collect(tmp_path, info):
+    out = tmp_path / f"{info.scenario}.tar.zst"
+    argv = ["collect", "-o", str(out)]
+    for t in info.targets:
+        argv += ["--target", t]
+    for role in info.vantages:
+        argv += ["--netns", info.namespaces[role]]
+    proc = netbundle(*argv)
+    assert proc.returncode == 0, proc.stderr
+    return build_view(read_bundle(out)).findings
+
+
+def _by_id(findings):
+    out = {}
+    for f in findings:
+        out.setdefault(f.id, []).append(f)
+    return out
+
+
+def test_healthy_lab_yields_no_transport_finding(tmp_path, lab):
+    found = _collect(tmp_path, lab("healthy"))
+    assert not [f for f in found if f.id in TRANSPORT], [f.summary for f in found]
+
+
+def test_no_listener(tmp_path, lab):
+    info = lab("no-listener")
+    found = _by_id(_collect(tmp_path, info))
+    assert {f.vantage for f in found["transport.refused"]} >= {f"netns-{info.namespaces['pod']}"}
+    [nl] = found["transport.no_listener"]
+    assert nl.vantage == f"netns-{info.namespaces['server']}" and "8080" in nl.summary
+    assert "transport.loopback_only" not in found
+
+
+def test_syn_drop(tmp_path, lab):
+    info = lab("syn-drop")
+    found = _by_id(_collect(tmp_path, info))
+    pod = f"netns-{info.namespaces['pod']}"
+    assert [f.vantage for f in found["transport.connect_timeout"]] == [pod]  # the node's own connects pass
+    [stuck] = found["transport.syn_sent_stuck"]
+    assert stuck.vantage == pod and "SYN-SENT" in stuck.summary
+    assert "transport.refused" not in found and "transport.no_listener" not in found
+
+
+def test_loopback_listener(tmp_path, lab):
+    info = lab("loopback-listener")
+    found = _by_id(_collect(tmp_path, info))
+    [lo] = found["transport.loopback_only"]
+    assert lo.vantage == f"netns-{info.namespaces['server']}"
+    assert "127.0.0.1" in lo.summary and "in-netns connect to 127.0.0.1:8080 connected" in lo.summary
+    assert f"netns-{info.namespaces['pod']}" in {f.vantage for f in found["transport.refused"]}
+    assert "transport.no_listener" not in found
