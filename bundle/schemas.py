@@ -11,11 +11,12 @@ import json
 import sys
 from pathlib import Path
 
-from bundle.models import Finding, Manifest, Model, RouteSlice
+from bundle.models import Finding, Manifest, Model, RouteSlice, SocketsSlice
 
 DOCUMENTS: dict[str, type[Model]] = {
     "manifest": Manifest,
     "route": RouteSlice,
+    "sockets": SocketsSlice,
     "finding": Finding,
 }
 

@@ -96,7 +96,7 @@ def decode_message(payload: memoryview | bytes, protocol: int) -> DiagSocket:
     end = len(payload)
     while off + 4 <= end:
         rlen, rtype = _RTA.unpack_from(payload, off)
-        if rlen < 4:
+        if rlen < 4 or off + rlen > end:  # malformed or cut short: keep what was decoded so far
             break
         if rtype == INET_DIAG_INFO and rlen - 4 >= _TCP_INFO.size:
             f = _TCP_INFO.unpack_from(payload, off + 4)
