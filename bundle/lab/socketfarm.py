@@ -10,29 +10,32 @@ Everything is on 127.0.0.1/::1 inside the netns; nothing leaves it.
 from __future__ import annotations
 
 import argparse
+import os
 import resource
+import signal
 import socket
 import time
 from pathlib import Path
 
 BASE_PORT = 20000
+PER_PROCESS = 8000
 
 
-def _listeners(n: int, backlog: int = 4096) -> list[socket.socket]:
+def _listeners(n: int, base: int, backlog: int = 4096) -> list[socket.socket]:
     out = []
     for i in range(n):
         s = socket.socket(socket.AF_INET6 if i % 5 == 4 else socket.AF_INET, socket.SOCK_STREAM)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        s.bind(("::1" if i % 5 == 4 else "127.0.0.1", BASE_PORT + i))
+        s.bind(("::1" if i % 5 == 4 else "127.0.0.1", base + i))
         s.listen(backlog)
         out.append(s)
     return out
 
 
-def build(total: int) -> list[socket.socket]:
+def build(total: int, base: int = BASE_PORT) -> list[socket.socket]:
     hold: list[socket.socket] = []
     n_listen = max(5, total // 100)
-    listeners = _listeners(n_listen)
+    listeners = _listeners(n_listen, base)
     hold += listeners
     v4 = [s for s in listeners if s.family == socket.AF_INET]
 
@@ -65,7 +68,7 @@ def build(total: int) -> list[socket.socket]:
         u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         u.bind(("127.0.0.1", 0))
         if i % 2:
-            u.connect(("127.0.0.1", BASE_PORT + (i % n_listen)))
+            u.connect(("127.0.0.1", base + (i % n_listen)))
         hold.append(u)
     return hold
 
@@ -76,13 +79,36 @@ def main() -> None:
     p.add_argument("--ready", type=Path, required=True)
     p.add_argument("--lifetime", type=float, default=600.0)
     args = p.parse_args()
-    need = args.total * 2 + 1024
+    # Each process holds at most PER_PROCESS sockets, so the farm fits any fd limit a machine sets.
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < need:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (need, max(hard, need)))
-    hold = build(args.total)
-    args.ready.write_text(str(len(hold)))
-    time.sleep(args.lifetime)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    per_process = max(1000, min(PER_PROCESS, hard - 1024))
+    shares = [min(per_process, args.total - i) for i in range(0, args.total, per_process)]
+    children = []
+    done_r, done_w = os.pipe()
+    for k, share in enumerate(shares[1:], start=1):
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - child
+            os.close(done_r)
+            hold = build(share, BASE_PORT + k * (per_process // 100 + 10))
+            os.write(done_w, b"+")
+            time.sleep(args.lifetime)
+            os._exit(0)
+        children.append(pid)
+    os.close(done_w)
+    hold = build(shares[0])
+    got = 0
+    while got < len(children):  # each child writes one byte once its sockets are open
+        chunk = os.read(done_r, 64)
+        if not chunk:
+            raise SystemExit("a farm worker died before it was ready")
+        got += len(chunk)
+    args.ready.write_text(str(args.total))
+    try:
+        time.sleep(args.lifetime)
+    finally:
+        for pid in children:
+            os.kill(pid, signal.SIGKILL)
 
 
 if __name__ == "__main__":
