@@ -9,24 +9,26 @@ import ipaddress
 import socket
 import time
 from collections import Counter
+from typing import Any
+
+import pydantic_core
 
 from bundle.collect import connect
 from bundle.collect.base import Artifact, Collector, SliceContext, SliceResult
-from bundle.collect.owners import OwnerMap, scan_owners
+from bundle.collect.owners import Holder, OwnerMap, scan_owners
 from bundle.models import (
     BindScope,
     Listener,
     MediaType,
     MissingReason,
+    Provenance,
     SliceStatus,
-    Socket,
     SocketsSlice,
-    SocketTcpInfo,
     StateSample,
     Target,
     Unavailable,
 )
-from bundle.netlink.sockdiag import DiagSocket, dump_all
+from bundle.netlink.sockdiag import TOTAL_RETRANS, DiagSocket, dump_all, tcp_info
 
 DEFAULT_ROWS = 20_000
 DEFAULT_SAMPLES = 3
@@ -54,10 +56,13 @@ def _is_target_row(s: DiagSocket, targets: tuple[Target, ...]) -> bool:
     return False
 
 
-def _owner_fields(s: DiagSocket, owners: OwnerMap) -> tuple[list[object], Unavailable | None]:
+_NO_INODE = Unavailable(unavailable=MissingReason.NOT_APPLICABLE,
+                        detail="no socket inode (TIME-WAIT or a pending connection request)")
+
+
+def _owner_fields(s: DiagSocket, owners: OwnerMap) -> tuple[list[Holder], Unavailable | None]:
     if s.inode == 0:
-        return [], Unavailable(unavailable=MissingReason.NOT_APPLICABLE,
-                               detail="no socket inode (TIME-WAIT or a pending connection request)")
+        return [], _NO_INODE
     found = owners.by_inode.get(s.inode)
     if found:
         return list(found), None
@@ -69,21 +74,28 @@ def _owner_fields(s: DiagSocket, owners: OwnerMap) -> tuple[list[object], Unavai
                            detail="no process visible from this pid namespace holds it")
 
 
-def _row(s: DiagSocket, owners: OwnerMap, ifnames: dict[int, str]) -> Socket:
+def _row(s: DiagSocket, owners: OwnerMap, ifnames: dict[int, str]) -> dict[str, Any]:
+    """One row of the `sockets` table, already in its JSON shape (the `Socket` model's fields, in order).
+
+    Rows are the one large table of the slice: building tens of thousands of pydantic objects would cost
+    more than the kernel dump and the /proc walk together, so rows go straight to JSON and the reader
+    validates them against `Socket` on load (every test reads its bundles back that way).
+    """
     found, unknown = _owner_fields(s, owners)
-    tcp = None
-    if s.tcp is not None and s.protocol == socket.IPPROTO_TCP:
-        t = s.tcp
-        tcp = SocketTcpInfo(rtt_us=t.rtt_us, rttvar_us=t.rttvar_us, retransmits=t.retransmits,
-                            total_retrans=t.total_retrans, snd_cwnd=t.snd_cwnd, snd_mss=t.snd_mss,
-                            rcv_mss=t.rcv_mss, pmtu=t.pmtu, unacked=t.unacked, lost=t.lost)
-    return Socket(
-        protocol=_PROTO[s.protocol], family=s.family, state=s.state, local=s.local, lport=s.lport, remote=s.remote,
-        rport=s.rport, recv_q=s.rqueue, send_q=s.wqueue, timer=s.timer, timer_expires_ms=s.expires_ms,
-        retransmits=s.retrans, uid=s.uid, inode=s.inode, cookie=s.cookie,
-        interface=ifnames.get(s.ifindex) if s.ifindex else None,
-        owners=found, owner_unknown=unknown, tcp=tcp,  # type: ignore[arg-type]
-    )
+    t = tcp_info(s.tcp) if s.tcp is not None else None
+    return {
+        "protocol": _PROTO[s.protocol], "family": s.family, "state": s.state, "local": s.local, "lport": s.lport,
+        "remote": s.remote, "rport": s.rport, "recv_q": s.rqueue, "send_q": s.wqueue, "timer": s.timer,
+        "timer_expires_ms": s.expires_ms, "retransmits": s.retrans, "uid": s.uid, "inode": s.inode,
+        "cookie": s.cookie, "interface": ifnames.get(s.ifindex) if s.ifindex else None,
+        "owners": [{"pid": o.pid, "command": o.command, "fd": o.fd} for o in found],
+        "owner_unknown": None if unknown is None else {"unavailable": unknown.unavailable.value,
+                                                       "detail": unknown.detail},
+        "tcp": None if t is None else {
+            "rtt_us": t.rtt_us, "rttvar_us": t.rttvar_us, "retransmits": t.retransmits,
+            "total_retrans": t.total_retrans, "snd_cwnd": t.snd_cwnd, "snd_mss": t.snd_mss, "rcv_mss": t.rcv_mss,
+            "pmtu": t.pmtu, "unacked": t.unacked, "lost": t.lost},
+    }
 
 
 def _sample(socks: list[DiagSocket], at: float, targets: tuple[Target, ...]) -> StateSample:
@@ -95,7 +107,7 @@ def _sample(socks: list[DiagSocket], at: float, targets: tuple[Target, ...]) -> 
         if s.protocol == socket.IPPROTO_TCP:
             tcp[s.state] += 1
             if s.tcp is not None:
-                retrans += s.tcp.total_retrans
+                retrans += s.tcp[TOTAL_RETRANS]
             for t in targets:
                 if s.remote == t.address and (t.port is None or s.rport == t.port):
                     per_target[t.spec][s.state] += 1
@@ -130,22 +142,25 @@ class SocketsCollector(Collector):
             time.sleep(max(0.0, wake - time.monotonic()))
             samples.append(_sample(dump_all(with_tcp_info=True), time.monotonic() - started, ctx.targets))
 
-        owners = scan_owners({s.inode for s in first if s.inode})
-        ifnames = _ifnames()
-        keep = [s for s in first if _is_target_row(s, ctx.targets)]
-        others = [s for s in first if not _is_target_row(s, ctx.targets)]
-        room = max(0, row_limit - len(keep))
-        kept_others = others[:room]
-        rows = [_row(s, owners, ifnames) for s in keep + kept_others]
-        counts = Counter(f"{_PROTO[s.protocol]} {s.state}" for s in first)
-        listeners = []
+        keep: list[DiagSocket] = []
+        others: list[DiagSocket] = []
+        bound: list[DiagSocket] = []
         for s in first:
+            (keep if _is_target_row(s, ctx.targets) else others).append(s)
             if (s.protocol == socket.IPPROTO_TCP and s.state == "LISTEN") or (
                     s.protocol == socket.IPPROTO_UDP and s.state == "UNCONN" and s.rport == 0):
-                found, unknown = _owner_fields(s, owners)
-                listeners.append(Listener(protocol=_PROTO[s.protocol], local=s.local, lport=s.lport,
-                                          scope=bind_scope(s.local), recv_q=s.rqueue, send_q=s.wqueue,
-                                          owners=found, owner_unknown=unknown))  # type: ignore[arg-type]
+                bound.append(s)
+        kept = keep + others[: max(0, row_limit - len(keep))]
+        owners = scan_owners({s.inode for s in kept + bound if s.inode})
+        ifnames = _ifnames()
+        rows = [_row(s, owners, ifnames) for s in kept]
+        counts = Counter(f"{_PROTO[s.protocol]} {s.state}" for s in first)
+        listeners = []
+        for s in bound:
+            found, unknown = _owner_fields(s, owners)
+            listeners.append(Listener(protocol=_PROTO[s.protocol], local=s.local, lport=s.lport,
+                                      scope=bind_scope(s.local), recv_q=s.rqueue, send_q=s.wqueue,
+                                      owners=[h.model() for h in found], owner_unknown=unknown))
         notes = []
         if not owners.scan.complete:
             # Every row is still there; only the owner column is limited, and each row says so.
@@ -168,14 +183,18 @@ class SocketsCollector(Collector):
                     probes = [f.result() for f in futures]
 
         doc = SocketsSlice(
-            sockets=rows, total=len(first), kept=len(rows), dropped=len(others) - len(kept_others),
+            sockets=[], total=len(first), kept=len(rows), dropped=len(first) - len(rows),
             row_limit=row_limit, counts=dict(sorted(counts.items())), listeners=listeners, samples=samples,
             probes=probes, owner_scan=owners.scan,
             active_probes=not ctx.passive,
         )
-        art = Artifact.document("sockets.json", doc, MediaType.SOCKETS,
-                                "sock_diag SOCK_DIAG_BY_FAMILY dumps (TCP/UDP, IPv4/IPv6, tcp_info), /proc/*/fd, "
-                                "TCP connect probes", started)
+        data = doc.model_dump(mode="json")
+        data["sockets"] = rows
+        art = Artifact(name="sockets.json", data=pydantic_core.to_json(data),
+                       media_type=MediaType.SOCKETS,
+                       provenance=Provenance(source="sock_diag SOCK_DIAG_BY_FAMILY dumps (TCP/UDP, IPv4/IPv6, "
+                                                    "tcp_info), /proc/*/fd, TCP connect probes",
+                                             duration_s=round(time.monotonic() - started, 6)))
         art.provenance.truncated = doc.dropped > 0
         status = SliceStatus.PARTIAL if reasons else SliceStatus.COMPLETE
         return SliceResult(status=status, artifacts=[art], reason="; ".join(reasons + notes) or None)

@@ -29,9 +29,9 @@ _NLMSGHDR = struct.Struct("=IHHII")
 # inet_diag_req_v2: family, protocol, ext, pad, states; inet_diag_sockid (ports big-endian, addresses raw)
 _REQ = struct.Struct("=BBBxI" + "HH16s16sI8s")
 # inet_diag_msg: family, state, timer, retrans; sockid; expires, rqueue, wqueue, uid, inode
-_MSG_HEAD = struct.Struct("=BBBB")
-_SOCKID_PORTS = struct.Struct("!HH")
-_MSG_TAIL = struct.Struct("=I8sIIIII")  # if, cookie, expires, rqueue, wqueue, uid, inode
+# family, state, timer, retrans; sport, dport (big-endian, swapped after), src, dst, if, cookie;
+# expires, rqueue, wqueue, uid, inode: 72 bytes, unpacked in one call
+_MSG = struct.Struct("=BBBBHH16s16sI8sIIIII")
 _RTA = struct.Struct("=HH")
 # struct tcp_info: 7 u8 + 1 byte of bitfields, then u32 fields; we take the first 26 u32 (to total_retrans)
 _TCP_INFO = struct.Struct("=BBBBBBBB" + "I" * 24)
@@ -41,6 +41,16 @@ TCP_STATES = {
     7: "UNCONN", 8: "CLOSE-WAIT", 9: "LAST-ACK", 10: "LISTEN", 11: "CLOSING", 12: "SYN-RECV",
 }
 TIMERS = {0: "off", 1: "on", 2: "keepalive", 3: "timewait", 4: "persist"}
+
+
+def tcp_info(raw: tuple[int, ...]) -> TcpInfo:
+    """Name the fields of a raw tcp_info tuple: raw[0..7] are the u8 fields, raw[8:] the u32s from tcpi_rto."""
+    return TcpInfo(rtt_us=raw[8 + 15], rttvar_us=raw[8 + 16], retransmits=raw[2], total_retrans=raw[8 + 23],
+                   snd_cwnd=raw[8 + 18], snd_mss=raw[8 + 2], rcv_mss=raw[8 + 3], pmtu=raw[8 + 13],
+                   unacked=raw[8 + 4], lost=raw[8 + 6])
+
+
+TOTAL_RETRANS = 8 + 23  # index of tcpi_total_retrans in the raw tuple
 
 
 @dataclass(slots=True)
@@ -75,43 +85,49 @@ class DiagSocket:
     wqueue: int
     uid: int
     inode: int
-    tcp: TcpInfo | None
+    tcp: tuple[int, ...] | None  # raw tcp_info; see tcp_info()
+
+
+_ADDR_CACHE: dict[bytes, str] = {}
 
 
 def _addr(family: int, raw: bytes) -> str:
-    if family == socket.AF_INET:
-        return socket.inet_ntop(socket.AF_INET, raw[:4])
-    return socket.inet_ntop(socket.AF_INET6, raw)
+    """inet_ntop with a small cache: most sockets share a handful of local addresses."""
+    key = raw[:4] if family == socket.AF_INET else raw
+    text = _ADDR_CACHE.get(key)
+    if text is None:
+        text = socket.inet_ntop(family, key)
+        if len(_ADDR_CACHE) < 65536:
+            _ADDR_CACHE[key] = text
+    return text
+
+
+def _swap16(v: int) -> int:
+    return ((v & 0xFF) << 8) | (v >> 8)
 
 
 def decode_message(payload: memoryview | bytes, protocol: int) -> DiagSocket:
     """One inet_diag_msg and its attributes (tested against recorded and live kernel output)."""
-    fam, state, timer, retrans = _MSG_HEAD.unpack_from(payload, 0)
-    sport, dport = _SOCKID_PORTS.unpack_from(payload, 4)
-    src = bytes(payload[8:24])
-    dst = bytes(payload[24:40])
-    ifindex, cookie, expires, rq, wq, uid, inode = _MSG_TAIL.unpack_from(payload, 40)
+    return _decode(payload, 0, len(payload), protocol)
+
+
+def _decode(buf: memoryview | bytes | bytearray, start: int, end: int, protocol: int) -> DiagSocket:
+    (fam, state, timer, retrans, sport, dport, src, dst, ifindex, cookie, expires, rq, wq, uid,
+     inode) = _MSG.unpack_from(buf, start)
     tcp = None
-    off = 72
-    end = len(payload)
+    off = start + _MSG.size
     while off + 4 <= end:
-        rlen, rtype = _RTA.unpack_from(payload, off)
+        rlen, rtype = _RTA.unpack_from(buf, off)
         if rlen < 4 or off + rlen > end:  # malformed or cut short: keep what was decoded so far
             break
         if rtype == INET_DIAG_INFO and rlen - 4 >= _TCP_INFO.size:
-            f = _TCP_INFO.unpack_from(payload, off + 4)
-            # f[0..7] are the u8 fields; f[8:] the u32 fields from tcpi_rto on
-            tcp = TcpInfo(rtt_us=f[8 + 15], rttvar_us=f[8 + 16], retransmits=f[2], total_retrans=f[8 + 23],
-                          snd_cwnd=f[8 + 18], snd_mss=f[8 + 2], rcv_mss=f[8 + 3], pmtu=f[8 + 13],
-                          unacked=f[8 + 4], lost=f[8 + 6])
+            tcp = _TCP_INFO.unpack_from(buf, off + 4)  # made into TcpInfo only for rows that are kept
         off += (rlen + 3) & ~3
-    family = 4 if fam == socket.AF_INET else 6
-    name = TCP_STATES.get(state, str(state))  # names as `ss` prints them (state 7 is UNCONN for both)
-    return DiagSocket(
-        protocol=protocol, family=family, state=name, local=_addr(fam, src), lport=sport, remote=_addr(fam, dst),
-        rport=dport, ifindex=ifindex, cookie=int.from_bytes(cookie, "little"), timer=TIMERS.get(timer, str(timer)),
-        expires_ms=expires, retrans=retrans, rqueue=rq, wqueue=wq, uid=uid, inode=inode, tcp=tcp,
-    )
+    # positional: this runs once per socket, tens of thousands of times
+    return DiagSocket(protocol, 4 if fam == socket.AF_INET else 6, TCP_STATES.get(state) or str(state),
+                      _addr(fam, src), _swap16(sport), _addr(fam, dst), _swap16(dport), ifindex,
+                      int.from_bytes(cookie, "little"), TIMERS.get(timer) or str(timer), expires, retrans, rq, wq,
+                      uid, inode, tcp)
 
 
 def dump(family: int, protocol: int, with_tcp_info: bool = True, bufsize: int = 1 << 20) -> Iterator[DiagSocket]:
@@ -125,7 +141,6 @@ def dump(family: int, protocol: int, with_tcp_info: bool = True, bufsize: int = 
         sock.send(_NLMSGHDR.pack(_NLMSGHDR.size + len(body), SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST | NLM_F_DUMP,
                                  seq, 0) + body)
         buf = bytearray(bufsize)
-        view = memoryview(buf)
         while True:
             n = sock.recv_into(buf)
             if n == 0:
@@ -146,7 +161,7 @@ def dump(family: int, protocol: int, with_tcp_info: bool = True, bufsize: int = 
                         raise OSError(code, os.strerror(code))
                     return
                 if mtype == SOCK_DIAG_BY_FAMILY:
-                    yield decode_message(view[off + _NLMSGHDR.size : off + length], protocol)
+                    yield _decode(buf, off + _NLMSGHDR.size, off + length, protocol)
                 off += (length + 3) & ~3
     finally:
         sock.close()

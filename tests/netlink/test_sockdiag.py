@@ -39,8 +39,9 @@ def test_decodes_ipv4_with_tcp_info():
     assert (s.ifindex, s.timer, s.retrans, s.expires_ms, s.rqueue, s.wqueue, s.uid, s.inode) == (2, "on", 3, 200, 7, 9, 1000, 4242)
     assert s.cookie == (1 << 32) | 0x1234
     assert s.tcp is not None
-    assert (s.tcp.snd_mss, s.tcp.rcv_mss, s.tcp.rtt_us, s.tcp.rttvar_us, s.tcp.snd_cwnd, s.tcp.pmtu) == (1448, 536, 1234, 56, 10, 1500)
-    assert (s.tcp.total_retrans, s.tcp.retransmits, s.tcp.unacked) == (5, 2, 1)
+    info = sockdiag.tcp_info(s.tcp)
+    assert (info.snd_mss, info.rcv_mss, info.rtt_us, info.rttvar_us, info.snd_cwnd, info.pmtu) == (1448, 536, 1234, 56, 10, 1500)
+    assert (info.total_retrans, info.retransmits, info.unacked) == (5, 2, 1)
 
 
 def test_decodes_ipv6_udp_and_state_names():
