@@ -46,6 +46,12 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--passive", action="store_true", help="send no probe packets")
     c.add_argument("--route-from", metavar="IP", help="also `route get` each target as if from this source")
     c.add_argument("--route-iif", metavar="IFNAME", help="also `route get` each target as if arriving on this interface")
+    c.add_argument("--name", action="append", default=[], dest="names", metavar="NAME",
+                   help="a DNS name to resolve as the vantage's resolver would (repeatable, at most 20)")
+    c.add_argument("--dns-server", metavar="IP", help="also ask this server for each name's FQDN "
+                   "(e.g. the kube-dns ClusterIP beside a NodeLocal cache)")
+    c.add_argument("--dns-timeout", type=float, metavar="SECONDS",
+                   help="cap each DNS wait below resolv.conf's timeout (recorded in the bundle)")
     c.add_argument("--socket-samples", type=int, default=3, metavar="K",
                    help="state-count samples for the socket trend (default 3)")
     c.add_argument("--socket-interval", type=float, default=1.0, metavar="SECONDS",
@@ -107,6 +113,19 @@ def _cmd_collect(args: argparse.Namespace, argv: list[str]) -> int:
         raise UsageError("--socket-samples must be >= 1, --socket-interval and --socket-rows >= 0")
     options = {"socket_samples": str(args.socket_samples), "socket_interval": str(args.socket_interval),
                "socket_rows": str(args.socket_rows)}
+    if len(args.names) > 20:
+        raise UsageError("at most 20 --name")
+    for name in args.names:
+        if not name or len(name) > 253 or any(ch.isspace() or ch in ",\\/" for ch in name) or ".." in name:
+            raise UsageError(f"not a DNS name: {name!r}")
+    if args.names:
+        options["dns_names"] = ",".join(args.names)
+    if args.dns_server:
+        options["dns_server"] = parse_target(args.dns_server).address
+    if args.dns_timeout is not None:
+        if args.dns_timeout <= 0:
+            raise UsageError("--dns-timeout must be positive")
+        options["dns_timeout"] = str(args.dns_timeout)
     if args.route_from:
         options["route_from"] = parse_target(args.route_from).address
     if args.route_iif:

@@ -11,12 +11,13 @@ import json
 import sys
 from pathlib import Path
 
-from bundle.models import Finding, Manifest, Model, RouteSlice, SocketsSlice
+from bundle.models import DnsSlice, Finding, Manifest, Model, RouteSlice, SocketsSlice
 
 DOCUMENTS: dict[str, type[Model]] = {
     "manifest": Manifest,
     "route": RouteSlice,
     "sockets": SocketsSlice,
+    "dns": DnsSlice,
     "finding": Finding,
 }
 

@@ -22,6 +22,7 @@ from pydantic import ValidationError
 from bundle.errors import InvalidBundle, UnsupportedFormatVersion
 from bundle.models import (
     DOCUMENT_MODELS,
+    DnsSlice,
     FORMAT_NAME,
     FORMAT_VERSION,
     Manifest,
@@ -65,6 +66,9 @@ class Bundle:
 
     def sockets(self, vantage_id: str) -> SocketsSlice | None:
         return self.document(f"vantages/{vantage_id}/sockets.json", SocketsSlice)
+
+    def dns(self, vantage_id: str) -> DnsSlice | None:
+        return self.document(f"vantages/{vantage_id}/dns.json", DnsSlice)
 
 
 def check_version(raw: dict[str, object]) -> None:

@@ -20,6 +20,7 @@ import threading
 import time
 import traceback
 from datetime import UTC, datetime
+from collections.abc import Callable
 from typing import Any
 
 from bundle._netns import effective_caps, netns_inode, setns_net
@@ -74,6 +75,25 @@ def run(request: dict[str, Any]) -> None:
     # Slices of one vantage run side by side, so the capture window, socket samples and probes overlap.
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=max(1, len(request["slices"])))
     running: dict[concurrent.futures.Future[Any], tuple[str, str, float, float]] = {}
+    runnable = [n for n in request["slices"] if not table[n].needs.unmet(caps)]
+    barrier = threading.Barrier(max(1, len(runnable)))
+    gated: set[str] = set()
+
+    def gate_for(slice_name: str) -> Callable[[], None]:
+        def gate() -> None:
+            gated.add(slice_name)
+            try:
+                barrier.wait(timeout=max(0.1, min(10.0, deadline - time.monotonic())))
+            except threading.BrokenBarrierError:
+                pass  # a slice ended without reaching its gate: the others go on rather than wait
+        return gate
+
+    def ended_callback(slice_name: str) -> Callable[[concurrent.futures.Future[Any]], None]:
+        def ended(_: concurrent.futures.Future[Any]) -> None:
+            if slice_name not in gated:
+                barrier.abort()
+        return ended
+
     for name in request["slices"]:
         cls = table[name]
         started_wall, started = _now(), time.monotonic()
@@ -85,8 +105,11 @@ def run(request: dict[str, Any]) -> None:
             continue
         ctx = SliceContext(vantage_id=request["vantage_id"], targets=targets, passive=bool(request["passive"]),
                            deadline=started + budget, capabilities=tuple(caps),
-                           options=tuple(sorted((str(k), str(v)) for k, v in request.get("options", {}).items())))
-        running[pool.submit(cls().collect, ctx)] = (name, started_wall, started, budget)
+                           options=tuple(sorted((str(k), str(v)) for k, v in request.get("options", {}).items())),
+                           probe_gate=gate_for(name))
+        future = pool.submit(cls().collect, ctx)
+        future.add_done_callback(ended_callback(name))
+        running[future] = (name, started_wall, started, budget)
     hard_stop = max((started + budget for _, _, started, budget in running.values()), default=time.monotonic())
     try:
         for future in concurrent.futures.as_completed(running, timeout=max(0.1, hard_stop - time.monotonic())):

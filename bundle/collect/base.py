@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -50,6 +51,10 @@ class SliceResult:
     reason: str | None = None
 
 
+def _no_gate() -> None:
+    return None
+
+
 @dataclass(frozen=True)
 class SliceContext:
     vantage_id: str
@@ -58,6 +63,9 @@ class SliceContext:
     deadline: float  # time.monotonic() value the slice must finish by
     capabilities: tuple[str, ...] = ()
     options: tuple[tuple[str, str], ...] = ()  # slice options from the command line, e.g. ("route_from", IP)
+    # Called by a collector between its passive reads and its first probe packet: it returns once every slice
+    # of the vantage has taken its passive snapshot, so no table records another slice's probes.
+    probe_gate: Callable[[], None] = _no_gate
 
     def option(self, name: str) -> str | None:
         return dict(self.options).get(name)

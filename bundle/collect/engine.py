@@ -251,7 +251,8 @@ def _collect(req: CollectRequest, progress: Callable[[Progress], None] | None, *
             "vantage_id": spec.id, "netns_path": str(spec.path) if spec.path else None,
             "targets": [t.model_dump(mode="json") for t in req.targets], "passive": req.passive,
             "timeout_s": max(1.0, req.timeout_s - _GRACE_S), "slice_budget_s": req.timeout_s,
-            "slices": table_slices, "debug": req.debug, "options": req.options,
+            "slices": table_slices, "debug": req.debug,
+            "options": {**req.options, "vantage_kind": spec.kind.value, "vantage_ref": spec.ref or ""},
         }
         agents[spec.id] = _Agent(spec, request, events)
     for agent in agents.values():

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from bundle.collect.base import Collector
+from bundle.collect.dns import DnsCollector
 from bundle.collect.route import RouteCollector
 from bundle.collect.sockets import SocketsCollector
 
-_COLLECTORS: tuple[type[Collector], ...] = (RouteCollector, SocketsCollector)
+_COLLECTORS: tuple[type[Collector], ...] = (RouteCollector, SocketsCollector, DnsCollector)
 
 
 def collectors() -> dict[str, type[Collector]]:

@@ -235,6 +235,7 @@ class RouteCollector(Collector):
         pings = []
         sweeps = []
         if not ctx.passive:
+            ctx.probe_gate()
             for lookup in (lk for lk in lookups if lk.ok and lk.source is None and lk.iif is None):
                 if ctx.remaining() < 1:
                     reasons.append("probes cut by the deadline")

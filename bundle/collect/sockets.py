@@ -134,6 +134,7 @@ class SocketsCollector(Collector):
 
         first = dump_all()
         samples = [_sample(first, 0.0, ctx.targets)]
+        ctx.probe_gate()  # the table above holds no other slice's probe sockets
         for i in range(1, samples_wanted):
             wake = started + i * interval
             if wake > ctx.deadline - 0.5:

@@ -7,6 +7,8 @@ namespaces this module creates, never connected to the machine's interfaces.
 from __future__ import annotations
 
 import os
+import shutil
+from pathlib import Path
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -14,7 +16,7 @@ from dataclasses import dataclass, field
 from pyroute2.netlink.exceptions import NetlinkError
 
 from bundle.errors import LabError
-from bundle.lab.topology import Topology, existing_namespaces, remove_namespace
+from bundle.lab.topology import LAB_RUN_DIR, Topology, existing_namespaces, remove_namespace
 
 LISTEN_PORT = 8080
 OTHER_PORT = 9090
@@ -29,18 +31,23 @@ class LabInfo:
     targets: list[str]
     vantages: list[str]
     expect: dict[str, object] = field(default_factory=dict)
+    names: list[str] = field(default_factory=list)
+    files: dict[str, str] = field(default_factory=dict)
 
     def collect_argv(self) -> list[str]:
         argv = ["netbundle", "collect"]
         for t in self.targets:
             argv += ["--target", t]
+        for n in self.names:
+            argv += ["--name", n]
         for role in self.vantages:
             argv += ["--netns", self.namespaces[role]]
         return argv
 
     def as_dict(self) -> dict[str, object]:
         return {"scenario": self.scenario, "description": self.description, "namespaces": self.namespaces,
-                "targets": self.targets, "collect": self.collect_argv(), "expect": self.expect}
+                "targets": self.targets, "names": self.names, "files": self.files, "collect": self.collect_argv(),
+                "expect": self.expect}
 
     def describe(self) -> str:
         lines = [f"lab {self.scenario}: {self.description}", "namespaces:"]
@@ -161,7 +168,67 @@ def _loopback_listener(t: Topology) -> LabInfo:
     )
 
 
+CLUSTER_DNS = "10.96.0.10"
+DNS_POD = "10.244.0.2"  # dnsmasq runs in the remote node's netns, standing in for CoreDNS
+POD_RESOLV_CONF = (f"nameserver {CLUSTER_DNS}\nsearch default.svc.cluster.local svc.cluster.local cluster.local\n"
+                   "options ndots:5 timeout:1 attempts:2\n")
+ZONE = {
+    "kubernetes.default.svc.cluster.local": "10.96.0.1",
+    "payments.default.svc.cluster.local": "10.96.0.20",
+    "kube-dns.kube-system.svc.cluster.local": CLUSTER_DNS,
+}
+_DNS_SERVICE = f"""
+table ip nb_lab_nat {{
+    chain prerouting {{ type nat hook prerouting priority -100;
+        ip daddr {CLUSTER_DNS} udp dport 53 dnat to {DNS_POD}:53
+        ip daddr {CLUSTER_DNS} tcp dport 53 dnat to {DNS_POD}:53
+    }}
+    chain output {{ type nat hook output priority -100;
+        ip daddr {CLUSTER_DNS} udp dport 53 dnat to {DNS_POD}:53
+        ip daddr {CLUSTER_DNS} tcp dport 53 dnat to {DNS_POD}:53
+    }}
+}}
+"""
+_DROP_DNS = f"""
+table inet nb_lab {{
+    chain forward {{ type filter hook forward priority 0; ip daddr {DNS_POD} udp dport 53 drop; ip daddr {DNS_POD} tcp dport 53 drop; }}
+    chain output {{ type filter hook output priority 0; ip daddr {DNS_POD} udp dport 53 drop; ip daddr {DNS_POD} tcp dport 53 drop; }}
+}}
+"""
+
+
+def _dns(t: Topology, *, drop: bool) -> LabInfo:
+    """pod (Kubernetes resolv.conf, ndots:5) -> node (DNATs the kube-dns ClusterIP) -> dnsmasq on the remote node."""
+    _two_nodes(t, server_pod=False, node_link_mtu=1500)
+    t.netns_file("pod", "resolv.conf", POD_RESOLV_CONF)
+    # the node resolves through the cluster DNS too (never through this machine's own resolver)
+    t.netns_file("node", "resolv.conf", f"nameserver {CLUSTER_DNS}\noptions timeout:1 attempts:2\n")
+    t.route("node", "10.96.0.0/16", dev="eth0")  # the node's route toward Service IPs, as a default route would
+    t.nft("node", _DNS_SERVICE)
+    run = t.run_dir()
+    log = run / "dnsmasq.log"
+    t.spawn("remote", ["dnsmasq", "--keep-in-foreground", "--no-resolv", "--no-hosts", f"--listen-address={DNS_POD}",
+                       "--bind-interfaces", "--port=53", "--log-queries", f"--log-facility={log}", "--local=/#/",
+                       f"--pid-file={run / 'dnsmasq.pid'}", "--user=root", "--group=root",
+                       *[f"--host-record={name},{ip}" for name, ip in ZONE.items()]])
+    t.wait_listening("remote", 53)
+    if drop:
+        t.nft("node", _DROP_DNS)
+    names = ["payments", "doesnotexist", "payments.default.svc.cluster.local."]
+    return LabInfo(
+        scenario="dns-drop" if drop else "dns-ndots",
+        description=("the node drops UDP and TCP 53 toward the cluster DNS: lookups time out (not NXDOMAIN)" if drop
+                     else "a pod with Kubernetes' resolv.conf (ndots:5, three search domains) and a cluster DNS "
+                          "(dnsmasq, query log on): a missing short name costs 4 candidates x A/AAAA = 8 queries"),
+        namespaces=dict(t.namespaces), targets=[f"{CLUSTER_DNS}:53"], vantages=["pod", "node"], names=names,
+        files={"dns_log": str(log), "pod_resolv_conf": str(Path("/etc/netns") / t.namespaces["pod"] / "resolv.conf")},
+        expect={"findings": ["dns.timeout"] if drop else ["dns.search_amplification"]},
+    )
+
+
 SCENARIOS: dict[str, Callable[[Topology], LabInfo]] = {
+    "dns-ndots": lambda t: _dns(t, drop=False),
+    "dns-drop": lambda t: _dns(t, drop=True),
     "healthy": _healthy,
     "mtu": _mtu,
     "no-listener": _no_listener,
@@ -214,6 +281,7 @@ def down(scenario: str, prefix: str | None = None) -> list[str]:
     removed = [n for n in existing_namespaces() if n.startswith(pre)]
     for name in removed:
         remove_namespace(name)
+    shutil.rmtree(LAB_RUN_DIR / (prefix or _prefix(scenario)), ignore_errors=True)
     return removed
 
 

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
@@ -44,8 +46,12 @@ def netns_pids(name: str) -> list[int]:
     return pids
 
 
+LAB_RUN_DIR = Path("/run/netbundle-lab")
+NETNS_ETC_DIR = Path("/etc/netns")
+
+
 def remove_namespace(name: str) -> None:
-    """Kill what runs inside, then delete the netns (its veths go with it)."""
+    """Kill what runs inside, then delete the netns (its veths go with it) and its /etc/netns/NAME files."""
     for pid in netns_pids(name):
         if pid != os.getpid():
             try:
@@ -54,6 +60,9 @@ def remove_namespace(name: str) -> None:
                 pass
     if name in existing_namespaces():
         netns.remove(name)
+    etc = NETNS_ETC_DIR / name
+    if etc.is_dir() and not etc.is_symlink():
+        shutil.rmtree(etc, ignore_errors=True)
 
 
 class Topology:
@@ -153,17 +162,32 @@ class Topology:
         if proc.returncode != 0:
             raise LabError(f"could not start {argv[0]} in {self.namespaces[role]} (exit {proc.returncode})")
 
+    def netns_file(self, role: str, name: str, content: str) -> Path:
+        """/etc/netns/<netns>/<name>: what `ip netns exec` bind-mounts over /etc/<name> (resolv.conf)."""
+        folder = NETNS_ETC_DIR / self.namespaces[role]
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / name
+        path.write_text(content)
+        return path
+
+    def run_dir(self) -> Path:
+        """A folder for this lab's logs and pid files, removed with the lab."""
+        folder = LAB_RUN_DIR / self.prefix
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
+
     def python(self, role: str, module: str, *args: str) -> None:
         self.spawn(role, [sys.executable, "-m", module, *args])
 
     def wait_listening(self, role: str, port: int, timeout: float = 5.0) -> None:
         """Block until a TCP listener on port exists in that netns (helpers start asynchronously)."""
-        needle = f":{port:04X} "
+        suffix = f":{port:04X}"
         end = time.monotonic() + timeout
         while time.monotonic() < end:
             proc = subprocess.run(["ip", "netns", "exec", self.namespaces[role], "cat", "/proc/net/tcp", "/proc/net/tcp6"],
                                   capture_output=True, text=True, timeout=5)
-            if any(needle in line and line.split()[3] == "0A" for line in proc.stdout.splitlines()[1:] if len(line.split()) > 3):
+            rows = [line.split() for line in proc.stdout.splitlines()]
+            if any(len(r) > 3 and r[1].endswith(suffix) and r[3] == "0A" for r in rows):
                 return
             time.sleep(0.05)
         raise LabError(f"no listener on port {port} in {self.namespaces[role]} after {timeout:g} s")
@@ -172,6 +196,7 @@ class Topology:
         for name in reversed(list(self.namespaces.values())):
             remove_namespace(name)
         self.namespaces.clear()
+        shutil.rmtree(LAB_RUN_DIR / self.prefix, ignore_errors=True)
 
     def _run(self, role: str, argv: list[str], stdin: str | None = None) -> None:
         try:

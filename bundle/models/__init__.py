@@ -1,6 +1,18 @@
 """Pydantic documents of a bundle. They know nothing of how evidence is collected."""
 
 from bundle.models._base import MissingReason, Model, Unavailable
+from bundle.models.dns import (
+    Answer,
+    Candidate,
+    DirectCheck,
+    DnsQuery,
+    DnsSlice,
+    NameReport,
+    Outcome,
+    Resolution,
+    ResolvConf,
+    ResolvOptions,
+)
 from bundle.models.findings import Evidence, Finding, Severity
 from bundle.models.manifest import (
     FORMAT_NAME,
@@ -57,15 +69,21 @@ from bundle.models.route import (
 DOCUMENT_MODELS: dict[str, type[Model]] = {
     MediaType.ROUTE: RouteSlice,
     MediaType.SOCKETS: SocketsSlice,
+    MediaType.DNS: DnsSlice,
 }
 
 __all__ = [
     "Address",
+    "Answer",
     "BindScope",
+    "Candidate",
     "ConnectAttempt",
     "ConnectOutcome",
     "ConnectProbe",
     "DOCUMENT_MODELS",
+    "DirectCheck",
+    "DnsQuery",
+    "DnsSlice",
     "Evidence",
     "FORMAT_NAME",
     "FORMAT_VERSION",
@@ -84,15 +102,20 @@ __all__ = [
     "Model",
     "MtuProbe",
     "MtuSweep",
+    "NameReport",
     "Neighbor",
     "NeighborState",
     "Nexthop",
+    "Outcome",
     "Owner",
     "OwnerScan",
     "PingResult",
     "Privileges",
     "Provenance",
     "READ_COMPATIBLE_FORMAT_VERSION",
+    "Resolution",
+    "ResolvConf",
+    "ResolvOptions",
     "Route",
     "RouteLookup",
     "RouteSlice",

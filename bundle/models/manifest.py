@@ -31,6 +31,8 @@ class MediaType(StrEnum):
     MANIFEST = "application/vnd.netbundle.manifest.v1+json"
     ROUTE = "application/vnd.netbundle.route.v1+json"
     SOCKETS = "application/vnd.netbundle.sockets.v1+json"
+    DNS = "application/vnd.netbundle.dns.v1+json"
+    RESOLV_CONF = "text/vnd.netbundle.resolv-conf"
     TRACEBACK = "text/vnd.netbundle.traceback"
     TEXT = "text/plain"
     JSON = "application/json"

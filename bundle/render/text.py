@@ -59,6 +59,19 @@ def summary(bundle: Bundle) -> str:
             if not sk.owner_scan.complete:
                 out.append(f"         owners: {sk.owner_scan.denied} of {sk.owner_scan.processes} processes unreadable "
                            f"as uid {sk.owner_scan.uid}: empty owners are unknown, not absent")
+        if vv.dns:
+            d = vv.dns
+            if d.resolv_conf:
+                rc = d.resolv_conf
+                out.append(f"         resolv.conf {_clean(rc.path)}: nameserver {_clean(' '.join(rc.nameservers))}; "
+                           f"search {_clean(' '.join(rc.search)) or '-'}; ndots:{rc.options.ndots} "
+                           f"timeout:{rc.options.timeout} attempts:{rc.options.attempts}")
+            for nr in d.names:
+                r = nr.resolution
+                got = ", ".join(r.addresses) or r.outcome.value
+                fq = f"; FQDN directly: {len(nr.fqdn.queries)} queries" if nr.fqdn else ""
+                out.append(f"         dns {_clean(nr.name)}: {_clean(got)} after {len(r.queries)}/{r.expected_queries} "
+                           f"queries, {r.total_ms:.1f} ms{fq}")
     out.append("")
     if view.findings:
         out.append("findings")

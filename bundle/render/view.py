@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from bundle.analyze import VantageEvidence, route_findings, transport_findings
+from bundle.analyze import VantageEvidence, dns_findings, route_findings, transport_findings
 from bundle.archive import Bundle
 from bundle.models import (
+    DnsSlice,
     Finding,
     Manifest,
     NeighborState,
@@ -43,6 +44,7 @@ class VantageView:
     route: RouteSlice | None
     slices: list[SliceRun]
     sockets: SocketsSlice | None = None
+    dns: DnsSlice | None = None
 
     def target_sockets(self, address: str, port: int | None) -> list[Socket]:
         """The rows of one target: to it (client side) or on its port (server side)."""
@@ -70,7 +72,10 @@ def build_view(bundle: Bundle) -> View:
     for v in m.vantages:
         doc = bundle.route(v.id)
         socks = bundle.sockets(v.id)
-        vantages.append(VantageView(v, doc, [s for s in m.slices if s.vantage == v.id], socks))
+        dns = bundle.dns(v.id)
+        vantages.append(VantageView(v, doc, [s for s in m.slices if s.vantage == v.id], socks, dns))
+        if dns is not None:
+            findings += dns_findings(v, dns)
         evidence.append(VantageEvidence(v, doc, socks))
         if doc is not None:
             findings += route_findings(v, doc)

@@ -1,0 +1,88 @@
+"""Findings of the DNS layer, per vantage and name."""
+
+from __future__ import annotations
+
+import shlex
+
+from bundle.models import DnsSlice, Evidence, Finding, Outcome, Severity, Vantage, VantageKind
+
+SLOW_MS = 500.0
+
+
+def _in(vantage: Vantage, command: str) -> str:
+    if vantage.kind is VantageKind.NETNS_NAME and vantage.ref:
+        return f"ip netns exec {shlex.quote(vantage.ref)} {command}"
+    if vantage.kind is VantageKind.NETNS_PID and vantage.ref:
+        return f"nsenter -t {shlex.quote(vantage.ref)} -n {command}"
+    return command
+
+
+def dns_findings(vantage: Vantage, doc: DnsSlice) -> list[Finding]:
+    member = f"vantages/{vantage.id}/dns.json"
+    out: list[Finding] = []
+
+    def add(fid: str, severity: Severity, target: str | None, summary: str, pointer: str, command: str) -> None:
+        out.append(Finding(id=fid, severity=severity, layer="dns", vantage=vantage.id, target=target,
+                           summary=summary, evidence=[Evidence(member=member, pointer=pointer)],
+                           next_command=_in(vantage, command)))
+
+    conf = doc.resolv_conf
+    if conf is None:
+        detail = doc.resolv_conf_unavailable.detail if doc.resolv_conf_unavailable else "unreadable"
+        add("dns.resolv_conf_unreadable", Severity.WARNING, None,
+            f"resolv.conf could not be read in {vantage.id} ({detail}): the resolver's configuration is unknown.",
+            "resolv_conf_unavailable", "cat /etc/resolv.conf")
+        return out
+    if doc.nodelocal:
+        add("dns.nodelocal", Severity.INFO, None, f"In {vantage.id}, {doc.nodelocal}.", "nodelocal",
+            "cat /etc/resolv.conf")
+    for i, report in enumerate(doc.names):
+        r = report.resolution
+        name = report.name
+        servers = ", ".join(conf.nameservers)
+        if not r.queries:
+            continue
+        if r.outcome is Outcome.TIMEOUT:
+            waited = sum(q.latency_ms or 0 for q in r.queries if q.timeout)
+            add("dns.timeout", Severity.CRITICAL, name,
+                f"From {vantage.id}, queries for {name} to {servers} got no answer ({len(r.queries)} sent, "
+                f"{waited / 1000:.1f} s waited): the resolver is unreachable, a policy drops DNS, or it is "
+                f"overloaded. This is not NXDOMAIN: the name was never looked up.",
+                f"names[{i}].resolution", f"dig +search +tries=1 +time=2 {name}")
+        elif r.outcome is Outcome.UNREACHABLE:
+            why = next((q.rcode for q in r.queries if q.rcode), "unreachable")
+            add("dns.unreachable", Severity.CRITICAL, name,
+                f"From {vantage.id}, queries for {name} cannot reach {servers}: {why}.",
+                f"names[{i}].resolution", f"ip route get {conf.nameservers[0]}")
+        elif r.outcome is Outcome.SERVFAIL:
+            add("dns.servfail", Severity.WARNING, name,
+                f"From {vantage.id}, {servers} answered SERVFAIL for {name}: the resolver is up but its upstream "
+                f"or its data is failing.", f"names[{i}].resolution", f"dig +search {name}")
+        candidates_tried = len({q.qname for q in r.queries})
+        if candidates_tried > 1:
+            fq = report.fqdn
+            fq_part = (f"; asking the FQDN {fq.fqdn}. directly costs {len(fq.queries)} queries "
+                       f"({fq.total_ms:.1f} ms)") if fq else ""
+            ending = (f"before {r.outcome.value.upper()}" if r.outcome is not Outcome.ANSWERED
+                      else f"before {r.answered_by} answered")
+            add("dns.search_amplification", Severity.WARNING, name,
+                f"In {vantage.id}, the name {name} cost {len(r.queries)} queries over {candidates_tried} candidates "
+                f"(ndots:{conf.options.ndots} with {len(conf.search)} search domains) in {r.total_ms:.1f} ms "
+                f"{ending}{fq_part}.", f"names[{i}].resolution",
+                f"cat /etc/resolv.conf; dig +search +showsearch {name}")
+        if r.outcome in (Outcome.NXDOMAIN, Outcome.NODATA):
+            add("dns.nxdomain", Severity.INFO, name,
+                f"From {vantage.id}, {name} does not resolve ({r.outcome.value}, answered in {r.total_ms:.1f} ms): "
+                f"the name is absent or the suffix is wrong; the resolver itself works.",
+                f"names[{i}].resolution", f"dig +search {name}")
+        elif r.outcome is Outcome.ANSWERED and r.total_ms > SLOW_MS:
+            add("dns.slow", Severity.WARNING, name,
+                f"From {vantage.id}, {name} resolved but took {r.total_ms:.0f} ms.", f"names[{i}].resolution",
+                f"dig +search {name}")
+        alt = report.alternate
+        if alt is not None and r.outcome is Outcome.ANSWERED and sorted(alt.addresses) != sorted(r.addresses):
+            add("dns.servers_disagree", Severity.WARNING, name,
+                f"For {name}, {conf.nameservers[0]} answers {', '.join(r.addresses) or 'nothing'} but {alt.server} "
+                f"answers {', '.join(alt.addresses) or alt.outcome.value}: a cache holds stale data or one side "
+                f"is failing.", f"names[{i}].alternate", f"dig @{alt.server} {alt.fqdn}")
+    return out
