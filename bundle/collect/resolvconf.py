@@ -16,6 +16,7 @@ _FLAGS = {
     "edns0": "edns0", "use-vc": "use_vc", "trust-ad": "trust_ad", "no-aaaa": "no_aaaa",
     "no-tld-query": "no_tld_query",
 }
+_KEYWORDS = ("nameserver", "domain", "search", "options", "sortlist")
 _KNOWN_IGNORED = {"debug", "no-check-names", "inet6", "ip6-bytestring", "ip6-dotint", "no-ip6-dotint",
                   "insecure1", "insecure2", "no-reload"}
 
@@ -28,12 +29,15 @@ def parse(text: str, path: str = "/etc/resolv.conf", hostname: str | None = None
     search: list[str] | None = None
     values: dict[str, int | bool] = {}
     unknown: list[str] = []
-    for raw in text.splitlines():
-        line = raw.strip()
+    for line in text.splitlines():
+        # glibc's MATCH(): the keyword starts the line and a blank follows it; an indented line is ignored,
+        # and ';' or '#' start a comment only at the start of a line.
         if not line or line[0] in ";#":
             continue
-        keyword, _, rest = line.partition(" ") if " " in line else line.partition("\t")
-        words = rest.split()
+        keyword = next((k for k in _KEYWORDS if line.startswith(k) and line[len(k):len(k) + 1] in (" ", "\t")), None)
+        if keyword is None:
+            continue
+        words = line[len(keyword):].split()
         if keyword == "nameserver" and words:
             try:
                 addr = str(ipaddress.ip_address(words[0].split("%")[0]))

@@ -1,0 +1,119 @@
+"""The DNS slice against glibc and a real DNS server (dnsmasq, query log on) in lab namespaces."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from bundle.archive import read_bundle
+from bundle.models import DnsSlice, Outcome
+from bundle.render.view import build_view
+from tests.conftest import netbundle
+
+pytestmark = pytest.mark.privileged
+
+_QUERY = re.compile(r"query\[(A|AAAA)\] (\S+) from (\S+)")
+VARIANTS = {
+    "kubernetes": None,  # the lab's own pod resolv.conf (ndots:5, three search domains)
+    # glibc reads '#' mid-line as a search domain and ignores the indented nameserver line
+    "odd": "search a.example b.example   # note\nnameserver 10.96.0.10        ; comment\n"
+           "    nameserver 10.9.9.9\noptions ndots:2 timeout:1\n",
+}
+NAMES = ["payments", "doesnotexist", "payments.default.svc.cluster.local",
+         "payments.default.svc.cluster.local.", "a.b.c.d.e.f", "kubernetes.default"]
+
+
+def _log_queries(log: Path, source: str) -> list[tuple[str, str]]:
+    return [(m.group(2), m.group(1)) for m in map(_QUERY.search, log.read_text().splitlines())
+            if m and m.group(3) == source]
+
+
+def _collect(tmp_path, info, *names: str, vantages=("pod",), only_dns=False) -> dict[str, DnsSlice]:
+    out = tmp_path / "b.tar.zst"
+    argv = ["collect", "-o", str(out)] + (["--slice", "dns"] if only_dns else [])
+    for n in names:
+        argv += ["--name", n]
+    for role in vantages:
+        argv += ["--netns", info.namespaces[role]]
+    proc = netbundle(*argv)
+    assert proc.returncode in (0, 5), proc.stderr
+    b = read_bundle(out)
+    return {role: b.dns(f"netns-{info.namespaces[role]}") for role in vantages}, b
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_query_sequence_equals_glibc(tmp_path, lab, variant):
+    """For each name: the queries the slice sent, in order, equal those glibc sends for `getent ahosts`."""
+    info = lab("dns-ndots")
+    pod = info.namespaces["pod"]
+    conf = Path(info.files["pod_resolv_conf"])
+    log = Path(info.files["dns_log"])
+    original = conf.read_text()
+    if VARIANTS[variant]:
+        conf.write_text(VARIANTS[variant])
+    try:
+        for name in NAMES:
+            log.write_text("")
+            subprocess.run(["ip", "netns", "exec", pod, "getent", "ahosts", name], capture_output=True, timeout=30)
+            time.sleep(0.2)
+            glibc = _log_queries(log, "10.244.1.2")
+            slices, _ = _collect(tmp_path, info, name, only_dns=True)
+            ours = [(q.qname, q.qtype) for q in slices["pod"].names[0].resolution.queries]
+            assert ours == glibc, (variant, name)
+            assert glibc, name  # not vacuous: glibc asked something
+    finally:
+        conf.write_text(original)
+
+
+def test_ndots_amplification_and_fqdn(tmp_path, lab):
+    info = lab("dns-ndots")
+    slices, b = _collect(tmp_path, info, "doesnotexist", "payments", "payments.default.svc.cluster.local.")
+    by = {r.name: r for r in slices["pod"].names}
+    miss = by["doesnotexist"].resolution
+    assert miss.outcome is Outcome.NXDOMAIN and len(miss.queries) == 8 and miss.expected_queries == 8
+    assert len({q.qname for q in miss.queries}) == 4
+    hit = by["payments"].resolution
+    assert hit.outcome is Outcome.ANSWERED and hit.addresses == ["10.96.0.20"] and len(hit.queries) == 2
+    fq = by["payments.default.svc.cluster.local."].resolution
+    assert len(fq.candidates) == 1 and fq.outcome is Outcome.ANSWERED
+    findings = build_view(b).findings
+    amp = [f for f in findings if f.id == "dns.search_amplification" and f.target == "doesnotexist"]
+    assert amp and "8 queries over 4 candidates" in amp[0].summary and "directly costs 2 queries" in amp[0].summary
+    assert not [f for f in findings if f.id == "dns.timeout"]
+    assert (tmp_path / "b.tar.zst").exists()
+    assert any(m.path.endswith("/resolv.conf") for m in b.manifest.members)
+
+
+def test_dropped_dns_is_a_timeout_not_nxdomain(tmp_path, lab):
+    info = lab("dns-drop")
+    slices, b = _collect(tmp_path, info, "payments")
+    res = slices["pod"].names[0].resolution
+    assert res.outcome is Outcome.TIMEOUT and all(q.timeout for q in res.queries)
+    assert {q.qname for q in res.queries} == {"payments.default.svc.cluster.local"}  # glibc stops at the timeout
+    ids = {f.id for f in build_view(b).findings}
+    assert "dns.timeout" in ids and "dns.nxdomain" not in ids
+    runs = {(s.vantage, s.slice): s for s in b.manifest.slices}
+    pod = f"netns-{info.namespaces['pod']}"
+    assert runs[(pod, "dns")].status.value == "partial" and "no nameserver answered" in runs[(pod, "dns")].reason
+    assert runs[(pod, "route")].status.value == "complete" and runs[(pod, "sockets")].status.value == "complete"
+
+
+def test_unreadable_resolv_conf_is_partial_and_costs_nothing_else(tmp_path, lab):
+    info = lab("healthy")
+    etc = Path("/etc/netns") / info.namespaces["server"]
+    (etc / "resolv.conf").mkdir(parents=True)  # a folder where the file should be: unreadable
+    try:
+        slices, b = _collect(tmp_path, info, "payments", vantages=("server",))
+    finally:
+        (etc / "resolv.conf").rmdir()
+        etc.rmdir()
+    doc = slices["server"]
+    assert doc.resolv_conf is None and doc.resolv_conf_unavailable is not None
+    runs = {s.slice: s for s in b.manifest.slices}
+    assert runs["dns"].status.value == "partial" and "resolv.conf unreadable" in runs["dns"].reason
+    assert runs["route"].status.value == "complete" and runs["sockets"].status.value == "complete"
+    assert "dns.resolv_conf_unreadable" in {f.id for f in build_view(b).findings}
