@@ -55,4 +55,5 @@ def test_json_outcome(tmp_path, mtu_lab):
                            mtu_lab.namespaces["node"], "-o", str(out)], capture_output=True, text=True, timeout=60)
     doc = json.loads(proc.stdout)
     assert doc["bundle"] == str(out) and doc["exit_code"] == 0
-    assert {s["slice"]: s["status"] for s in doc["slices"]} == {"route": "complete", "sockets": "complete"}
+    assert {s["slice"]: s["status"] for s in doc["slices"]} == {"route": "complete", "sockets": "complete",
+                                                                 "dns": "complete"}
