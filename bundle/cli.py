@@ -37,7 +37,8 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     c = sub.add_parser("collect", help="gather evidence into one .tar.zst bundle")
-    c.add_argument("--target", "-t", action="append", default=[], metavar="IP[:PORT]", help="repeatable")
+    c.add_argument("--target", "-t", action="append", default=[], metavar="IP[:PORT]|NAME[:PORT]",
+                   help="repeatable; a name is resolved in each vantage by its own resolver first")
     c.add_argument("--netns", action="append", default=[], metavar="NAME", help="a named netns (repeatable)")
     c.add_argument("--netns-pid", action="append", default=[], metavar="PID", help="a process's netns (repeatable)")
     c.add_argument("--netns-path", action="append", default=[], metavar="PATH", help="a netns file (repeatable)")
@@ -93,7 +94,7 @@ def _parser() -> argparse.ArgumentParser:
 def _cmd_collect(args: argparse.Namespace, argv: list[str]) -> int:
     from bundle.collect import vantage
     from bundle.collect.engine import CollectRequest, Progress, collect
-    from bundle.collect.targets import parse_target
+    from bundle.collect.targets import parse_address, parse_target, valid_name
 
     if args.timeout <= 0:
         raise UsageError("--timeout must be positive")
@@ -116,18 +117,18 @@ def _cmd_collect(args: argparse.Namespace, argv: list[str]) -> int:
     if len(args.names) > 20:
         raise UsageError("at most 20 --name")
     for name in args.names:
-        if not name or len(name) > 253 or any(ch.isspace() or ch in ",\\/" for ch in name) or ".." in name:
+        if not valid_name(name):
             raise UsageError(f"not a DNS name: {name!r}")
     if args.names:
         options["dns_names"] = ",".join(args.names)
     if args.dns_server:
-        options["dns_server"] = parse_target(args.dns_server).address
+        options["dns_server"] = parse_address(args.dns_server)
     if args.dns_timeout is not None:
         if args.dns_timeout <= 0:
             raise UsageError("--dns-timeout must be positive")
         options["dns_timeout"] = str(args.dns_timeout)
     if args.route_from:
-        options["route_from"] = parse_target(args.route_from).address
+        options["route_from"] = parse_address(args.route_from)
     if args.route_iif:
         options["route_iif"] = args.route_iif
     req = CollectRequest(options=options, targets=targets, vantages=vantage.dedupe(specs), output=args.output, passive=args.passive,

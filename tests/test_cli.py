@@ -64,7 +64,8 @@ def test_unroutable_target_is_recorded(tmp_path, mtu_lab):
 
 
 @pytest.mark.parametrize("args, fragment", [
-    (["collect", "--target", "not-an-ip"], "not an IP address"),
+    (["collect", "--target", "not_a/name"], "neither an IP address nor a DNS name"),
+    (["collect", "--dns-server", "kube-dns"], "not an IP address"),
     (["collect", "--target", "10.0.0.1:99999"], "port must be"),
     (["collect", "--netns", "../etc"], "not a netns name"),
     (["collect", "--timeout", "0"], "--timeout"),

@@ -29,7 +29,16 @@ class VantageEvidence:
     route: RouteSlice | None
     sockets: SocketsSlice | None
 
-    def owns(self, address: str) -> bool:
+    def address_of(self, target: Target) -> str | None:
+        """An IP target's address, or what this vantage's resolver answered for a name target."""
+        if target.address is not None:
+            return target.address
+        answers = self.vantage.resolved.get(target.name or "", [])
+        return answers[0] if answers else None
+
+    def owns(self, address: str | None) -> bool:
+        if address is None:
+            return False
         if self.route is not None:
             return any(a.address == address for a in self.route.addresses)
         return False
@@ -71,7 +80,7 @@ def transport_findings(evidence: list[VantageEvidence], targets: list[Target]) -
                     f"({len(p.attempts)} attempts): the SYN is dropped before any application sees it.",
                     f"probes[{i}]", f"ss -tan state syn-sent dst {p.address}")
             elif p.outcome in (ConnectOutcome.UNREACHABLE, ConnectOutcome.PROHIBITED):
-                detail = p.attempts[-1].detail or p.outcome.value
+                detail = next((a.detail for a in p.attempts if a.outcome is p.outcome and a.detail), p.outcome.value)
                 add("transport.unreachable", Severity.CRITICAL, v, p.target,
                     f"From {v.id}, TCP connects to {p.target} fail at once: {detail}.", f"probes[{i}]",
                     f"ip route get {p.address}")
@@ -86,19 +95,20 @@ def transport_findings(evidence: list[VantageEvidence], targets: list[Target]) -
             on_port = [(i, l) for i, l in enumerate(ev.sockets.listeners) if l.protocol == "tcp" and l.lport == t.port]
             reachable = [l for _, l in on_port if l.scope is not BindScope.LOOPBACK]
             loopback = [(i, l) for i, l in on_port if l.scope is BindScope.LOOPBACK]
-            owner = ev.owns(t.address)
-            if loopback and not reachable and (owner or not any(e.owns(t.address) for e in evidence)):
+            address = ev.address_of(t)
+            owner = ev.owns(address)
+            if loopback and not reachable and (owner or not any(e.owns(e.address_of(t)) for e in evidence)):
                 i, lst = loopback[0]
                 check = next((p for p in ev.sockets.probes if p.target.startswith("loopback ")
                               and p.port == t.port), None)
                 inside = (f" An in-netns connect to {lst.local}:{t.port} {check.outcome.value}." if check else "")
                 add("transport.loopback_only", Severity.CRITICAL, ev.vantage, t.spec,
                     f"In {ev.vantage.id} the listener on port {t.port} is bound to {lst.local} only: it is reachable "
-                    f"from inside that network namespace alone (the sidecar case), not at {t.address}.{inside}",
+                    f"from inside that network namespace alone (the sidecar case), not at {address}.{inside}",
                     f"listeners[{i}]", f"ss -tlnp sport = :{t.port}")
             elif owner and not on_port:
                 add("transport.no_listener", Severity.CRITICAL, ev.vantage, t.spec,
-                    f"{ev.vantage.id} holds {t.address} but has no TCP socket listening on port {t.port}.",
+                    f"{ev.vantage.id} holds {address} but has no TCP socket listening on port {t.port}.",
                     "listeners", f"ss -tlnp sport = :{t.port}")
 
     # Trends.
@@ -118,7 +128,7 @@ def transport_findings(evidence: list[VantageEvidence], targets: list[Target]) -
                     f"In {v.id}, connections to {t.spec} sit in SYN-SENT ({' -> '.join(map(str, syn))} over "
                     f"{last.at_s:g} s{', rising' if rising else ''}) and none is ESTABLISHED: handshakes do not "
                     f"complete (drops or no answer before the application).",
-                    "samples", f"ss -tan state syn-sent dst {t.address}")
+                    "samples", f"ss -tan state syn-sent dst {ev.address_of(t) or t.spec}")
         syn_all = (first.tcp.get("SYN-SENT", 0), last.tcp.get("SYN-SENT", 0))
         if syn_all[1] - syn_all[0] >= SYN_SENT_RISING_MIN and not any(f.id == "transport.syn_sent_stuck"
                                                                        and f.vantage == v.id for f in out):

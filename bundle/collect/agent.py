@@ -61,17 +61,27 @@ def run(request: dict[str, Any]) -> None:
             error = f"cannot enter netns {path}: {exc.strerror}"
     cap_hex, caps = effective_caps()
     privileges = Privileges(uid=os.getuid(), euid=os.geteuid(), cap_effective=cap_hex, capabilities=caps)
-    _emit({"event": "vantage", "entered": entered, "error": error,
-           "netns_inode": netns_inode() if error is None else None,
-           "privileges": privileges.model_dump(mode="json")})
+    vantage_event = {"event": "vantage", "entered": entered, "error": error,
+                     "netns_inode": netns_inode() if error is None else None,
+                     "privileges": privileges.model_dump(mode="json"), "resolved": {}}
     if error is not None:
+        _emit(vantage_event)
         return
 
     from bundle.collect.base import SliceContext
+    from bundle.collect.dns import resolve_targets
     from bundle.collect.registry import collectors
 
     table = collectors()
-    targets = tuple(Target.model_validate(t) for t in request["targets"])
+    options = request.get("options", {})
+    asked = [Target.model_validate(t) for t in request["targets"]]
+    max_wait = float(options.get("dns_timeout") or 0) or None
+    targets_list, name_reports, answers = resolve_targets(
+        asked, options.get("vantage_kind", "host"), options.get("vantage_ref") or None,
+        passive=bool(request["passive"]), deadline=min(deadline, time.monotonic() + 20), max_wait=max_wait)
+    targets = tuple(targets_list)
+    vantage_event["resolved"] = answers
+    _emit(vantage_event)
     # Slices of one vantage run side by side, so the capture window, socket samples and probes overlap.
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=max(1, len(request["slices"])))
     running: dict[concurrent.futures.Future[Any], tuple[str, str, float, float]] = {}
@@ -106,7 +116,7 @@ def run(request: dict[str, Any]) -> None:
         ctx = SliceContext(vantage_id=request["vantage_id"], targets=targets, passive=bool(request["passive"]),
                            deadline=started + budget, capabilities=tuple(caps),
                            options=tuple(sorted((str(k), str(v)) for k, v in request.get("options", {}).items())),
-                           probe_gate=gate_for(name))
+                           probe_gate=gate_for(name), resolved_names=tuple(name_reports))
         future = pool.submit(cls().collect, ctx)
         future.add_done_callback(ended_callback(name))
         running[future] = (name, started_wall, started, budget)

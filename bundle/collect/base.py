@@ -12,9 +12,19 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar
 
-from bundle.models import MediaType, Model, Provenance, SliceStatus, Target
+from bundle.models import MediaType, Model, Provenance, SliceStatus
+
+
+@dataclass(frozen=True)
+class ResolvedTarget:
+    """A target as collectors see it: always an address (a name target is resolved in the vantage first)."""
+
+    spec: str
+    address: str
+    port: int | None = None
+    name: str | None = None
 
 
 @dataclass(frozen=True)
@@ -58,7 +68,7 @@ def _no_gate() -> None:
 @dataclass(frozen=True)
 class SliceContext:
     vantage_id: str
-    targets: tuple[Target, ...]
+    targets: tuple[ResolvedTarget, ...]
     passive: bool
     deadline: float  # time.monotonic() value the slice must finish by
     capabilities: tuple[str, ...] = ()
@@ -66,6 +76,7 @@ class SliceContext:
     # Called by a collector between its passive reads and its first probe packet: it returns once every slice
     # of the vantage has taken its passive snapshot, so no table records another slice's probes.
     probe_gate: Callable[[], None] = _no_gate
+    resolved_names: tuple[Any, ...] = ()  # NameReports of name targets, resolved before the slices started
 
     def option(self, name: str) -> str | None:
         return dict(self.options).get(name)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from pyroute2 import IPRoute
 
-from bundle.collect.base import Artifact, Collector, SliceContext, SliceResult
+from bundle.collect.base import Artifact, Collector, ResolvedTarget, SliceContext, SliceResult
 from bundle.collect.dnswire import Exchanger
 from bundle.collect.resolvconf import parse, plan
 from bundle.models import (
@@ -25,6 +25,7 @@ from bundle.models import (
     Resolution,
     ResolvConf,
     SliceStatus,
+    Target,
     Unavailable,
 )
 from bundle.netlink.sockdiag import dump
@@ -147,6 +148,58 @@ def direct(fqdn: str, server: str, families: list[str], ex: Exchanger) -> Direct
                        total_ms=round((time.monotonic() - started) * 1000, 3))
 
 
+def load_conf(kind: str, ref: str | None) -> tuple[Path, bytes | None, ResolvConf | None, Unavailable | None]:
+    path = resolv_conf_path(kind, ref)
+    try:
+        raw = path.read_bytes()[:65536]
+    except PermissionError as exc:
+        return path, None, None, Unavailable(unavailable=MissingReason.NOT_PERMITTED, detail=f"{path}: {exc.strerror}")
+    except OSError as exc:
+        return path, None, None, Unavailable(unavailable=MissingReason.ERROR, detail=f"{path}: {exc.strerror}")
+    return path, raw, parse(raw.decode("utf-8", "replace"), str(path), socket.gethostname()), None
+
+
+def report_name(name: str, conf: ResolvConf, families: list[str], ex: Exchanger, alt: str | None) -> NameReport:
+    """Resolve as glibc would, then ask the FQDN directly (and of the alternate server) for comparison."""
+    res = resolve(name, conf, families, ex)
+    fqdn = res.answered_by or (res.candidates[0].name if res.candidates else name.rstrip("."))
+    report = NameReport(name=name, resolution=res)
+    pointless = res.outcome in (Outcome.TIMEOUT, Outcome.UNREACHABLE) and fqdn == res.candidates[0].name
+    if not name.endswith(".") and not pointless:
+        report.fqdn = direct(fqdn, conf.nameservers[0], families, ex)
+    if alt:
+        report.alternate = direct(fqdn, alt, families, ex)
+    return report
+
+
+def resolve_targets(targets: list[Target], kind: str, ref: str | None, *, passive: bool, deadline: float,
+                    max_wait: float | None) -> tuple[list[ResolvedTarget], list[NameReport], dict[str, list[str]]]:
+    """Name targets resolved by this vantage's own resolver, before any slice runs: what its clients would
+    dial is what route, sockets and probes look at. An unresolved name is left out (the DNS slice says why)."""
+    out: list[ResolvedTarget] = []
+    reports: list[NameReport] = []
+    answers: dict[str, list[str]] = {}
+    conf = None
+    if any(t.name for t in targets) and not passive:
+        _, _, conf, _ = load_conf(kind, ref)
+    families = query_families() if conf is not None else []
+    ex = Exchanger(conf.options, deadline=deadline, max_wait=max_wait) if conf is not None else None
+    for t in targets:
+        if t.address is not None:
+            out.append(ResolvedTarget(spec=t.spec, address=t.address, port=t.port))
+            continue
+        assert t.name is not None
+        if conf is None or ex is None:
+            answers[t.name] = []
+            continue
+        report = report_name(t.name, conf, families, ex, None)
+        reports.append(report)
+        answers[t.name] = report.resolution.addresses
+        if report.resolution.addresses:
+            out.append(ResolvedTarget(spec=t.spec, address=report.resolution.addresses[0], port=t.port, name=t.name))
+    return out, reports, answers
+
+
 class DnsCollector(Collector):
     name = "dns"
     description = "resolv.conf as this vantage sees it, glibc's query plan per name, sent for real"
@@ -155,27 +208,21 @@ class DnsCollector(Collector):
         started = time.monotonic()
         names = [n for n in (ctx.option("dns_names") or "").split(",") if n][:MAX_NAMES]
         alt = ctx.option("dns_server")
-        path = resolv_conf_path(ctx.option("vantage_kind") or "host", ctx.option("vantage_ref"))
+        path, raw, conf, unavailable = load_conf(ctx.option("vantage_kind") or "host", ctx.option("vantage_ref"))
         artifacts: list[Artifact] = []
         reasons: list[str] = []
-        conf: ResolvConf | None = None
-        unavailable = None
-        try:
-            raw = path.read_bytes()[:65536]
+        if raw is not None:
             artifacts.append(Artifact(name="resolv.conf", data=raw, media_type=MediaType.RESOLV_CONF,
                                       provenance=Provenance(source=f"read {path}")))
-            conf = parse(raw.decode("utf-8", "replace"), str(path), socket.gethostname())
-        except PermissionError as exc:
-            unavailable = Unavailable(unavailable=MissingReason.NOT_PERMITTED, detail=f"{path}: {exc.strerror}")
-        except OSError as exc:
-            unavailable = Unavailable(unavailable=MissingReason.ERROR, detail=f"{path}: {exc.strerror}")
         if unavailable is not None:
             reasons.append(f"resolv.conf unreadable: {unavailable.detail}")
         families = query_families()
         nodelocal = _nodelocal(conf) if conf else None
         if not ctx.passive and names:
             ctx.probe_gate()
-        reports: list[NameReport] = []
+        reports: list[NameReport] = [r for r in ctx.resolved_names if isinstance(r, NameReport)]
+        done = {r.name for r in reports}
+        names = [n for n in names if n not in done]
         if conf is not None:
             ex = Exchanger(conf.options, deadline=ctx.deadline - 0.5,
                            max_wait=float(ctx.option("dns_timeout") or 0) or None)
@@ -186,16 +233,9 @@ class DnsCollector(Collector):
                                      queries=[], outcome=Outcome.CUT, total_ms=0.0)
                     reports.append(NameReport(name=name, resolution=res))
                     continue
-                res = resolve(name, conf, families, ex)
-                fqdn = res.answered_by or (res.candidates[0].name if res.candidates else name.rstrip("."))
-                report = NameReport(name=name, resolution=res)
-                pointless = res.outcome in (Outcome.TIMEOUT, Outcome.UNREACHABLE) and fqdn == res.candidates[0].name
-                if not name.endswith(".") and not pointless:
-                    report.fqdn = direct(fqdn, conf.nameservers[0], families, ex)
-                if alt:
-                    report.alternate = direct(fqdn, alt, families, ex)
+                report = report_name(name, conf, families, ex, alt)
                 reports.append(report)
-                if res.outcome is Outcome.CUT:
+                if report.resolution.outcome is Outcome.CUT:
                     reasons.append(f"queries for {name} cut by the deadline")
             if conf.defaulted_nameserver:
                 reasons.append("resolv.conf names no nameserver: glibc falls back to 127.0.0.1")

@@ -170,6 +170,7 @@ class _Run:
         v.entered = bool(event.get("entered"))
         v.netns_inode = event.get("netns_inode")
         v.error = event.get("error")
+        v.resolved = {str(k): [str(a) for a in val] for k, val in (event.get("resolved") or {}).items()}
         if event.get("privileges"):
             v.privileges = Privileges.model_validate(event["privileges"])
         if v.error:
@@ -252,7 +253,10 @@ def _collect(req: CollectRequest, progress: Callable[[Progress], None] | None, *
             "targets": [t.model_dump(mode="json") for t in req.targets], "passive": req.passive,
             "timeout_s": max(1.0, req.timeout_s - _GRACE_S), "slice_budget_s": req.timeout_s,
             "slices": table_slices, "debug": req.debug,
-            "options": {**req.options, "vantage_kind": spec.kind.value, "vantage_ref": spec.ref or ""},
+            "options": {**req.options, "vantage_kind": spec.kind.value, "vantage_ref": spec.ref or "",
+                        "dns_names": ",".join(dict.fromkeys(
+                            [n for n in req.options.get("dns_names", "").split(",") if n]
+                            + [t.name for t in req.targets if t.name]))},
         }
         agents[spec.id] = _Agent(spec, request, events)
     for agent in agents.values():

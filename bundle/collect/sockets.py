@@ -14,7 +14,7 @@ from typing import Any
 import pydantic_core
 
 from bundle.collect import connect
-from bundle.collect.base import Artifact, Collector, SliceContext, SliceResult
+from bundle.collect.base import Artifact, Collector, ResolvedTarget, SliceContext, SliceResult
 from bundle.collect.owners import Holder, OwnerMap, scan_owners
 from bundle.models import (
     BindScope,
@@ -25,7 +25,6 @@ from bundle.models import (
     SliceStatus,
     SocketsSlice,
     StateSample,
-    Target,
     Unavailable,
 )
 from bundle.netlink.sockdiag import TOTAL_RETRANS, DiagSocket, dump_all, tcp_info
@@ -45,7 +44,7 @@ def bind_scope(address: str) -> BindScope:
     return BindScope.SPECIFIC
 
 
-def _is_target_row(s: DiagSocket, targets: tuple[Target, ...]) -> bool:
+def _is_target_row(s: DiagSocket, targets: tuple[ResolvedTarget, ...]) -> bool:
     """Client side (to the target) or server side (on the target's port, or its address when no port)."""
     for t in targets:
         if t.port is None:
@@ -98,7 +97,7 @@ def _row(s: DiagSocket, owners: OwnerMap, ifnames: dict[int, str]) -> dict[str, 
     }
 
 
-def _sample(socks: list[DiagSocket], at: float, targets: tuple[Target, ...]) -> StateSample:
+def _sample(socks: list[DiagSocket], at: float, targets: tuple[ResolvedTarget, ...]) -> StateSample:
     tcp: Counter[str] = Counter()
     udp: Counter[str] = Counter()
     retrans = 0

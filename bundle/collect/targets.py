@@ -1,11 +1,20 @@
-"""Parse the operator's targets: IP, IP:PORT, [IPv6]:PORT."""
+"""Parse the operator's targets: IP, IP:PORT, [IPv6]:PORT, NAME, NAME:PORT."""
 
 from __future__ import annotations
 
 import ipaddress
+import re
 
 from bundle.errors import UsageError
 from bundle.models import Target
+
+_LABEL = re.compile(r"^[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?$")
+
+
+def valid_name(name: str) -> bool:
+    """A DNS name as a resolver would accept it (an optional trailing dot makes it absolute)."""
+    body = name[:-1] if name.endswith(".") else name
+    return 0 < len(body) <= 253 and all(_LABEL.match(label) for label in body.split("."))
 
 
 def parse_target(spec: str) -> Target:
@@ -24,10 +33,20 @@ def parse_target(spec: str) -> Target:
         host, _, p = text.partition(":")
         port = _port(spec, p)
     try:
-        addr = ipaddress.ip_address(host)
+        return Target(spec=spec, address=str(ipaddress.ip_address(host)), port=port)
     except ValueError:
-        raise UsageError(f"bad target {spec!r}: {host!r} is not an IP address (names come with the DNS slice)") from None
-    return Target(spec=spec, address=str(addr), port=port)
+        pass
+    if not valid_name(host) or host.replace(".", "").isdigit():
+        raise UsageError(f"bad target {spec!r}: {host!r} is neither an IP address nor a DNS name")
+    return Target(spec=spec, name=host, port=port)
+
+
+def parse_address(spec: str) -> str:
+    """An option that takes an IP address only."""
+    try:
+        return str(ipaddress.ip_address(spec.strip()))
+    except ValueError:
+        raise UsageError(f"{spec!r} is not an IP address") from None
 
 
 def _port(spec: str, text: str) -> int:

@@ -6,7 +6,7 @@ import re
 from datetime import datetime
 from enum import StrEnum
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from bundle.models._base import Model
 
@@ -113,12 +113,22 @@ class Vantage(Model):
     entered: bool = Field(description="whether the probe process ran inside that netns")
     privileges: Privileges | None = None
     error: str | None = None
+    resolved: dict[str, list[str]] = Field(
+        default_factory=dict, description="name targets as this vantage's resolver answered them (empty: no answer)"
+    )
 
 
 class Target(Model):
     spec: str = Field(description="as the operator wrote it")
-    address: str
+    address: str | None = Field(default=None, description="an IP target's address")
+    name: str | None = Field(default=None, description="a name target: each vantage resolves it itself")
     port: int | None = Field(default=None, ge=1, le=65535)
+
+    @model_validator(mode="after")
+    def _one_of(self) -> Target:
+        if (self.address is None) == (self.name is None):
+            raise ValueError("a target has an address or a name, not both and not neither")
+        return self
 
 
 class SliceRun(Model):

@@ -67,7 +67,7 @@ def build_view(bundle: Bundle) -> View:
     m = bundle.manifest
     vantages = []
     findings: list[Finding] = []
-    lookups: dict[str, dict[str, RouteLookup]] = {t.address: {} for t in m.targets}
+    lookups: dict[str, dict[str, RouteLookup]] = {t.address: {} for t in m.targets if t.address}
     evidence = []
     for v in m.vantages:
         doc = bundle.route(v.id)

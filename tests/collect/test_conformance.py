@@ -36,7 +36,14 @@ def test_targets(spec, address, port):
     assert (t.address, t.port, t.spec) == (address, port, spec)
 
 
-@pytest.mark.parametrize("spec", ["payments", "10.0.0.1:0", "[fd00::1", "10.0.0.1:http", "[fd00::1]x"])
+def test_name_targets():
+    t = parse_target("payments.default:443")
+    assert (t.name, t.address, t.port) == ("payments.default", None, 443)
+    assert parse_target("kubernetes.default.svc.cluster.local.").name == "kubernetes.default.svc.cluster.local."
+
+
+@pytest.mark.parametrize("spec", ["-bad", "10.0.0.1:0", "[fd00::1", "10.0.0.1:http", "[fd00::1]x", "a..b",
+                                  "x" * 64, "has space", "10.1.2"])
 def test_bad_targets(spec):
     with pytest.raises(UsageError):
         parse_target(spec)

@@ -117,3 +117,32 @@ def test_unreadable_resolv_conf_is_partial_and_costs_nothing_else(tmp_path, lab)
     assert runs["dns"].status.value == "partial" and "resolv.conf unreadable" in runs["dns"].reason
     assert runs["route"].status.value == "complete" and runs["sockets"].status.value == "complete"
     assert "dns.resolv_conf_unreadable" in {f.id for f in build_view(b).findings}
+
+
+def test_name_target_is_resolved_by_each_vantage_first(tmp_path, lab):
+    """`--target payments:53`: each vantage resolves the name with its own resolver, and route, sockets and
+    probes look at what that vantage would dial; the name's queries are recorded once, in dns.json."""
+    info = lab("dns-ndots")
+    out = tmp_path / "b.tar.zst"
+    proc = netbundle("collect", "--target", "payments:53", "--netns", info.namespaces["pod"], "--netns",
+                     info.namespaces["node"], "-o", str(out))
+    assert proc.returncode == 0, proc.stderr
+    b = read_bundle(out)
+    [target] = b.manifest.targets
+    assert (target.name, target.address, target.port) == ("payments", None, 53)
+    pod, node = (f"netns-{info.namespaces[r]}" for r in ("pod", "node"))
+    resolved = {v.id: v.resolved for v in b.manifest.vantages}
+    assert resolved[pod] == {"payments": ["10.96.0.20"]}
+    assert resolved[node] == {"payments": []}  # the node's resolv.conf has no search list: a different answer
+    assert [lk.target for lk in b.route(pod).lookups] == ["10.96.0.20"]
+    assert b.route(node).lookups == []
+    assert [p.address for p in b.sockets(pod).probes] == ["10.96.0.20"]
+    [report] = b.dns(pod).names
+    assert report.name == "payments" and report.resolution.addresses == ["10.96.0.20"]
+    passive = tmp_path / "p.tar.zst"
+    assert netbundle("collect", "--passive", "--target", "payments:53", "--netns", info.namespaces["pod"],
+                     "-o", str(passive)).returncode == 0
+    pb = read_bundle(passive)
+    [pr] = pb.dns(pod).names
+    assert pr.resolution.queries == [] and pr.resolution.expected_queries == 8  # the plan, nothing sent
+    assert pb.manifest.vantages[0].resolved == {"payments": []}
