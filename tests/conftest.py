@@ -61,15 +61,26 @@ def lab() -> Iterator[Callable[[str], LabInfo]]:
 
 
 @pytest.fixture(scope="session")
-def mtu_lab() -> Iterator[LabInfo]:
-    with scenarios.running("mtu", _prefix("mtu")) as info:
-        yield info
+def mtu_lab(lab: Callable[[str], LabInfo]) -> LabInfo:
+    return lab("mtu")
 
 
 @pytest.fixture(scope="session")
-def healthy_lab() -> Iterator[LabInfo]:
-    with scenarios.running("healthy", _prefix("ok")) as info:
-        yield info
+def healthy_lab(lab: Callable[[str], LabInfo]) -> LabInfo:
+    return lab("healthy")
+
+
+CORPUS = REPO.parent / "shared" / "corpus"
+
+
+def corpus_file(rel: str) -> Path:
+    """A file of ../shared/corpus: skipped where the corpus is absent, a failure in CI (it is always there)."""
+    path = CORPUS / rel
+    if not path.exists():
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"corpus file missing in CI: {path}")
+        pytest.skip(f"corpus file missing: {path}")
+    return path
 
 
 def netbundle(*args: str, timeout: float = 120, check: bool = False, **kw: object) -> subprocess.CompletedProcess[str]:

@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from bundle.collect.resolvconf import candidates, parse, plan
-from tests.conftest import REPO
-
-CORPUS = REPO.parent / "shared" / "corpus"
+from tests.conftest import corpus_file
 K8S = """search default.svc.cluster.local svc.cluster.local cluster.local
 nameserver 10.96.0.10
 options ndots:5
@@ -17,10 +13,7 @@ options ndots:5
 
 
 def _corpus(rel: str) -> str:
-    path = CORPUS / rel
-    if not path.exists():
-        pytest.skip(f"corpus file missing: {path}")
-    return path.read_text()
+    return corpus_file(rel).read_text()
 
 
 @pytest.mark.parametrize("rel, nameservers, search, options, unknown", [
