@@ -1,0 +1,75 @@
+"""The capture reader against the corpus: the same packet counts as tcpdump, and no exception on anything."""
+
+from __future__ import annotations
+
+import csv
+import os
+import struct
+
+import pytest
+
+from bundle.pcap import open_capture
+from tests.conftest import CORPUS, corpus_file
+
+
+def _rows():
+    path = CORPUS / "captures.tsv"
+    if not path.exists():
+        return []
+    with open(path) as fh:
+        return list(csv.DictReader(fh, delimiter="\t"))
+
+
+ROWS = _rows()
+
+
+def test_corpus_index_present():
+    corpus_file("captures.tsv")
+    assert len(ROWS) > 100
+
+
+@pytest.mark.parametrize("row", [r for r in ROWS if r["packets_by_tcpdump"]], ids=lambda r: r["path"])
+def test_packet_count_equals_tcpdump(row):
+    reader = open_capture(corpus_file(row["path"]))
+    packets = list(reader)
+    assert len(packets) == int(row["packets_by_tcpdump"]) == reader.packets
+    assert reader.format == row["format"]
+    if row["linktype"]:
+        assert reader.interfaces and reader.interfaces[0].linktype == int(row["linktype"])
+        assert all(p.linktype == int(row["linktype"]) for p in packets[:1])
+    for p in packets:
+        assert p.caplen == len(p.data) and p.caplen <= max(p.origlen, p.caplen)
+
+
+@pytest.mark.parametrize("row", [r for r in ROWS if not r["packets_by_tcpdump"]], ids=lambda r: r["path"])
+def test_unreadable_by_tcpdump_is_reported_not_raised(row):
+    reader = open_capture(corpus_file(row["path"]))
+    list(reader)  # must not raise
+    assert reader.problems or reader.packets >= 0
+
+
+def test_truncation_reports_where(tmp_path):
+    src = corpus_file("tcpdump/print-flags.pcap").read_bytes()
+    for cut in (10, 30, len(src) - 5):
+        path = tmp_path / f"cut{cut}.pcap"
+        path.write_bytes(src[:cut])
+        reader = open_capture(path)
+        got = list(reader)
+        assert reader.problems and "end" in reader.problems[-1].message
+        assert len(got) < 10
+
+
+def test_garbage_and_bombs(tmp_path):
+    cases = {
+        "empty": b"",
+        "text": b"hello world, not a capture",
+        "huge-record": bytes.fromhex("d4c3b2a1020004000000000000000000ffff000001000000") + struct.pack("<IIII", 0, 0, 1 << 30, 1 << 30),
+        "pcapng-bad-len": struct.pack("<IIIHHq", 0x0A0D0D0A, 7, 0x1A2B3C4D, 1, 0, -1),
+        "random": os.urandom(4096),
+    }
+    for name, data in cases.items():
+        path = tmp_path / name
+        path.write_bytes(data)
+        reader = open_capture(path)
+        assert list(reader) == [] or reader.packets >= 0
+        assert reader.problems, name
