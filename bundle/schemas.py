@@ -11,13 +11,14 @@ import json
 import sys
 from pathlib import Path
 
-from bundle.models import DnsSlice, Finding, Manifest, Model, RouteSlice, SocketsSlice
+from bundle.models import CaptureAnalysis, DnsSlice, Finding, Manifest, Model, RouteSlice, SocketsSlice
 
 DOCUMENTS: dict[str, type[Model]] = {
     "manifest": Manifest,
     "route": RouteSlice,
     "sockets": SocketsSlice,
     "dns": DnsSlice,
+    "capture-analysis": CaptureAnalysis,
     "finding": Finding,
 }
 

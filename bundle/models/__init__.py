@@ -1,6 +1,14 @@
 """Pydantic documents of a bundle. They know nothing of how evidence is collected."""
 
 from bundle.models._base import MissingReason, Model, Unavailable
+from bundle.models.capture import (
+    CaptureAnalysis,
+    CaptureProblem,
+    DnsTransaction,
+    Handshake,
+    IcmpEvent,
+    TcpFlow,
+)
 from bundle.models.dns import (
     Answer,
     Candidate,
@@ -77,6 +85,8 @@ __all__ = [
     "Answer",
     "BindScope",
     "Candidate",
+    "CaptureAnalysis",
+    "CaptureProblem",
     "ConnectAttempt",
     "ConnectOutcome",
     "ConnectProbe",
@@ -84,12 +94,15 @@ __all__ = [
     "DirectCheck",
     "DnsQuery",
     "DnsSlice",
+    "DnsTransaction",
     "Evidence",
     "FORMAT_NAME",
     "FORMAT_VERSION",
     "Finding",
+    "Handshake",
     "HostFacts",
     "IcmpError",
+    "IcmpEvent",
     "InterfaceSysctls",
     "Invocation",
     "Link",
@@ -130,6 +143,7 @@ __all__ = [
     "SweepStatus",
     "Sysctls",
     "Target",
+    "TcpFlow",
     "Unavailable",
     "Vantage",
     "VantageKind",
