@@ -53,6 +53,14 @@ def _parser() -> argparse.ArgumentParser:
                    "(e.g. the kube-dns ClusterIP beside a NodeLocal cache)")
     c.add_argument("--dns-timeout", type=float, metavar="SECONDS",
                    help="cap each DNS wait below resolv.conf's timeout (recorded in the bundle)")
+    c.add_argument("--capture-filter", metavar="EXPR", help="tcpdump-syntax filter (default: the targets' hosts "
+                   "and ports, ICMP errors, DNS when names are asked; never port 22)")
+    c.add_argument("--capture-iface", metavar="IFNAME", help="default: the interface `route get` picks for the target")
+    c.add_argument("--capture-packets", type=int, default=10000, metavar="N", help="packet limit (default 10000)")
+    c.add_argument("--capture-bytes", type=int, default=8 << 20, metavar="BYTES", help="file size limit (default 8 MiB)")
+    c.add_argument("--capture-seconds", type=float, default=10.0, metavar="S", help="time limit (default 10)")
+    c.add_argument("--snaplen", type=int, default=128, metavar="BYTES",
+                   help="bytes kept of each packet (default 128: headers, not payloads)")
     c.add_argument("--socket-samples", type=int, default=3, metavar="K",
                    help="state-count samples for the socket trend (default 3)")
     c.add_argument("--socket-interval", type=float, default=1.0, metavar="SECONDS",
@@ -114,6 +122,22 @@ def _cmd_collect(args: argparse.Namespace, argv: list[str]) -> int:
         raise UsageError("--socket-samples must be >= 1, --socket-interval and --socket-rows >= 0")
     options = {"socket_samples": str(args.socket_samples), "socket_interval": str(args.socket_interval),
                "socket_rows": str(args.socket_rows)}
+    if args.capture_packets < 1 or args.capture_bytes < 4096 or args.capture_seconds <= 0:
+        raise UsageError("--capture-packets >= 1, --capture-bytes >= 4096 and --capture-seconds > 0")
+    if not 16 <= args.snaplen <= 262144:
+        raise UsageError("--snaplen must be 16-262144")
+    if args.capture_filter is not None:
+        from bundle.pcap.bpf import BpfError, compile_filter
+
+        try:
+            compile_filter(args.capture_filter)
+        except BpfError as exc:
+            raise UsageError(f"--capture-filter: {exc}") from None
+        options["capture_filter"] = args.capture_filter
+    if args.capture_iface:
+        options["capture_iface"] = args.capture_iface
+    options.update(capture_packets=str(args.capture_packets), capture_bytes=str(args.capture_bytes),
+                   capture_seconds=str(args.capture_seconds), snaplen=str(args.snaplen))
     if len(args.names) > 20:
         raise UsageError("at most 20 --name")
     for name in args.names:

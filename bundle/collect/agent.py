@@ -86,23 +86,34 @@ def run(request: dict[str, Any]) -> None:
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=max(1, len(request["slices"])))
     running: dict[concurrent.futures.Future[Any], tuple[str, str, float, float]] = {}
     runnable = [n for n in request["slices"] if not table[n].needs.unmet(caps)]
-    barrier = threading.Barrier(max(1, len(runnable)))
-    gated: set[str] = set()
+    # A latch, not a barrier: a slice "arrives" when its passive snapshot is taken (at its gate) or when it
+    # ends, whichever is first; a slice at its gate waits until every slice has arrived.
+    arrived: set[str] = set()
+    latch = threading.Condition()
+    finished: set[str] = set()
+
+    def arrive(slice_name: str) -> None:
+        with latch:
+            arrived.add(slice_name)
+            latch.notify_all()
 
     def gate_for(slice_name: str) -> Callable[[], None]:
         def gate() -> None:
-            gated.add(slice_name)
-            try:
-                barrier.wait(timeout=max(0.1, min(10.0, deadline - time.monotonic())))
-            except threading.BrokenBarrierError:
-                pass  # a slice ended without reaching its gate: the others go on rather than wait
+            arrive(slice_name)
+            with latch:
+                latch.wait_for(lambda: arrived >= set(runnable),
+                               timeout=max(0.1, min(10.0, deadline - time.monotonic())))
         return gate
 
     def ended_callback(slice_name: str) -> Callable[[concurrent.futures.Future[Any]], None]:
         def ended(_: concurrent.futures.Future[Any]) -> None:
-            if slice_name not in gated:
-                barrier.abort()
+            finished.add(slice_name)
+            arrive(slice_name)
         return ended
+
+    def peers_done_for(slice_name: str) -> Callable[[], bool]:
+        peers = [n for n in runnable if n != slice_name]
+        return lambda: bool(peers) and all(n in finished for n in peers)  # alone, a slice runs to its limits
 
     for name in request["slices"]:
         cls = table[name]
@@ -116,7 +127,8 @@ def run(request: dict[str, Any]) -> None:
         ctx = SliceContext(vantage_id=request["vantage_id"], targets=targets, passive=bool(request["passive"]),
                            deadline=started + budget, capabilities=tuple(caps),
                            options=tuple(sorted((str(k), str(v)) for k, v in request.get("options", {}).items())),
-                           probe_gate=gate_for(name), resolved_names=tuple(name_reports))
+                           probe_gate=gate_for(name), resolved_names=tuple(name_reports),
+                           peers_done=peers_done_for(name))
         future = pool.submit(cls().collect, ctx)
         future.add_done_callback(ended_callback(name))
         running[future] = (name, started_wall, started, budget)

@@ -65,6 +65,10 @@ def _no_gate() -> None:
     return None
 
 
+def _never() -> bool:
+    return False
+
+
 @dataclass(frozen=True)
 class SliceContext:
     vantage_id: str
@@ -76,7 +80,9 @@ class SliceContext:
     # Called by a collector between its passive reads and its first probe packet: it returns once every slice
     # of the vantage has taken its passive snapshot, so no table records another slice's probes.
     probe_gate: Callable[[], None] = _no_gate
-    resolved_names: tuple[Any, ...] = ()  # NameReports of name targets, resolved before the slices started
+    resolved_names: tuple[Any, ...] = ()
+    # True once every other slice of the vantage has finished: a capture stops then (its window covers them)
+    peers_done: Callable[[], bool] = _never  # NameReports of name targets, resolved before the slices started
 
     def option(self, name: str) -> str | None:
         return dict(self.options).get(name)

@@ -17,6 +17,7 @@ import platform
 import queue
 import re
 import secrets
+import shutil
 import socket
 import subprocess
 import sys
@@ -254,6 +255,7 @@ def _collect(req: CollectRequest, progress: Callable[[Progress], None] | None, *
             "timeout_s": max(1.0, req.timeout_s - _GRACE_S), "slice_budget_s": req.timeout_s,
             "slices": table_slices, "debug": req.debug,
             "options": {**req.options, "vantage_kind": spec.kind.value, "vantage_ref": spec.ref or "",
+                        "disk_free": str(shutil.disk_usage(out.parent).free),
                         "dns_names": ",".join(dict.fromkeys(
                             [n for n in req.options.get("dns_names", "").split(",") if n]
                             + [t.name for t in req.targets if t.name]))},

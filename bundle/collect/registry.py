@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from bundle.collect.base import Collector
+from bundle.collect.capture import CaptureCollector
 from bundle.collect.dns import DnsCollector
 from bundle.collect.route import RouteCollector
 from bundle.collect.sockets import SocketsCollector
 
-_COLLECTORS: tuple[type[Collector], ...] = (RouteCollector, SocketsCollector, DnsCollector)
+_COLLECTORS: tuple[type[Collector], ...] = (RouteCollector, SocketsCollector, DnsCollector, CaptureCollector)
 
 
 def collectors() -> dict[str, type[Collector]]:

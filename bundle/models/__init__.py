@@ -3,6 +3,9 @@
 from bundle.models._base import MissingReason, Model, Unavailable
 from bundle.models.capture import (
     CaptureAnalysis,
+    CaptureLimits,
+    CaptureRun,
+    StopReason,
     CaptureProblem,
     DnsTransaction,
     Handshake,
@@ -78,6 +81,7 @@ DOCUMENT_MODELS: dict[str, type[Model]] = {
     MediaType.ROUTE: RouteSlice,
     MediaType.SOCKETS: SocketsSlice,
     MediaType.DNS: DnsSlice,
+    MediaType.CAPTURE: CaptureRun,
 }
 
 __all__ = [
@@ -86,7 +90,9 @@ __all__ = [
     "BindScope",
     "Candidate",
     "CaptureAnalysis",
+    "CaptureLimits",
     "CaptureProblem",
+    "CaptureRun",
     "ConnectAttempt",
     "ConnectOutcome",
     "ConnectProbe",
@@ -140,6 +146,7 @@ __all__ = [
     "SocketTcpInfo",
     "SocketsSlice",
     "StateSample",
+    "StopReason",
     "SweepStatus",
     "Sysctls",
     "Target",

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from enum import StrEnum
 
 from pydantic import Field
 
-from bundle.models._base import Model
+from bundle.models._base import Model, Unavailable
 
 
 class Handshake(StrEnum):
@@ -80,3 +81,39 @@ class CaptureAnalysis(Model):
     dns: list[DnsTransaction]
     dns_unanswered: int
     icmp: list[IcmpEvent]
+
+
+class StopReason(StrEnum):
+    PACKETS = "packet_limit"
+    BYTES = "byte_limit"
+    DURATION = "time_limit"
+    SLICES_DONE = "other_slices_done"
+    DEADLINE = "deadline"
+
+
+class CaptureLimits(Model):
+    packets: int
+    bytes: int
+    seconds: float
+    snaplen: int
+
+
+class CaptureRun(Model):
+    """One bounded capture in one vantage: where, with which filter and limits, and what stopped it."""
+
+    interface: str | None
+    linktype: int | None = None
+    filter: str
+    filter_source: str = Field(description="default (built from the targets) or operator (--capture-filter)")
+    limits: CaptureLimits
+    stopped_by: StopReason | None = None
+    started: datetime | None = None
+    finished: datetime | None = None
+    monotonic_start_ns: int | None = None
+    monotonic_end_ns: int | None = None
+    packets_written: int = 0
+    bytes_written: int = Field(default=0, description="size of capture.pcapng")
+    kernel_received: int | None = Field(default=None, description="PACKET_STATISTICS tp_packets")
+    kernel_dropped: int | None = Field(default=None, description="PACKET_STATISTICS tp_drops")
+    analysis: CaptureAnalysis | None = None
+    unavailable: Unavailable | None = None

@@ -33,6 +33,8 @@ class MediaType(StrEnum):
     SOCKETS = "application/vnd.netbundle.sockets.v1+json"
     DNS = "application/vnd.netbundle.dns.v1+json"
     RESOLV_CONF = "text/vnd.netbundle.resolv-conf"
+    CAPTURE = "application/vnd.netbundle.capture.v1+json"
+    PCAPNG = "application/x-pcapng"
     TRACEBACK = "text/vnd.netbundle.traceback"
     TEXT = "text/plain"
     JSON = "application/json"

@@ -1,0 +1,225 @@
+"""Capture slice: a kernel-filtered, bounded capture inside the vantage's netns, written as pcapng, analysed.
+
+AF_PACKET socket, BPF compiled by libpcap from a tcpdump-syntax expression (default: the targets' hosts and
+ports, ICMP errors, DNS when names are asked, never port 22). Hard limits — packets, bytes written, seconds,
+snaplen — are checked before every write. The capture starts before any slice sends a probe and ends when
+the vantage's other slices are done (or at a limit), so its window covers their samples and probes.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import shutil
+import socket
+import struct
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+from bundle.analyze.pcap import analyze_capture
+from bundle.collect.base import Artifact, Collector, Needs, ResolvedTarget, SliceContext, SliceResult
+from bundle.models import CaptureAnalysis, CaptureLimits, CaptureRun, MediaType, MissingReason, Provenance, SliceStatus, StopReason, Unavailable
+from bundle.pcap import pcapng
+from bundle.pcap.bpf import BpfError, attach, attach_drop_all, compile_filter
+
+ETH_P_ALL = 0x0003
+SOL_PACKET = 263
+PACKET_STATISTICS = 6
+SO_TIMESTAMPNS = 35
+DEFAULT_PACKETS = 10_000
+DEFAULT_BYTES = 8 << 20
+DEFAULT_SECONDS = 10.0
+DEFAULT_SNAPLEN = 128
+DISK_FLOOR = 64 << 20
+_ARPHRD_LINKTYPE = {1: 1, 772: 1, 65534: 101, 776: 101}  # ethernet, loopback (ethernet framing), none/tun, sit
+
+
+def default_filter(targets: tuple[ResolvedTarget, ...], dns: bool) -> str | None:
+    """The targets' hosts and ports, ICMP errors about anything, DNS when names matter; never SSH."""
+    parts = []
+    for t in targets:
+        host = f"host {t.address}"
+        parts.append(f"({host} and (port {t.port} or icmp or icmp6))" if t.port else f"({host})")
+    if not parts and not dns:
+        return None
+    parts.append("icmp[icmptype] == icmp-unreach or icmp[icmptype] == icmp-timxceed")
+    parts.append("(icmp6 and (ip6[40] == 1 or ip6[40] == 2 or ip6[40] == 3))")
+    if dns:
+        parts.append("port 53")
+    return f"({' or '.join(parts)}) and not port 22"
+
+
+def _egress(targets: tuple[ResolvedTarget, ...]) -> tuple[str | None, int]:
+    """The interface `route get` picks for the first target, and its link type."""
+    with IPRoute() as ipr:
+        names = {m["index"]: (m.get_attr("IFLA_IFNAME"), m["ifi_type"]) for m in ipr.get_links()}
+        for t in targets:
+            try:
+                msg = list(ipr.route("get", dst=t.address))[0]
+            except NetlinkError:
+                continue
+            oif = msg.get_attr("RTA_OIF")
+            if oif in names:
+                return names[oif][0], _ARPHRD_LINKTYPE.get(names[oif][1], 1)
+    return None, 1
+
+
+def _linktype_of(ifname: str) -> int | None:
+    with IPRoute() as ipr:
+        for m in ipr.get_links():
+            if m.get_attr("IFLA_IFNAME") == ifname:
+                return _ARPHRD_LINKTYPE.get(m["ifi_type"], 1)
+    return None
+
+
+def _int(ctx: SliceContext, name: str, default: int) -> int:
+    value = ctx.option(name)
+    return int(value) if value else default
+
+
+class CaptureCollector(Collector):
+    name = "capture"
+    description = "bounded, kernel-filtered capture on the egress interface, written as pcapng and analysed"
+    needs = Needs(capabilities=("CAP_NET_RAW",))
+
+    def collect(self, ctx: SliceContext) -> SliceResult:
+        started = time.monotonic()
+        limits = CaptureLimits(packets=_int(ctx, "capture_packets", DEFAULT_PACKETS),
+                               bytes=_int(ctx, "capture_bytes", DEFAULT_BYTES),
+                               seconds=float(ctx.option("capture_seconds") or DEFAULT_SECONDS),
+                               snaplen=_int(ctx, "snaplen", DEFAULT_SNAPLEN))
+        expr = ctx.option("capture_filter")
+        source = "operator" if expr else "default"
+        expr = expr or default_filter(ctx.targets, bool(ctx.option("dns_names")))
+        iface = ctx.option("capture_iface")
+        run = CaptureRun(interface=iface, filter=expr or "", filter_source=source, limits=limits)
+
+        def stop(status: SliceStatus, reason: str, why: MissingReason = MissingReason.SKIPPED) -> SliceResult:
+            ctx.probe_gate()
+            run.unavailable = Unavailable(unavailable=why, detail=reason)
+            return SliceResult(status=status, reason=reason, artifacts=[
+                Artifact.document("capture.json", run, MediaType.CAPTURE, "AF_PACKET capture", started)])
+
+        if expr is None:
+            return stop(SliceStatus.SKIPPED, "no target or name to filter on (give --capture-filter EXPR)",
+                        MissingReason.NOT_APPLICABLE)
+        free = ctx.option("disk_free")
+        if free is not None and int(free) < limits.bytes * 2 + DISK_FLOOR:
+            return stop(SliceStatus.SKIPPED, f"only {int(free) >> 20} MiB free where the bundle is written")
+        if iface:
+            linktype = _linktype_of(iface)
+            if linktype is None:
+                return stop(SliceStatus.FAILED, f"no interface {iface} in this netns", MissingReason.ERROR)
+        else:
+            iface, linktype = _egress(ctx.targets)
+            if iface is None:
+                return stop(SliceStatus.SKIPPED, "no route to any target: no interface to capture on",
+                            MissingReason.NOT_APPLICABLE)
+        run.interface, run.linktype = iface, linktype
+        try:
+            program = compile_filter(expr, linktype, limits.snaplen)
+        except BpfError as exc:
+            return stop(SliceStatus.FAILED, f"capture filter: {exc}", MissingReason.ERROR)
+        try:
+            sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
+        except PermissionError as exc:
+            return stop(SliceStatus.SKIPPED, f"AF_PACKET socket: {exc.strerror}", MissingReason.NOT_PERMITTED)
+        with sock:
+            # libpcap's order: drop everything, bind, drain what slipped in, then the real filter.
+            attach_drop_all(sock)
+            sock.bind((iface, ETH_P_ALL))
+            sock.setblocking(False)
+            while True:
+                try:
+                    sock.recv(65535)
+                except BlockingIOError:
+                    break
+            attach(sock, program)
+            sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+            sock.getsockopt(SOL_PACKET, PACKET_STATISTICS, 8)  # reading resets the counters
+            run.started = datetime.now(UTC)
+            run.monotonic_start_ns = time.monotonic_ns()
+            start_wall_ns = time.time_ns()
+            vantage = f"{ctx.vantage_id} (netns inode {os.stat('/proc/self/ns/net').st_ino})"
+            out = bytearray(pcapng.section_header())
+            out += pcapng.interface(linktype, limits.snaplen, iface, vantage, expr)
+            ctx.probe_gate()  # from here on, other slices may send probes: we are listening
+            run.stopped_by = self._loop(ctx, sock, out, limits, run)
+            received, dropped = struct.unpack("II", sock.getsockopt(SOL_PACKET, PACKET_STATISTICS, 8))
+        run.kernel_received, run.kernel_dropped = received, dropped
+        run.finished = datetime.now(UTC)
+        run.monotonic_end_ns = time.monotonic_ns()
+        stats = pcapng.statistics(0, time.time_ns(), start_wall_ns, received, dropped)
+        if len(out) + len(stats) <= limits.bytes:
+            out += stats
+        run.bytes_written = len(out)
+        run.analysis = _analyse(bytes(out))
+        reason = None
+        if dropped:
+            reason = f"the kernel dropped {dropped} packets (receive buffer full)"
+        art = Artifact(name="capture.pcapng", data=bytes(out), media_type=MediaType.PCAPNG,
+                       provenance=Provenance(source=f"AF_PACKET on {iface}, BPF: {expr}",
+                                             truncated=run.stopped_by in (StopReason.PACKETS, StopReason.BYTES),
+                                             duration_s=round(time.monotonic() - started, 6)))
+        return SliceResult(status=SliceStatus.PARTIAL if dropped else SliceStatus.COMPLETE, reason=reason,
+                           artifacts=[art, Artifact.document("capture.json", run, MediaType.CAPTURE,
+                                                             "capture window, limits, kernel statistics, analysis",
+                                                             started)])
+
+    def _loop(self, ctx: SliceContext, sock: socket.socket, out: bytearray, limits: CaptureLimits,
+              run: CaptureRun) -> StopReason:
+        end = time.monotonic() + limits.seconds
+        anc = socket.CMSG_SPACE(16)
+        grace_until: float | None = None
+        while True:
+            now = time.monotonic()
+            if now >= end:
+                return StopReason.DURATION
+            if now >= ctx.deadline - 0.3:
+                return StopReason.DEADLINE
+            if ctx.peers_done():
+                # keep listening a moment for the last answers to the other slices' probes
+                grace_until = grace_until or now + 0.3
+                if now >= grace_until:
+                    return StopReason.SLICES_DONE
+            ready, _, _ = select.select([sock], [], [], 0.05)
+            if not ready:
+                continue
+            while True:
+                try:
+                    data, ancdata, flags, _addr = sock.recvmsg(limits.snaplen, anc, socket.MSG_TRUNC)
+                except BlockingIOError:
+                    break
+                origlen = len(data)  # with MSG_TRUNC, CPython sizes the result to the frame's true length
+                ts = _timestamp(ancdata)
+                block = pcapng.packet(0, ts, data[: limits.snaplen], max(origlen, len(data)))
+                if run.packets_written >= limits.packets:
+                    return StopReason.PACKETS
+                if len(out) + len(block) > limits.bytes:
+                    return StopReason.BYTES
+                out += block
+                run.packets_written += 1
+
+
+def _timestamp(ancdata: list[tuple[int, int, bytes]]) -> int:
+    for level, kind, value in ancdata:
+        if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(value) >= 16:
+            sec, nsec = struct.unpack("qq", value[:16])
+            return int(sec) * 1_000_000_000 + int(nsec)
+    return time.time_ns()
+
+
+def _analyse(data: bytes) -> CaptureAnalysis:
+    folder = Path(tempfile.mkdtemp(prefix="netbundle-capture-"))
+    try:
+        path = folder / "capture.pcapng"
+        path.write_bytes(data)
+        return analyze_capture(path, "capture.pcapng")
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
