@@ -22,6 +22,7 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from bundle.analyze.pcap import analyze_capture
+from bundle.collect.dns import load_conf
 from bundle.collect.base import Artifact, Collector, Needs, ResolvedTarget, SliceContext, SliceResult
 from bundle.models import CaptureAnalysis, CaptureLimits, CaptureRun, MediaType, MissingReason, Provenance, SliceStatus, StopReason, Unavailable
 from bundle.pcap import pcapng
@@ -54,13 +55,13 @@ def default_filter(targets: tuple[ResolvedTarget, ...], dns: bool) -> str | None
     return f"({' or '.join(parts)}) and not port 22"
 
 
-def _egress(targets: tuple[ResolvedTarget, ...]) -> tuple[str | None, int]:
-    """The interface `route get` picks for the first target, and its link type."""
+def _egress(addresses: list[str]) -> tuple[str | None, int]:
+    """The interface `route get` picks for the first routable address, and its link type."""
     with IPRoute() as ipr:
         names = {m["index"]: (m.get_attr("IFLA_IFNAME"), m["ifi_type"]) for m in ipr.get_links()}
-        for t in targets:
+        for address in addresses:
             try:
-                msg = list(ipr.route("get", dst=t.address))[0]
+                msg = list(ipr.route("get", dst=address))[0]
             except NetlinkError:
                 continue
             oif = msg.get_attr("RTA_OIF")
@@ -116,13 +117,19 @@ class CaptureCollector(Collector):
             if linktype is None:
                 return stop(SliceStatus.FAILED, f"no interface {iface} in this netns", MissingReason.ERROR)
         else:
-            iface, linktype = _egress(ctx.targets)
+            toward = [t.address for t in ctx.targets]
+            if ctx.option("dns_names"):  # names alone: capture where the resolver's queries go
+                _, _, conf, _ = load_conf(ctx.option("vantage_kind") or "host", ctx.option("vantage_ref"))
+                toward += conf.nameservers if conf else []
+            iface, linktype = _egress(toward)
             if iface is None:
                 return stop(SliceStatus.SKIPPED, "no route to any target: no interface to capture on",
                             MissingReason.NOT_APPLICABLE)
         run.interface, run.linktype = iface, linktype
         try:
-            program = compile_filter(expr, linktype, limits.snaplen)
+            # Compiled for the largest snaplen: a BPF program's return value trims the packet in the kernel,
+            # and the original length would be lost (libpcap fixes its programs up the same way).
+            program = compile_filter(expr, linktype)
         except BpfError as exc:
             return stop(SliceStatus.FAILED, f"capture filter: {exc}", MissingReason.ERROR)
         try:
@@ -176,6 +183,7 @@ class CaptureCollector(Collector):
               run: CaptureRun) -> StopReason:
         end = time.monotonic() + limits.seconds
         anc = socket.CMSG_SPACE(16)
+        view = memoryview(bytearray(limits.snaplen))
         grace_until: float | None = None
         while True:
             now = time.monotonic()
@@ -193,12 +201,12 @@ class CaptureCollector(Collector):
                 continue
             while True:
                 try:
-                    data, ancdata, flags, _addr = sock.recvmsg(limits.snaplen, anc, socket.MSG_TRUNC)
+                    # MSG_TRUNC: the kernel returns the frame's true length while copying only snaplen bytes
+                    origlen, ancdata, _flags, _addr = sock.recvmsg_into([view], anc, socket.MSG_TRUNC)
                 except BlockingIOError:
                     break
-                origlen = len(data)  # with MSG_TRUNC, CPython sizes the result to the frame's true length
                 ts = _timestamp(ancdata)
-                block = pcapng.packet(0, ts, data[: limits.snaplen], max(origlen, len(data)))
+                block = pcapng.packet(0, ts, bytes(view[: min(origlen, limits.snaplen)]), origlen)
                 if run.packets_written >= limits.packets:
                     return StopReason.PACKETS
                 if len(out) + len(block) > limits.bytes:

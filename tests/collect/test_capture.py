@@ -1,0 +1,99 @@
+"""The capture slice in lab namespaces: what it records, the limits it keeps, and files tshark/tcpdump read."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bundle.archive import read_bundle
+from bundle.models import CaptureRun, Handshake, StopReason
+from bundle.pcap import open_capture
+from tests.conftest import netbundle
+
+pytestmark = pytest.mark.privileged
+
+_FLOOD = ("import socket,sys\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n"
+          "for i in range(int(sys.argv[1])):\n    s.sendto(b'x'*900,('10.244.1.3',9999))\n")
+
+
+def _run(tmp_path, info, *argv: str, roles=("pod",)):
+    out = tmp_path / "b.tar.zst"
+    args = ["collect", "-o", str(out), *argv]
+    for role in roles:
+        args += ["--netns", info.namespaces[role]]
+    proc = netbundle(*args)
+    assert proc.returncode in (0, 5), proc.stderr
+    return read_bundle(out, extract_to=tmp_path / "x")
+
+
+def test_no_listener_capture_shows_syn_rst(tmp_path, lab):
+    info = lab("no-listener")
+    b = _run(tmp_path, info, "--target", "10.244.1.3:8080")
+    run = b.document(f"vantages/netns-{info.namespaces['pod']}/capture.json", CaptureRun)
+    assert run.interface == "eth0" and run.filter_source == "default" and "not port 22" in run.filter
+    assert run.stopped_by is StopReason.SLICES_DONE and run.kernel_dropped == 0
+    flows = {f.server: f for f in run.analysis.flows}
+    assert flows["10.244.1.3:8080"].handshake is Handshake.SYN_RST
+    pcap = tmp_path / "x" / "vantages" / f"netns-{info.namespaces['pod']}" / "capture.pcapng"
+    tcpdump = subprocess.run(["tcpdump", "-nn", "-r", str(pcap)], capture_output=True, text=True)
+    assert tcpdump.returncode == 0 and "Flags [S]" in tcpdump.stdout and "Flags [R.]" in tcpdump.stdout
+    assert tcpdump.stderr.strip().startswith("reading from file") and tcpdump.stderr.count("\n") == 1
+    tshark = subprocess.run(["tshark", "-r", str(pcap), "-T", "fields", "-e", "frame.interface_name",
+                             "-e", "frame.interface_description"], capture_output=True, text=True)
+    assert tshark.returncode == 0
+    assert f"eth0\tnetns-{info.namespaces['pod']}" in tshark.stdout
+    assert "warning" not in tshark.stderr.lower()
+    info_out = subprocess.run(["capinfos", str(pcap)], capture_output=True, text=True).stdout
+    assert "not port 22" in info_out and "Ethernet" in info_out
+
+
+def test_dns_transactions_match_the_dns_slice(tmp_path, lab):
+    info = lab("dns-ndots")
+    b = _run(tmp_path, info, "--name", "doesnotexist", "--name", "payments")
+    run = b.document(f"vantages/netns-{info.namespaces['pod']}/capture.json", CaptureRun)
+    dns = b.dns(f"netns-{info.namespaces['pod']}")
+    sent = [(q.qname, q.qtype) for r in dns.names for q in r.resolution.queries]
+    sent += [(q.qname, q.qtype) for r in dns.names if r.fqdn for q in r.fqdn.queries]
+    seen = [(t.qname, t.qtype) for t in run.analysis.dns]
+    assert sorted(seen) == sorted(sent) and len(seen) >= 10
+    assert all(t.rcode in ("NXDOMAIN", "NOERROR") and t.latency_ms is not None for t in run.analysis.dns)
+
+
+@pytest.mark.parametrize("limit, argv, reason", [
+    ("packets", ["--capture-packets", "50"], StopReason.PACKETS),
+    ("bytes", ["--capture-bytes", "20000"], StopReason.BYTES),
+    ("seconds", ["--capture-seconds", "1"], StopReason.DURATION),
+])
+def test_limits_hold_under_a_flood(tmp_path, lab, limit, argv, reason):
+    info = lab("healthy")
+    count = "200000" if limit != "seconds" else "30"
+    flood = subprocess.Popen(["ip", "netns", "exec", info.namespaces["pod"], sys.executable, "-c", _FLOOD, count])
+    try:
+        b = _run(tmp_path, info, "--slice", "capture", "--capture-filter", "udp port 9999", "--capture-iface",
+                 "eth0", "--snaplen", "64", *argv)
+    finally:
+        flood.kill()
+        flood.wait()
+    run = b.document(f"vantages/netns-{info.namespaces['pod']}/capture.json", CaptureRun)
+    assert run.stopped_by is reason and run.filter_source == "operator"
+    pcap = tmp_path / "x" / "vantages" / f"netns-{info.namespaces['pod']}" / "capture.pcapng"
+    reader = open_capture(pcap)
+    packets = list(reader)
+    assert not reader.problems and len(packets) == run.packets_written
+    assert all(p.caplen <= 64 and p.origlen >= 900 for p in packets)  # snaplen on every record
+    assert pcap.stat().st_size == run.bytes_written
+    if limit == "packets":
+        assert run.packets_written == 50
+    if limit == "bytes":
+        assert run.bytes_written <= 20000 and run.packets_written > 10
+    if limit == "seconds":
+        assert 0.9 <= (run.monotonic_end_ns - run.monotonic_start_ns) / 1e9 < 2.5
+
+
+def test_bad_filter_is_refused_before_anything_starts(tmp_path):
+    proc = netbundle("collect", "--capture-filter", "host and and", "-o", str(tmp_path / "b.tar.zst"))
+    assert proc.returncode == 2 and "--capture-filter" in proc.stderr and proc.stderr.count("\n") == 1
+    assert not list(tmp_path.iterdir())
