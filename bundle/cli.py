@@ -59,6 +59,8 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--capture-packets", type=int, default=10000, metavar="N", help="packet limit (default 10000)")
     c.add_argument("--capture-bytes", type=int, default=8 << 20, metavar="BYTES", help="file size limit (default 8 MiB)")
     c.add_argument("--capture-seconds", type=float, default=10.0, metavar="S", help="time limit (default 10)")
+    c.add_argument("--pcap", action="append", default=[], type=Path, metavar="FILE",
+                   help="add an existing pcap/pcapng to the bundle, analysed like ours (repeatable)")
     c.add_argument("--snaplen", type=int, default=128, metavar="BYTES",
                    help="bytes kept of each packet (default 128: headers, not payloads)")
     c.add_argument("--socket-samples", type=int, default=3, metavar="K",
@@ -155,7 +157,10 @@ def _cmd_collect(args: argparse.Namespace, argv: list[str]) -> int:
         options["route_from"] = parse_address(args.route_from)
     if args.route_iif:
         options["route_iif"] = args.route_iif
-    req = CollectRequest(options=options, targets=targets, vantages=vantage.dedupe(specs), output=args.output, passive=args.passive,
+    for pcap in args.pcap:
+        if not pcap.is_file():
+            raise UsageError(f"--pcap {pcap}: no such file")
+    req = CollectRequest(pcaps=args.pcap, options=options, targets=targets, vantages=vantage.dedupe(specs), output=args.output, passive=args.passive,
                          timeout_s=args.timeout, ticket=args.ticket, note=args.note, argv=argv,
                          slices=args.slices, debug=args.debug)
     outcome = collect(req, progress)

@@ -22,6 +22,8 @@ from pydantic import ValidationError
 from bundle.errors import InvalidBundle, UnsupportedFormatVersion
 from bundle.models import (
     DOCUMENT_MODELS,
+    CaptureAnalysis,
+    CaptureRun,
     DnsSlice,
     FORMAT_NAME,
     FORMAT_VERSION,
@@ -66,6 +68,13 @@ class Bundle:
 
     def sockets(self, vantage_id: str) -> SocketsSlice | None:
         return self.document(f"vantages/{vantage_id}/sockets.json", SocketsSlice)
+
+    def capture(self, vantage_id: str) -> CaptureRun | None:
+        return self.document(f"vantages/{vantage_id}/capture.json", CaptureRun)
+
+    def operator_captures(self) -> list[CaptureAnalysis]:
+        return [d for p, d in sorted(self.documents.items())
+                if p.startswith("captures/") and isinstance(d, CaptureAnalysis)]
 
     def dns(self, vantage_id: str) -> DnsSlice | None:
         return self.document(f"vantages/{vantage_id}/dns.json", DnsSlice)

@@ -69,6 +69,7 @@ class CollectRequest:
     argv: list[str] = field(default_factory=list)
     slices: list[str] | None = None
     options: dict[str, str] = field(default_factory=dict)
+    pcaps: list[Path] = field(default_factory=list)
     debug: bool = False
 
 
@@ -302,6 +303,8 @@ def _collect(req: CollectRequest, progress: Callable[[Progress], None] | None, *
         return "agent exited before this slice ran" + (f": {tail[0]}" if tail else "")
 
     run.close_pending(reason_for)
+    for i, pcap in enumerate(req.pcaps):
+        _add_pcap(staged, pcap, i)
     for vid, agent in agents.items():
         tail = agent.stderr_tail()
         if tail.strip():
@@ -326,6 +329,31 @@ def _collect(req: CollectRequest, progress: Callable[[Progress], None] | None, *
     )
     written = staged.write(manifest, out)
     return CollectOutcome(path=written, manifest=manifest, exit_code=code, interrupted=interrupted)
+
+
+MAX_PCAP_BYTES = 512 << 20
+
+
+def _add_pcap(staged: StagedBundle, path: Path, index: int) -> None:
+    """An operator's capture (`--pcap`), kept as evidence beside its analysis, read like one of ours."""
+    from bundle.analyze.pcap import analyze_capture
+
+    started = time.monotonic()
+    name = re.sub(r"[^A-Za-z0-9._-]", "_", path.name)[:80] or "capture"
+    folder = f"captures/{index}-{name}"
+    try:
+        size = path.stat().st_size
+        if size > MAX_PCAP_BYTES:
+            raise BundleWriteError(f"--pcap {path}: {size} bytes is over the {MAX_PCAP_BYTES >> 20} MiB limit")
+        data = path.read_bytes()
+    except OSError as exc:
+        raise BundleWriteError(f"--pcap {path}: {exc.strerror}") from None
+    staged.add_bytes(f"{folder}/{name}", data, "application/vnd.tcpdump.pcap",
+                     Provenance(source=f"operator-supplied capture {path}", slice="capture"))
+    analysis = analyze_capture(path, name)
+    staged.add_bytes(f"{folder}/analysis.json", analysis.model_dump_json(indent=1).encode(), MediaType.CAPTURE_ANALYSIS,
+                     Provenance(source=f"analysis of {path}", slice="capture",
+                                duration_s=round(time.monotonic() - started, 6)))
 
 
 def _dispatch(run: _Run, agents: dict[str, _Agent], live: set[str], vid: str, event: dict[str, Any],

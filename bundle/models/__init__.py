@@ -82,6 +82,7 @@ DOCUMENT_MODELS: dict[str, type[Model]] = {
     MediaType.SOCKETS: SocketsSlice,
     MediaType.DNS: DnsSlice,
     MediaType.CAPTURE: CaptureRun,
+    MediaType.CAPTURE_ANALYSIS: CaptureAnalysis,
 }
 
 __all__ = [

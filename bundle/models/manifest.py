@@ -35,6 +35,7 @@ class MediaType(StrEnum):
     RESOLV_CONF = "text/vnd.netbundle.resolv-conf"
     CAPTURE = "application/vnd.netbundle.capture.v1+json"
     PCAPNG = "application/x-pcapng"
+    CAPTURE_ANALYSIS = "application/vnd.netbundle.capture-analysis.v1+json"
     TRACEBACK = "text/vnd.netbundle.traceback"
     TEXT = "text/plain"
     JSON = "application/json"

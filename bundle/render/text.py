@@ -59,6 +59,17 @@ def summary(bundle: Bundle) -> str:
             if not sk.owner_scan.complete:
                 out.append(f"         owners: {sk.owner_scan.denied} of {sk.owner_scan.processes} processes unreadable "
                            f"as uid {sk.owner_scan.uid}: empty owners are unknown, not absent")
+        if vv.capture:
+            c = vv.capture
+            if c.unavailable:
+                out.append(f"         capture: {c.unavailable.unavailable.value}: {_clean(c.unavailable.detail)}")
+            else:
+                a = c.analysis
+                flows = (f", {a.flows_total} TCP flows, {len(a.dns)} DNS transactions, {len(a.icmp)} ICMP errors"
+                         if a else "")
+                out.append(f"         capture on {_clean(c.interface)} [{_clean(c.filter)}]: {c.packets_written} "
+                           f"packets, {c.bytes_written} bytes, stopped by {c.stopped_by.value if c.stopped_by else '?'}"
+                           f", kernel drops {c.kernel_dropped}{flows}")
         if vv.dns:
             d = vv.dns
             if d.resolv_conf:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from bundle.analyze import VantageEvidence, dns_findings, route_findings, transport_findings
+from bundle.analyze import VantageEvidence, capture_findings, dns_findings, route_findings, transport_findings
 from bundle.archive import Bundle
 from bundle.models import (
+    CaptureAnalysis,
+    CaptureRun,
     DnsSlice,
     Finding,
     Manifest,
@@ -45,6 +47,7 @@ class VantageView:
     slices: list[SliceRun]
     sockets: SocketsSlice | None = None
     dns: DnsSlice | None = None
+    capture: CaptureRun | None = None
 
     def target_sockets(self, address: str, port: int | None) -> list[Socket]:
         """The rows of one target: to it (client side) or on its port (server side)."""
@@ -61,6 +64,7 @@ class View:
     findings: list[Finding]
     # target -> vantage id -> lookup: "route get" side by side, host vs pod
     lookups: dict[str, dict[str, RouteLookup]] = field(default_factory=dict)
+    operator_captures: list[CaptureAnalysis] = field(default_factory=list)
 
 
 def build_view(bundle: Bundle) -> View:
@@ -73,7 +77,11 @@ def build_view(bundle: Bundle) -> View:
         doc = bundle.route(v.id)
         socks = bundle.sockets(v.id)
         dns = bundle.dns(v.id)
-        vantages.append(VantageView(v, doc, [s for s in m.slices if s.vantage == v.id], socks, dns))
+        cap = bundle.capture(v.id)
+        vantages.append(VantageView(v, doc, [s for s in m.slices if s.vantage == v.id], socks, dns, cap))
+        if cap is not None and cap.analysis is not None:
+            findings += capture_findings(v.id, f"vantages/{v.id}/capture.json", cap.analysis, cap,
+                                         f"vantages/{v.id}/capture.pcapng")
         if dns is not None:
             findings += dns_findings(v, dns)
         evidence.append(VantageEvidence(v, doc, socks))
@@ -82,5 +90,10 @@ def build_view(bundle: Bundle) -> View:
             for lk in doc.lookups:
                 lookups.setdefault(lookup_label(lk), {})[v.id] = lk
     findings += transport_findings(evidence, list(m.targets))
+    operator = bundle.operator_captures()
+    for path, cdoc in sorted(bundle.documents.items()):
+        if path.startswith("captures/") and isinstance(cdoc, CaptureAnalysis):
+            findings += capture_findings("operator capture", path, cdoc, None,
+                                         path.rsplit("/", 1)[0] + "/" + cdoc.file)
     findings.sort(key=lambda f: (_LAYERS.get(f.layer, 9), _SEVERITY[f.severity.value]))
-    return View(manifest=m, vantages=vantages, findings=findings, lookups=lookups)
+    return View(manifest=m, vantages=vantages, findings=findings, lookups=lookups, operator_captures=operator)

@@ -97,3 +97,24 @@ def test_bad_filter_is_refused_before_anything_starts(tmp_path):
     proc = netbundle("collect", "--capture-filter", "host and and", "-o", str(tmp_path / "b.tar.zst"))
     assert proc.returncode == 2 and "--capture-filter" in proc.stderr and proc.stderr.count("\n") == 1
     assert not list(tmp_path.iterdir())
+
+
+def test_operator_pcaps_are_kept_and_analysed(tmp_path, lab):
+    from tests.conftest import corpus_file
+
+    info = lab("healthy")
+    good = corpus_file("tcpdump/tcp-handshake-nano.pcap")
+    cut = tmp_path / "cut.pcap"
+    cut.write_bytes(corpus_file("tcpdump/print-flags.pcap").read_bytes()[:300])
+    b = _run(tmp_path, info, "--passive", "--slice", "route", "--pcap", str(good), "--pcap", str(cut))
+    docs = b.operator_captures()
+    assert [d.file for d in docs] == ["tcp-handshake-nano.pcap", "cut.pcap"]
+    assert docs[0].flows[0].handshake is Handshake.COMPLETED and docs[0].complete
+    assert not docs[1].complete and "ends" in docs[1].problems[0].message
+    kept = tmp_path / "x" / "captures" / "0-tcp-handshake-nano.pcap" / "tcp-handshake-nano.pcap"
+    assert kept.read_bytes() == good.read_bytes()
+    from bundle.render.view import build_view
+
+    assert "capture.unreadable_parts" in {f.id for f in build_view(b).findings}
+    missing = netbundle("collect", "--pcap", str(tmp_path / "nope.pcap"), "-o", str(tmp_path / "n.tar.zst"))
+    assert missing.returncode == 2 and "no such file" in missing.stderr

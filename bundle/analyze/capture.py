@@ -1,0 +1,64 @@
+"""Findings from captures: what the packets themselves prove, per vantage (or per operator-supplied file)."""
+
+from __future__ import annotations
+
+from bundle.models import CaptureAnalysis, CaptureRun, Evidence, Finding, Handshake, Severity
+
+MAX_PER_KIND = 5
+
+
+def capture_findings(where: str, member: str, analysis: CaptureAnalysis, run: CaptureRun | None = None,
+                     pcap: str | None = None) -> list[Finding]:
+    """`where` is a vantage id (or "operator"), `member` the JSON document, `pcap` the file to open next."""
+    out: list[Finding] = []
+    shown: dict[str, int] = {}
+    file = pcap or analysis.file
+
+    def add(fid: str, severity: Severity, layer: str, target: str | None, summary: str, pointer: str,
+            command: str) -> None:
+        shown[fid] = shown.get(fid, 0) + 1
+        if shown[fid] <= MAX_PER_KIND:
+            out.append(Finding(id=fid, severity=severity, layer=layer, vantage=where, target=target, summary=summary,
+                               evidence=[Evidence(member=member, pointer=pointer)], next_command=command))
+
+    prefix = "analysis." if run is not None else ""
+    for i, f in enumerate(analysis.flows):
+        ptr = f"{prefix}flows[{i}]"
+        if f.blackhole:
+            add("capture.blackhole", Severity.CRITICAL, "route", f.server,
+                f"In the capture from {where}, {f.largest_unacked_retransmitted}-byte segments of {f.client} <-> "
+                f"{f.server} were sent again and again and never acknowledged while small ones were: the PMTU "
+                f"blackhole signature.", ptr, f"tcpdump -nn -r {file} 'tcp and greater 1000'")
+        if f.handshake is Handshake.SYN_RST:
+            add("capture.syn_rst", Severity.CRITICAL, "transport", f.server,
+                f"In the capture from {where}, {f.client}'s SYN to {f.server} was answered with RST: nothing "
+                f"listens there.", ptr, f"tcpdump -nn -r {file} 'tcp[tcpflags] & (tcp-syn|tcp-rst) != 0'")
+        elif f.handshake is Handshake.SYN_UNANSWERED:
+            add("capture.syn_unanswered", Severity.CRITICAL, "transport", f.server,
+                f"In the capture from {where}, {f.client}'s SYN to {f.server} was never answered "
+                f"({f.syn_sent} sent): dropped on the way or at the server.", ptr,
+                f"tcpdump -nn -r {file} 'tcp[tcpflags] & tcp-syn != 0'")
+    for i, ev in enumerate(analysis.icmp):
+        about = f" about {ev.quoted}" if ev.quoted else ""
+        if ev.mtu is not None:
+            add("capture.frag_needed", Severity.WARNING, "route", None,
+                f"In the capture from {where}, {ev.source} said '{ev.description}' (next-hop MTU {ev.mtu}){about}.",
+                f"{prefix}icmp[{i}]", f"tcpdump -nn -v -r {file} icmp or icmp6")
+        else:
+            add("capture.icmp_error", Severity.WARNING, "route", None,
+                f"In the capture from {where}, {ev.source} answered '{ev.description}'{about}.",
+                f"{prefix}icmp[{i}]", f"tcpdump -nn -v -r {file} icmp or icmp6")
+    if analysis.dns_unanswered:
+        add("capture.dns_unanswered", Severity.WARNING, "dns", None,
+            f"In the capture from {where}, {analysis.dns_unanswered} DNS queries got no response.",
+            f"{prefix}dns", f"tcpdump -nn -r {file} port 53")
+    if run is not None and run.kernel_dropped:
+        add("capture.kernel_drops", Severity.WARNING, "route", None,
+            f"The kernel dropped {run.kernel_dropped} packets while capturing in {where}: the capture is incomplete.",
+            "kernel_dropped", f"tcpdump -nn -r {file} | tail")
+    if analysis.problems or analysis.malformed:
+        what = "; ".join(p.message for p in analysis.problems[:2]) or f"{analysis.malformed} malformed packets"
+        add("capture.unreadable_parts", Severity.INFO, "route", None,
+            f"Parts of the capture {analysis.file} from {where} could not be read: {what}.", f"{prefix}problems",
+            f"capinfos {file}")
+    return out
