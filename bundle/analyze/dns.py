@@ -2,29 +2,15 @@
 
 from __future__ import annotations
 
-import shlex
-
-from bundle.models import DnsSlice, Evidence, Finding, Outcome, Severity, Vantage, VantageKind
+from bundle.analyze._common import FindingList
+from bundle.models import DnsSlice, Finding, Outcome, Severity, Vantage
 
 SLOW_MS = 500.0
 
 
-def _in(vantage: Vantage, command: str) -> str:
-    if vantage.kind is VantageKind.NETNS_NAME and vantage.ref:
-        return f"ip netns exec {shlex.quote(vantage.ref)} {command}"
-    if vantage.kind is VantageKind.NETNS_PID and vantage.ref:
-        return f"nsenter -t {shlex.quote(vantage.ref)} -n {command}"
-    return command
-
-
 def dns_findings(vantage: Vantage, doc: DnsSlice) -> list[Finding]:
-    member = f"vantages/{vantage.id}/dns.json"
-    out: list[Finding] = []
-
-    def add(fid: str, severity: Severity, target: str | None, summary: str, pointer: str, command: str) -> None:
-        out.append(Finding(id=fid, severity=severity, layer="dns", vantage=vantage.id, target=target,
-                           summary=summary, evidence=[Evidence(member=member, pointer=pointer)],
-                           next_command=_in(vantage, command)))
+    found = FindingList("dns", vantage, f"vantages/{vantage.id}/dns.json")
+    add = found.add
 
     conf = doc.resolv_conf
     if conf is None:
@@ -32,7 +18,7 @@ def dns_findings(vantage: Vantage, doc: DnsSlice) -> list[Finding]:
         add("dns.resolv_conf_unreadable", Severity.WARNING, None,
             f"resolv.conf could not be read in {vantage.id} ({detail}): the resolver's configuration is unknown.",
             "resolv_conf_unavailable", "cat /etc/resolv.conf")
-        return out
+        return found.items
     if doc.nodelocal:
         add("dns.nodelocal", Severity.INFO, None, f"In {vantage.id}, {doc.nodelocal}.", "nodelocal",
             "cat /etc/resolv.conf")
@@ -85,4 +71,4 @@ def dns_findings(vantage: Vantage, doc: DnsSlice) -> list[Finding]:
                 f"For {name}, {conf.nameservers[0]} answers {', '.join(r.addresses) or 'nothing'} but {alt.server} "
                 f"answers {', '.join(alt.addresses) or alt.outcome.value}: a cache holds stale data or one side "
                 f"is failing.", f"names[{i}].alternate", f"dig @{alt.server} {alt.fqdn}")
-    return out
+    return found.items

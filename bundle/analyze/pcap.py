@@ -4,7 +4,6 @@ transactions and ICMP errors. Streaming, with bounded tables: headers are walked
 
 from __future__ import annotations
 
-import socket
 import struct
 from collections import Counter
 from dataclasses import dataclass, field

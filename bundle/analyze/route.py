@@ -4,28 +4,15 @@ from __future__ import annotations
 
 import shlex
 
-from bundle.models import Evidence, Finding, NeighborState, RouteSlice, Severity, SweepStatus, Vantage, VantageKind
+from bundle.analyze._common import FindingList
+from bundle.models import Finding, NeighborState, RouteSlice, Severity, SweepStatus, Vantage
 
 _BAD_NEIGHBOR = {NeighborState.FAILED, NeighborState.INCOMPLETE}
 
 
-def _in(vantage: Vantage, command: str) -> str:
-    """The command as the operator would run it in that vantage (read-only)."""
-    if vantage.kind is VantageKind.NETNS_NAME and vantage.ref:
-        return f"ip netns exec {shlex.quote(vantage.ref)} {command}"
-    if vantage.kind is VantageKind.NETNS_PID and vantage.ref:
-        return f"nsenter -t {shlex.quote(vantage.ref)} -n {command}"
-    return command
-
-
 def route_findings(vantage: Vantage, doc: RouteSlice) -> list[Finding]:
-    member = f"vantages/{vantage.id}/route.json"
-    out: list[Finding] = []
-
-    def add(fid: str, severity: Severity, target: str | None, summary: str, pointer: str, command: str) -> None:
-        out.append(Finding(id=fid, severity=severity, layer="route", vantage=vantage.id, target=target,
-                           summary=summary, evidence=[Evidence(member=member, pointer=pointer)],
-                           next_command=_in(vantage, command)))
+    found = FindingList("route", vantage, f"vantages/{vantage.id}/route.json")
+    add = found.add
 
     for i, lk in enumerate(doc.lookups):
         if not lk.ok:
@@ -67,4 +54,4 @@ def route_findings(vantage: Vantage, doc: RouteSlice) -> list[Finding]:
                 f"Strict reverse-path filtering is in force on {s.name} in {vantage.id}: replies arriving "
                 f"on another interface (asymmetric routing) are dropped silently.",
                 f"sysctls.interfaces[{i}]", "nstat -az TcpExtIPReversePathFilter")
-    return out
+    return found.items

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import shlex
 from collections import Counter
 from dataclasses import dataclass
 
+from bundle.analyze._common import in_vantage
 from bundle.models import (
     BindScope,
     ConnectOutcome,
@@ -16,7 +16,6 @@ from bundle.models import (
     SocketsSlice,
     Target,
     Vantage,
-    VantageKind,
 )
 
 CLOSE_WAIT_THRESHOLD = 16
@@ -44,14 +43,6 @@ class VantageEvidence:
         return False
 
 
-def _in(vantage: Vantage, command: str) -> str:
-    if vantage.kind is VantageKind.NETNS_NAME and vantage.ref:
-        return f"ip netns exec {shlex.quote(vantage.ref)} {command}"
-    if vantage.kind is VantageKind.NETNS_PID and vantage.ref:
-        return f"nsenter -t {shlex.quote(vantage.ref)} -n {command}"
-    return command
-
-
 def transport_findings(evidence: list[VantageEvidence], targets: list[Target]) -> list[Finding]:
     out: list[Finding] = []
 
@@ -60,7 +51,7 @@ def transport_findings(evidence: list[VantageEvidence], targets: list[Target]) -
         out.append(Finding(id=fid, severity=severity, layer="transport", vantage=v.id, target=target,
                            summary=summary,
                            evidence=[Evidence(member=f"vantages/{v.id}/sockets.json", pointer=pointer)],
-                           next_command=_in(v, command)))
+                           next_command=in_vantage(v, command)))
 
     # What each connect probe saw.
     for ev in evidence:

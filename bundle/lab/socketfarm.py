@@ -90,13 +90,13 @@ def main() -> None:
         pid = os.fork()
         if pid == 0:  # pragma: no cover - child
             os.close(done_r)
-            hold = build(share, BASE_PORT + k * (per_process // 100 + 10))
+            build(share, BASE_PORT + k * (per_process // 100 + 10))
             os.write(done_w, b"+")
             time.sleep(args.lifetime)
             os._exit(0)
         children.append(pid)
     os.close(done_w)
-    hold = build(shares[0])
+    build(shares[0])
     got = 0
     while got < len(children):  # each child writes one byte once its sockets are open
         chunk = os.read(done_r, 64)

@@ -19,7 +19,6 @@ from types import TracebackType
 from typing import Any
 
 from pyroute2 import IPRoute, netns
-from pyroute2.netlink.exceptions import NetlinkError
 
 from bundle._netns import named_netns_path, setns_net
 from bundle.errors import LabError

@@ -1,0 +1,35 @@
+"""What every layer's findings share: the read-only command as the operator would type it in that vantage,
+and one way to record a finding with its evidence."""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass, field
+
+from bundle.models import Evidence, Finding, Severity, Vantage, VantageKind
+
+
+def in_vantage(vantage: Vantage, command: str) -> str:
+    """`ip netns exec NAME …` or `nsenter -t PID -n …` around a read-only command, as the vantage needs."""
+    if vantage.kind is VantageKind.NETNS_NAME and vantage.ref:
+        return f"ip netns exec {shlex.quote(vantage.ref)} {command}"
+    if vantage.kind is VantageKind.NETNS_PID and vantage.ref:
+        return f"nsenter -t {shlex.quote(vantage.ref)} -n {command}"
+    return command
+
+
+@dataclass
+class FindingList:
+    """Findings of one layer in one vantage, each pointing into one bundle member."""
+
+    layer: str
+    vantage: Vantage
+    member: str
+    items: list[Finding] = field(default_factory=list)
+
+    def add(self, fid: str, severity: Severity, target: str | None, summary: str, pointer: str,
+            command: str) -> None:
+        self.items.append(Finding(id=fid, severity=severity, layer=self.layer, vantage=self.vantage.id,
+                                  target=target, summary=summary,
+                                  evidence=[Evidence(member=self.member, pointer=pointer)],
+                                  next_command=in_vantage(self.vantage, command)))
