@@ -13,7 +13,7 @@ import dpkt
 
 from bundle.models import CaptureAnalysis, CaptureProblem, DnsTransaction, Handshake, IcmpEvent, TcpFlow
 from bundle.pcap import open_capture
-from bundle.pcap.headers import ACK, RST, SUPPORTED_LINKTYPES, SYN, Decoded, Malformed, decode, tcp, udp_ports
+from bundle.pcap.headers import ACK, RST, SUPPORTED_LINKTYPES, SYN, Decoded, Malformed, decode, ntop, tcp, udp_ports
 
 MAX_FLOWS = 50_000
 MAX_SEGMENTS = 4096  # per flow direction
@@ -44,8 +44,8 @@ class _Dir:
 
 @dataclass
 class _Flow:
-    client: tuple[str, int]
-    server: tuple[str, int]
+    client: tuple[bytes, int]
+    server: tuple[bytes, int]
     first: int
     last: int
     packets: int = 0
@@ -60,15 +60,16 @@ class _Flow:
     dirs: tuple[_Dir, _Dir] = field(default_factory=lambda: (_Dir(), _Dir()))
 
 
-def _ep(addr: str, port: int) -> str:
+def _ep(raw: bytes, port: int) -> str:
+    addr = ntop(raw)
     return f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"
 
 
 class _Analysis:
     def __init__(self) -> None:
-        self.flows: dict[tuple[str, int, str, int], _Flow] = {}
+        self.flows: dict[tuple[bytes, int, bytes, int], _Flow] = {}
         self.flows_total = 0
-        self.dns: dict[tuple[int, str, int, str, int], DnsTransaction] = {}
+        self.dns: dict[tuple[int, bytes, int, bytes, int], DnsTransaction] = {}
         self.dns_done: list[DnsTransaction] = []
         self.icmp: list[IcmpEvent] = []
         self.malformed = 0
@@ -179,7 +180,7 @@ class _Analysis:
             mtu = struct.unpack_from("!H", d.l4, 6)[0]
         elif d.proto == 58 and typ == 2:
             mtu = struct.unpack_from("!I", d.l4, 4)[0]
-        self.icmp.append(IcmpEvent(ts_ns=ts, source=d.src, type=typ, code=code,
+        self.icmp.append(IcmpEvent(ts_ns=ts, source=ntop(d.src), type=typ, code=code,
                                    description=table.get((typ, code), f"type {typ} code {code}"), mtu=mtu,
                                    quoted=_quoted(d.l4[8:], 4 if d.proto == 1 else 6)))
 

@@ -90,13 +90,14 @@ def main() -> None:
         pid = os.fork()
         if pid == 0:  # pragma: no cover - child
             os.close(done_r)
-            build(share, BASE_PORT + k * (per_process // 100 + 10))
+            held = build(share, BASE_PORT + k * (per_process // 100 + 10))  # the sockets live while this does
             os.write(done_w, b"+")
             time.sleep(args.lifetime)
+            held.clear()
             os._exit(0)
         children.append(pid)
     os.close(done_w)
-    build(shares[0])
+    held = build(shares[0])  # the sockets live as long as this list
     got = 0
     while got < len(children):  # each child writes one byte once its sockets are open
         chunk = os.read(done_r, 64)
@@ -109,6 +110,7 @@ def main() -> None:
     finally:
         for pid in children:
             os.kill(pid, signal.SIGKILL)
+        held.clear()
 
 
 if __name__ == "__main__":

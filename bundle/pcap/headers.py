@@ -23,11 +23,24 @@ class Malformed(Exception):
     """A header is cut short or inconsistent; the caller counts it."""
 
 
+_NTOP: dict[bytes, str] = {}
+
+
+def ntop(raw: bytes) -> str:
+    """Text form of a raw 4- or 16-byte address, cached (addresses repeat across packets)."""
+    text = _NTOP.get(raw)
+    if text is None:
+        text = socket.inet_ntop(socket.AF_INET if len(raw) == 4 else socket.AF_INET6, raw)
+        if len(_NTOP) < 100_000:
+            _NTOP[raw] = text
+    return text
+
+
 @dataclass(slots=True)
 class Decoded:
     version: int
-    src: str
-    dst: str
+    src: bytes  # raw address: turned into text (ntop) only for what is reported
+    dst: bytes
     proto: int
     ip_payload_len: int  # from the IP header: the real size, even when the capture cut the packet
     l4: bytes  # transport header and what was captured after it
@@ -110,8 +123,7 @@ def decode(linktype: int, data: bytes) -> Decoded | None:
         if ihl < 20 or len(pkt) < ihl or total < ihl:
             raise Malformed("bad IPv4 header length")
         frag = _H.unpack_from(pkt, 6)[0]
-        return Decoded(4, socket.inet_ntop(socket.AF_INET, pkt[12:16]), socket.inet_ntop(socket.AF_INET, pkt[16:20]),
-                       pkt[9], total - ihl, pkt[ihl:], fragment=bool(frag & 0x1FFF))
+        return Decoded(4, pkt[12:16], pkt[16:20], pkt[9], total - ihl, pkt[ihl:], fragment=bool(frag & 0x1FFF))
     if len(pkt) < 40 or pkt[0] >> 4 != 6:
         raise Malformed("short or bad IPv6 header")
     plen = _H.unpack_from(pkt, 4)[0]
@@ -130,8 +142,7 @@ def decode(linktype: int, data: bytes) -> Decoded | None:
             hlen = (pkt[off + 1] + 1) * 8
         nxt = pkt[off]
         off += hlen
-    return Decoded(6, socket.inet_ntop(socket.AF_INET6, pkt[8:24]), socket.inet_ntop(socket.AF_INET6, pkt[24:40]),
-                   nxt, max(0, plen - (off - 40)), pkt[off:], fragment=fragment)
+    return Decoded(6, pkt[8:24], pkt[24:40], nxt, max(0, plen - (off - 40)), pkt[off:], fragment=fragment)
 
 
 @dataclass(slots=True)

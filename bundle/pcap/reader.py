@@ -16,6 +16,7 @@ from typing import BinaryIO
 
 MAX_RECORD = 256 * 1024  # larger than any snaplen in use (262144 is libpcap's maximum)
 MAX_BLOCK = 16 * 1024 * 1024
+_CHUNK = 1 << 20
 
 _PCAP_MAGICS = {
     b"\xd4\xc3\xb2\xa1": ("<", 1000), b"\xa1\xb2\xc3\xd4": (">", 1000),  # microseconds
@@ -88,24 +89,36 @@ class CaptureReader:
         rec = struct.Struct(order + "IIII")
         offset = 24
         linktype = network & 0x0FFFFFFF
+        # Records are parsed out of 1 MiB reads: two small reads per packet cost more than the parsing.
+        buf = b""
+        pos = 0
+        eof = False
         while True:
-            hdr = fh.read(16)
-            if not hdr:
+            if len(buf) - pos < 16 and not eof:
+                more = fh.read(_CHUNK)
+                eof = not more
+                buf, pos = buf[pos:] + more, 0
+            if len(buf) - pos == 0:
                 break
-            if len(hdr) < 16:
+            if len(buf) - pos < 16:
                 self.problems.append(Problem(offset, "file ends inside a record header (truncated capture)"))
                 break
-            sec, frac, caplen, origlen = rec.unpack(hdr)
+            sec, frac, caplen, origlen = rec.unpack_from(buf, pos)
             if caplen > MAX_RECORD:
                 self.problems.append(Problem(offset, f"record claims {caplen} bytes (corrupt header)"))
                 break
-            data = fh.read(caplen)
-            if len(data) < caplen:
-                self.problems.append(Problem(offset, f"file ends inside a packet ({len(data)} of {caplen} bytes)"))
+            while len(buf) - pos - 16 < caplen and not eof:
+                more = fh.read(_CHUNK)
+                eof = not more
+                buf, pos = buf[pos:] + more, 0
+            if len(buf) - pos - 16 < caplen:
+                have = len(buf) - pos - 16
+                self.problems.append(Problem(offset, f"file ends inside a packet ({have} of {caplen} bytes)"))
                 break
+            data = buf[pos + 16:pos + 16 + caplen]
+            pos += 16 + caplen
             offset += 16 + caplen
             self.packets += 1
-            self.end_offset = offset
             yield Packet(sec * 1_000_000_000 + frac * unit, linktype, caplen, origlen, data)
         self.end_offset = offset
 
