@@ -11,13 +11,14 @@ from pathlib import Path
 
 import dpkt
 
-from bundle.models import CaptureAnalysis, CaptureProblem, DnsTransaction, Handshake, IcmpEvent, TcpFlow
+from bundle.models import CaptureAnalysis, CaptureEvent, CaptureProblem, DnsTransaction, Handshake, IcmpEvent, TcpFlow
 from bundle.pcap import open_capture
 from bundle.pcap.headers import ACK, RST, SUPPORTED_LINKTYPES, SYN, Decoded, Malformed, decode, ntop, tcp, udp_ports
 
 _IP4_LEN_FRAG = struct.Struct("!H2xH")
 _TCP = struct.Struct("!HHIIBBH")
 MAX_FLOWS = 50_000
+MAX_EVENTS = 2_000
 MAX_SEGMENTS = 4096  # per flow direction
 MAX_DNS = 20_000
 MAX_ICMP = 2_000
@@ -76,6 +77,12 @@ class _Analysis:
         self.icmp: list[IcmpEvent] = []
         self.malformed = 0
         self.examples: list[str] = []
+        self.events: list[CaptureEvent] = []
+
+    def event(self, ts: int, kind: str, flow: _Flow) -> None:
+        if len(self.events) < MAX_EVENTS:
+            self.events.append(CaptureEvent(ts_ns=ts, kind=kind,
+                                            flow=f"{_ep(*flow.client)} > {_ep(*flow.server)}"))
 
     def bad(self, why: str) -> None:
         self.malformed += 1
@@ -137,11 +144,14 @@ class _Analysis:
         if flags & SYN:
             if flags & ACK:
                 flow.synack += 1
+                self.event(ts, "synack", flow)
             elif from_client:
                 flow.syn += 1
+                self.event(ts, "syn", flow)
         elif flags & ACK and from_client and flow.synack:
             flow.client_ack_after_synack = True
         if flags & RST:
+            self.event(ts, "rst", flow)
             if from_client:
                 flow.rst_client += 1
             else:
@@ -156,6 +166,7 @@ class _Analysis:
             if seen is not None:
                 me.segments[seg] = seen + 1
                 me.retransmits += 1
+                self.event(ts, "retransmit", flow)
             elif len(me.segments) < MAX_SEGMENTS:
                 me.segments[seg] = 1
             me.max_len = max(me.max_len, payload)
@@ -204,6 +215,8 @@ class _Analysis:
             mtu = struct.unpack_from("!H", d.l4, 6)[0]
         elif d.proto == 58 and typ == 2:
             mtu = struct.unpack_from("!I", d.l4, 4)[0]
+        if len(self.events) < MAX_EVENTS:
+            self.events.append(CaptureEvent(ts_ns=ts, kind="icmp", flow=f"{ntop(d.src)} > {ntop(d.dst)}"))
         self.icmp.append(IcmpEvent(ts_ns=ts, source=ntop(d.src), type=typ, code=code,
                                    description=table.get((typ, code), f"type {typ} code {code}"), mtu=mtu,
                                    quoted=_quoted(d.l4[8:], 4 if d.proto == 1 else 6)))
@@ -281,7 +294,7 @@ def analyze_capture(path: Path, label: str | None = None) -> CaptureAnalysis:
         malformed_examples=state.examples,
         problems=[CaptureProblem(offset=p.offset, message=p.message) for p in reader.problems],
         complete=not reader.problems, flows=flows[:KEEP_FLOWS], flows_total=state.flows_total, dns=dns,
-        dns_unanswered=unanswered, icmp=state.icmp,
+        dns_unanswered=unanswered, icmp=state.icmp, events=state.events,
     )
 
 

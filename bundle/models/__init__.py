@@ -3,6 +3,7 @@
 from bundle.models._base import MissingReason, Model, Unavailable
 from bundle.models.capture import (
     CaptureAnalysis,
+    CaptureEvent,
     CaptureLimits,
     CaptureRun,
     StopReason,
@@ -91,6 +92,7 @@ __all__ = [
     "BindScope",
     "Candidate",
     "CaptureAnalysis",
+    "CaptureEvent",
     "CaptureLimits",
     "CaptureProblem",
     "CaptureRun",

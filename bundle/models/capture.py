@@ -59,6 +59,14 @@ class IcmpEvent(Model):
     quoted: str | None = Field(default=None, description="the flow the error is about: proto src:port > dst:port")
 
 
+class CaptureEvent(Model):
+    """A moment worth a dot on the timeline."""
+
+    ts_ns: int
+    kind: str = Field(description="syn, synack, rst, retransmit or icmp")
+    flow: str
+
+
 class CaptureProblem(Model):
     offset: int
     message: str
@@ -81,6 +89,7 @@ class CaptureAnalysis(Model):
     dns: list[DnsTransaction]
     dns_unanswered: int
     icmp: list[IcmpEvent]
+    events: list[CaptureEvent] = Field(default_factory=list, description="at most 2,000, the first ones")
 
 
 class StopReason(StrEnum):
