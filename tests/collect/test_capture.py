@@ -47,6 +47,11 @@ def test_no_listener_capture_shows_syn_rst(tmp_path, lab):
     assert "warning" not in tshark.stderr.lower()
     info_out = subprocess.run(["capinfos", str(pcap)], capture_output=True, text=True).stdout
     assert "not port 22" in info_out and "Ethernet" in info_out
+    assert [e.kind for e in run.analysis.events if e.kind in ("syn", "rst")] == ["syn", "rst"]
+    from bundle.render import render_html
+
+    html = render_html(b)
+    assert 'aria-label="capture timeline"' in html and "rst 10.244.1.2:" in html
 
 
 def test_dns_transactions_match_the_dns_slice(tmp_path, lab):
