@@ -39,10 +39,14 @@ def _ahead(a: int, b: int) -> bool:
 
 @dataclass
 class _Dir:
-    segments: dict[tuple[int, int], int] = field(default_factory=dict)
-    max_len: int = 0
+    max_end: int | None = None  # highest sequence number sent (seq + length)
     max_ack: int | None = None  # highest ACK this side sent
     retransmits: int = 0
+    # retransmitted data by sequence number: (largest length resent, times resent). A TSO sender's first
+    # transmission is one super-segment and its retransmissions are MSS-sized, so lengths differ: a segment
+    # that ends at or below what was already sent is a retransmission.
+    resent: dict[int, tuple[int, int]] = field(default_factory=dict)
+    first_small_end: int | None = None  # end of the first small data segment: did that one get through?
 
 
 @dataclass
@@ -161,15 +165,17 @@ class _Analysis:
         if flags & ACK and (me.max_ack is None or _ahead(ack, me.max_ack)):
             me.max_ack = ack
         if payload:
-            seg = (seq, payload)
-            seen = me.segments.get(seg)
-            if seen is not None:
-                me.segments[seg] = seen + 1
+            end = (seq + payload) % (1 << 32)
+            if me.max_end is not None and not _ahead(end, me.max_end):
                 me.retransmits += 1
                 self.event(ts, "retransmit", flow)
-            elif len(me.segments) < MAX_SEGMENTS:
-                me.segments[seg] = 1
-            me.max_len = max(me.max_len, payload)
+                length, times = me.resent.get(seq, (0, 0))
+                if seq in me.resent or len(me.resent) < MAX_SEGMENTS:
+                    me.resent[seq] = (max(length, payload), times + 1)
+            else:
+                me.max_end = end
+            if payload < MIN_BIG_SEGMENT and me.first_small_end is None:
+                me.first_small_end = end
 
     def _udp(self, ts: int, d: Decoded) -> None:
         sport, dport = udp_ports(d.l4)
@@ -231,12 +237,13 @@ class _Analysis:
                 hs = Handshake.MID_STREAM
             blackhole, largest = False, None
             for me, peer in (f.dirs, f.dirs[::-1]):
-                big = max(MIN_BIG_SEGMENT, int(me.max_len * 0.9))
-                unacked = [ln for (seq, ln), n in me.segments.items()
-                           if n >= 2 and ln >= big and not (peer.max_ack is not None and _ahead(peer.max_ack, seq))]
-                small_acked = any(ln < big and peer.max_ack is not None and _ahead(peer.max_ack, seq)
-                                  for (seq, ln) in me.segments) or hs is Handshake.COMPLETED
-                if unacked and small_acked:
+                unacked = [ln for seq, (ln, n) in me.resent.items()
+                           if n >= 2 and ln >= MIN_BIG_SEGMENT
+                           and not (peer.max_ack is not None and _ahead(peer.max_ack, seq))]
+                small_passed = hs is Handshake.COMPLETED or (
+                    me.first_small_end is not None and peer.max_ack is not None
+                    and not _ahead(me.first_small_end, peer.max_ack))
+                if unacked and small_passed:
                     blackhole, largest = True, max(unacked)
             out.append(TcpFlow(
                 client=_ep(*f.client), server=_ep(*f.server), first_ns=f.first, last_ns=f.last, packets=f.packets,

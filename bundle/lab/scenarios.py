@@ -57,7 +57,8 @@ class LabInfo:
         return "\n".join(lines) + "\n"
 
 
-def _two_nodes(t: Topology, *, server_pod: bool, node_link_mtu: int, server_bind: str | None = "0.0.0.0") -> None:
+def _two_nodes(t: Topology, *, server_pod: bool, node_link_mtu: int, server_bind: str | None = "0.0.0.0",
+               remote_mtu: int | None = None) -> None:
     """client pod -> node A (bridge cbr0, forwarding) -> node B ("remote"), optional server pod on node A.
 
     server_bind: where the server pod listens on 8080 (None: nothing listens there).
@@ -70,7 +71,7 @@ def _two_nodes(t: Topology, *, server_pod: bool, node_link_mtu: int, server_bind
     t.enslave("node", "vethpod", "cbr0")
     t.address("pod", "eth0", "10.244.1.2/24")
     t.route("pod", "0.0.0.0/0", gateway="10.244.1.1")
-    t.veth("node", "eth0", "remote", "eth0", mtu=node_link_mtu)
+    t.veth("node", "eth0", "remote", "eth0", mtu=node_link_mtu, mtu_b=remote_mtu)
     t.address("node", "eth0", "10.244.0.1/24")
     t.address("remote", "eth0", "10.244.0.2/24")
     t.route("remote", "10.244.1.0/24", gateway="10.244.0.1")
@@ -106,14 +107,22 @@ def _healthy(t: Topology) -> LabInfo:
 _DROP_FRAG_NEEDED = """
 table inet nb_lab {
     chain output { type filter hook output priority 0; icmp type destination-unreachable icmp code frag-needed drop; }
-    chain forward { type filter hook forward priority 0; icmp type destination-unreachable icmp code frag-needed drop; }
+    chain forward { type filter hook forward priority 0; icmp type destination-unreachable icmp code frag-needed drop;
+        ip length > 1400 drop; }
 }
 """
 
 
 def _mtu(t: Topology) -> LabInfo:
-    _two_nodes(t, server_pod=False, node_link_mtu=1400)
+    # Both ends of the path are 1500 (so TCP's MSS does not avoid the problem); in between, the node's link is
+    # 1400 and anything larger is dropped without a word ("ip length > 1400 drop" stands for a narrow link
+    # behind a router that filters ICMP; it also catches the remote's GSO super-segments, which a veth would
+    # otherwise deliver whole).
+    _two_nodes(t, server_pod=False, node_link_mtu=1400, remote_mtu=1500)
     t.nft("node", _DROP_FRAG_NEEDED)
+    # An application in the pod downloading 64 KiB from the remote every second: its transfers stall.
+    t.python("pod", "bundle.lab.client", "--target", f"10.244.0.2:{LISTEN_PORT}", "--interval", "1", "--read",
+             "--max-age", "8", "--max-open", "20")
     return LabInfo(
         scenario="mtu",
         description="pod -> node -> remote node; the node-to-node link is MTU 1400 and the node drops ICMP "

@@ -93,11 +93,12 @@ class Topology:
             ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
         return name
 
-    def veth(self, role_a: str, if_a: str, role_b: str, if_b: str, mtu: int = 1500) -> None:
+    def veth(self, role_a: str, if_a: str, role_b: str, if_b: str, mtu: int = 1500, mtu_b: int | None = None) -> None:
+        """A veth pair, both ends at mtu unless mtu_b sets the second end apart."""
         with self.ipr(role_a) as a:
             a.link("add", ifname=if_a, kind="veth", peer={"ifname": if_b, "net_ns_fd": self.namespaces[role_b]})
         self.link_up(role_a, if_a, mtu)
-        self.link_up(role_b, if_b, mtu)
+        self.link_up(role_b, if_b, mtu_b or mtu)
 
     def bridge(self, role: str, ifname: str, mtu: int = 1500) -> None:
         with self.ipr(role) as ipr:

@@ -122,3 +122,20 @@ def test_operator_pcaps_are_kept_and_analysed(tmp_path, lab):
     assert "capture.unreadable_parts" in {f.id for f in build_view(b).findings}
     missing = netbundle("collect", "--pcap", str(tmp_path / "nope.pcap"), "-o", str(tmp_path / "n.tar.zst"))
     assert missing.returncode == 2 and "no such file" in missing.stderr
+
+
+def test_mtu_lab_bulk_transfer_shows_the_blackhole_signature(tmp_path, mtu_lab):
+    """The pod keeps downloading 64 KiB from the remote; captured on the remote's side, full-size segments go
+    out again and again and are never acknowledged, while the handshake's small packets got through."""
+    import time as _time
+
+    _time.sleep(2)  # let the lab's client start a few downloads
+    b = _run(tmp_path, mtu_lab, "--target", mtu_lab.targets[0], "--capture-iface", "eth0", roles=("remote",))
+    run = b.document(f"vantages/netns-{mtu_lab.namespaces['remote']}/capture.json", CaptureRun)
+    holes = [f for f in run.analysis.flows if f.blackhole]
+    assert holes, [(f.handshake, f.retransmits) for f in run.analysis.flows]
+    assert holes[0].handshake is Handshake.COMPLETED and holes[0].largest_unacked_retransmitted >= 1400
+    assert holes[0].server == "10.244.0.2:8080"
+    from bundle.render.view import build_view
+
+    assert "capture.blackhole" in {f.id for f in build_view(b).findings}
