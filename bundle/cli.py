@@ -55,7 +55,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="cap each DNS wait below resolv.conf's timeout (recorded in the bundle)")
     c.add_argument("--capture-filter", metavar="EXPR", help="tcpdump-syntax filter (default: the targets' hosts "
                    "and ports, ICMP errors, DNS when names are asked; never port 22)")
-    c.add_argument("--capture-iface", metavar="IFNAME", help="default: the interface `route get` picks for the target")
+    c.add_argument("--capture-iface", metavar="IFNAME", help="default: the interface `route get` picks for the "
+                   "target; `any` captures every interface of the vantage (Linux cooked headers)")
     c.add_argument("--capture-packets", type=int, default=10000, metavar="N", help="packet limit (default 10000)")
     c.add_argument("--capture-bytes", type=int, default=8 << 20, metavar="BYTES", help="file size limit (default 8 MiB)")
     c.add_argument("--capture-seconds", type=float, default=10.0, metavar="S", help="time limit (default 10)")

@@ -29,6 +29,9 @@ from bundle.pcap import pcapng
 from bundle.pcap.bpf import BpfError, attach, attach_drop_all, compile_filter
 
 ETH_P_ALL = 0x0003
+LINKTYPE_LINUX_SLL = 113
+DLT_RAW = 12  # libpcap's DLT for raw IP on Linux (the file link type would be 101)
+_SLL = struct.Struct("!HHH8sH")
 SOL_PACKET = 263
 PACKET_STATISTICS = 6
 SO_TIMESTAMPNS = 35
@@ -112,10 +115,12 @@ class CaptureCollector(Collector):
         free = ctx.option("disk_free")
         if free is not None and int(free) < limits.bytes * 2 + DISK_FLOOR:
             return stop(SliceStatus.SKIPPED, f"only {int(free) >> 20} MiB free where the bundle is written")
-        if iface:
+        cooked = iface == "any"
+        linktype: int | None
+        if cooked:
+            linktype = LINKTYPE_LINUX_SLL  # every interface: cooked headers rebuilt from each packet's address
+        elif iface:
             linktype = _linktype_of(iface)
-            if linktype is None:
-                return stop(SliceStatus.FAILED, f"no interface {iface} in this netns", MissingReason.ERROR)
         else:
             toward = [t.address for t in ctx.targets]
             if ctx.option("dns_names"):  # names alone: capture where the resolver's queries go
@@ -125,21 +130,26 @@ class CaptureCollector(Collector):
             if iface is None:
                 return stop(SliceStatus.SKIPPED, "no route to any target: no interface to capture on",
                             MissingReason.NOT_APPLICABLE)
+        if iface is None or linktype is None:
+            return stop(SliceStatus.FAILED, f"no interface {iface} in this netns", MissingReason.ERROR)
         run.interface, run.linktype = iface, linktype
         try:
             # Compiled for the largest snaplen: a BPF program's return value trims the packet in the kernel,
             # and the original length would be lost (libpcap fixes its programs up the same way).
-            program = compile_filter(expr, linktype)
+            # A cooked (SOCK_DGRAM) socket hands the filter the network header first: compile it for raw IP.
+            program = compile_filter(expr, DLT_RAW if cooked else linktype)
         except BpfError as exc:
             return stop(SliceStatus.FAILED, f"capture filter: {exc}", MissingReason.ERROR)
         try:
-            sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
+            sock = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM if cooked else socket.SOCK_RAW,
+                                 socket.htons(ETH_P_ALL))
         except PermissionError as exc:
             return stop(SliceStatus.SKIPPED, f"AF_PACKET socket: {exc.strerror}", MissingReason.NOT_PERMITTED)
         with sock:
             # libpcap's order: drop everything, bind, drain what slipped in, then the real filter.
             attach_drop_all(sock)
-            sock.bind((iface, ETH_P_ALL))
+            if not cooked:
+                sock.bind((iface, ETH_P_ALL))
             sock.setblocking(False)
             while True:
                 try:
@@ -157,7 +167,7 @@ class CaptureCollector(Collector):
             out = bytearray(pcapng.section_header())
             out += pcapng.interface(linktype, limits.snaplen, iface, vantage, expr)
             ctx.probe_gate()  # from here on, other slices may send probes: we are listening
-            run.stopped_by = self._loop(ctx, sock, out, limits, run)
+            run.stopped_by = self._loop(ctx, sock, out, limits, run, cooked)
             received, dropped = struct.unpack("II", sock.getsockopt(SOL_PACKET, PACKET_STATISTICS, 8))
         run.kernel_received, run.kernel_dropped = received, dropped
         run.finished = datetime.now(UTC)
@@ -180,10 +190,10 @@ class CaptureCollector(Collector):
                                                              started)])
 
     def _loop(self, ctx: SliceContext, sock: socket.socket, out: bytearray, limits: CaptureLimits,
-              run: CaptureRun) -> StopReason:
+              run: CaptureRun, cooked: bool) -> StopReason:
         end = time.monotonic() + limits.seconds
         anc = socket.CMSG_SPACE(16)
-        view = memoryview(bytearray(limits.snaplen))
+        view = memoryview(bytearray(limits.snaplen))  # cooked: the header is added in front, then cut again
         grace_until: float | None = None
         while True:
             now = time.monotonic()
@@ -202,11 +212,16 @@ class CaptureCollector(Collector):
             while True:
                 try:
                     # MSG_TRUNC: the kernel returns the frame's true length while copying only snaplen bytes
-                    origlen, ancdata, _flags, _addr = sock.recvmsg_into([view], anc, socket.MSG_TRUNC)
+                    origlen, ancdata, _flags, addr = sock.recvmsg_into([view], anc, socket.MSG_TRUNC)
                 except BlockingIOError:
                     break
                 ts = _timestamp(ancdata)
-                block = pcapng.packet(0, ts, bytes(view[: min(origlen, limits.snaplen)]), origlen)
+                data = bytes(view[: min(origlen, limits.snaplen)])
+                if cooked:  # the Linux cooked (SLL) header, from the packet's sockaddr_ll
+                    _ifname, proto, pkttype, hatype, hwaddr = addr
+                    head = _SLL.pack(pkttype, hatype, len(hwaddr), hwaddr[:8].ljust(8, b"\0"), proto)
+                    data, origlen = (head + data)[: limits.snaplen], origlen + len(head)
+                block = pcapng.packet(0, ts, data, origlen)
                 if run.packets_written >= limits.packets:
                     return StopReason.PACKETS
                 if len(out) + len(block) > limits.bytes:

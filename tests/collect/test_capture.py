@@ -139,3 +139,16 @@ def test_mtu_lab_bulk_transfer_shows_the_blackhole_signature(tmp_path, mtu_lab):
     from bundle.render.view import build_view
 
     assert "capture.blackhole" in {f.id for f in build_view(b).findings}
+
+
+def test_any_interface_writes_linux_cooked(tmp_path, lab):
+    info = lab("no-listener")
+    b = _run(tmp_path, info, "--target", "10.244.1.3:8080", "--capture-iface", "any")
+    run = b.document(f"vantages/netns-{info.namespaces['pod']}/capture.json", CaptureRun)
+    assert run.interface == "any" and run.linktype == 113
+    pcap = tmp_path / "x" / "vantages" / f"netns-{info.namespaces['pod']}" / "capture.pcapng"
+    packets = list(open_capture(pcap))
+    assert packets and all(p.linktype == 113 for p in packets)
+    assert {f.handshake for f in run.analysis.flows} == {Handshake.SYN_RST}
+    out = subprocess.run(["tcpdump", "-nn", "-r", str(pcap)], capture_output=True, text=True)
+    assert out.returncode == 0 and "LINUX_SLL" in out.stderr and "Flags [R.]" in out.stdout
