@@ -85,6 +85,7 @@ def run(request: dict[str, Any]) -> None:
     # Slices of one vantage run side by side, so the capture window, socket samples and probes overlap.
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=max(1, len(request["slices"])))
     running: dict[concurrent.futures.Future[Any], tuple[str, str, float, float]] = {}
+    mono_start: dict[str, int] = {}
     runnable = [n for n in request["slices"] if not table[n].needs.unmet(caps)]
     # A latch, not a barrier: a slice "arrives" when its passive snapshot is taken (at its gate) or when it
     # ends, whichever is first; a slice at its gate waits until every slice has arrived.
@@ -132,10 +133,12 @@ def run(request: dict[str, Any]) -> None:
         future = pool.submit(cls().collect, ctx)
         future.add_done_callback(ended_callback(name))
         running[future] = (name, started_wall, started, budget)
+        mono_start[name] = time.monotonic_ns()
     hard_stop = max((started + budget for _, _, started, budget in running.values()), default=time.monotonic())
     try:
         for future in concurrent.futures.as_completed(running, timeout=max(0.1, hard_stop - time.monotonic())):
-            _report(future, *running[future], debug=bool(request.get("debug")))
+            _report(future, *running[future], debug=bool(request.get("debug")),
+                    mono_start=mono_start.get(running[future][0]))
     except concurrent.futures.TimeoutError:
         pass
     for future, (name, started_wall, started, budget) in running.items():
@@ -147,8 +150,9 @@ def run(request: dict[str, Any]) -> None:
 
 
 def _report(future: concurrent.futures.Future[Any], name: str, started_wall: str, started: float, budget: float,
-            *, debug: bool) -> None:
-    base = {"event": "slice", "slice": name, "started": started_wall}
+            *, debug: bool, mono_start: int | None = None) -> None:
+    base = {"event": "slice", "slice": name, "started": started_wall, "monotonic_start_ns": mono_start,
+            "monotonic_end_ns": time.monotonic_ns()}
     try:
         result = future.result()
     except Exception as exc:  # contained: one slice never costs the others

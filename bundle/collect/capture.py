@@ -181,7 +181,9 @@ class CaptureCollector(Collector):
         if dropped:
             reason = f"the kernel dropped {dropped} packets (receive buffer full)"
         art = Artifact(name="capture.pcapng", data=bytes(out), media_type=MediaType.PCAPNG,
-                       provenance=Provenance(source=f"AF_PACKET on {iface}, BPF: {expr}",
+                       provenance=Provenance(source=f"AF_PACKET on {iface}, snaplen {limits.snaplen}, "
+                                                    f"{limits.packets} packets / {limits.bytes} bytes / "
+                                                    f"{limits.seconds:g} s at most, BPF: {expr}",
                                              truncated=run.stopped_by in (StopReason.PACKETS, StopReason.BYTES),
                                              duration_s=round(time.monotonic() - started, 6)))
         return SliceResult(status=SliceStatus.PARTIAL if dropped else SliceStatus.COMPLETE, reason=reason,

@@ -189,6 +189,10 @@ class _Run:
         run.started = datetime.fromisoformat(event["started"]) if event.get("started") else None
         run.finished = datetime.fromisoformat(event["finished"]) if event.get("finished") else None
         run.duration_s = float(event.get("duration_s", 0.0))
+        if isinstance(event.get("monotonic_start_ns"), int):
+            run.monotonic_start_ns = event["monotonic_start_ns"]
+        if isinstance(event.get("monotonic_end_ns"), int):
+            run.monotonic_end_ns = event["monotonic_end_ns"]
         for art in event.get("artifacts", []):
             path = f"vantages/{vid}/{art['name']}"
             prov = Provenance.model_validate(art["provenance"])

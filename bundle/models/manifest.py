@@ -142,6 +142,8 @@ class SliceRun(Model):
     started: datetime | None = None
     finished: datetime | None = None
     duration_s: float = 0.0
+    monotonic_start_ns: int | None = Field(default=None, description="CLOCK_MONOTONIC: windows of slices compare")
+    monotonic_end_ns: int | None = None
     members: list[str] = []
 
 

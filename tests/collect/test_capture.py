@@ -34,6 +34,11 @@ def test_no_listener_capture_shows_syn_rst(tmp_path, lab):
     run = b.document(f"vantages/netns-{info.namespaces['pod']}/capture.json", CaptureRun)
     assert run.interface == "eth0" and run.filter_source == "default" and "not port 22" in run.filter
     assert run.stopped_by is StopReason.SLICES_DONE and run.kernel_dropped == 0
+    # the capture window covers the other slices' samples and probes (the manifest keeps monotonic windows)
+    runs = {s.slice: s for s in b.manifest.slices}
+    assert run.monotonic_start_ns <= runs["sockets"].monotonic_end_ns <= run.monotonic_end_ns
+    assert run.monotonic_start_ns <= runs["route"].monotonic_end_ns <= run.monotonic_end_ns
+    assert "snaplen 128" in b.member(f"vantages/netns-{info.namespaces['pod']}/capture.pcapng").provenance.source
     flows = {f.server: f for f in run.analysis.flows}
     assert flows["10.244.1.3:8080"].handshake is Handshake.SYN_RST
     pcap = tmp_path / "x" / "vantages" / f"netns-{info.namespaces['pod']}" / "capture.pcapng"
