@@ -81,7 +81,6 @@ def _row(s: DiagSocket, owners: OwnerMap, ifnames: dict[int, str]) -> dict[str, 
     validates them against `Socket` on load (every test reads its bundles back that way).
     """
     found, unknown = _owner_fields(s, owners)
-    t = tcp_info(s.tcp) if s.tcp is not None else None
     return {
         "protocol": _PROTO[s.protocol], "family": s.family, "state": s.state, "local": s.local, "lport": s.lport,
         "remote": s.remote, "rport": s.rport, "recv_q": s.rqueue, "send_q": s.wqueue, "timer": s.timer,
@@ -90,10 +89,7 @@ def _row(s: DiagSocket, owners: OwnerMap, ifnames: dict[int, str]) -> dict[str, 
         "owners": [{"pid": o.pid, "command": o.command, "fd": o.fd} for o in found],
         "owner_unknown": None if unknown is None else {"unavailable": unknown.unavailable.value,
                                                        "detail": unknown.detail},
-        "tcp": None if t is None else {
-            "rtt_us": t.rtt_us, "rttvar_us": t.rttvar_us, "retransmits": t.retransmits,
-            "total_retrans": t.total_retrans, "snd_cwnd": t.snd_cwnd, "snd_mss": t.snd_mss, "rcv_mss": t.rcv_mss,
-            "pmtu": t.pmtu, "unacked": t.unacked, "lost": t.lost},
+        "tcp": None if s.tcp is None else tcp_info(s.tcp),
     }
 
 

@@ -43,28 +43,15 @@ TCP_STATES = {
 TIMERS = {0: "off", 1: "on", 2: "keepalive", 3: "timewait", 4: "persist"}
 
 
-def tcp_info(raw: tuple[int, ...]) -> TcpInfo:
-    """Name the fields of a raw tcp_info tuple: raw[0..7] are the u8 fields, raw[8:] the u32s from tcpi_rto."""
-    return TcpInfo(rtt_us=raw[8 + 15], rttvar_us=raw[8 + 16], retransmits=raw[2], total_retrans=raw[8 + 23],
-                   snd_cwnd=raw[8 + 18], snd_mss=raw[8 + 2], rcv_mss=raw[8 + 3], pmtu=raw[8 + 13],
-                   unacked=raw[8 + 4], lost=raw[8 + 6])
+def tcp_info(raw: tuple[int, ...]) -> dict[str, int]:
+    """Name the fields of a raw tcp_info tuple (the `TcpInfo` model's fields): raw[0..7] are the u8 fields,
+    raw[8:] the u32 fields from tcpi_rto on."""
+    return {"rtt_us": raw[8 + 15], "rttvar_us": raw[8 + 16], "retransmits": raw[2], "total_retrans": raw[8 + 23],
+            "snd_cwnd": raw[8 + 18], "snd_mss": raw[8 + 2], "rcv_mss": raw[8 + 3], "pmtu": raw[8 + 13],
+            "unacked": raw[8 + 4], "lost": raw[8 + 6]}
 
 
 TOTAL_RETRANS = 8 + 23  # index of tcpi_total_retrans in the raw tuple
-
-
-@dataclass(slots=True)
-class TcpInfo:
-    rtt_us: int
-    rttvar_us: int
-    retransmits: int
-    total_retrans: int
-    snd_cwnd: int
-    snd_mss: int
-    rcv_mss: int
-    pmtu: int
-    unacked: int
-    lost: int
 
 
 @dataclass(slots=True)

@@ -40,8 +40,12 @@ def test_decodes_ipv4_with_tcp_info():
     assert s.cookie == (1 << 32) | 0x1234
     assert s.tcp is not None
     info = sockdiag.tcp_info(s.tcp)
-    assert (info.snd_mss, info.rcv_mss, info.rtt_us, info.rttvar_us, info.snd_cwnd, info.pmtu) == (1448, 536, 1234, 56, 10, 1500)
-    assert (info.total_retrans, info.retransmits, info.unacked) == (5, 2, 1)
+    assert (info["snd_mss"], info["rcv_mss"], info["rtt_us"], info["rttvar_us"], info["snd_cwnd"], info["pmtu"]) == \
+        (1448, 536, 1234, 56, 10, 1500)
+    assert (info["total_retrans"], info["retransmits"], info["unacked"]) == (5, 2, 1)
+    from bundle.models import SocketTcpInfo
+
+    assert set(info) == set(SocketTcpInfo.model_fields)  # the names are the model's
 
 
 def test_decodes_ipv6_udp_and_state_names():
