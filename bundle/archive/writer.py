@@ -46,9 +46,6 @@ class StagedBundle:
         self.members[path] = member
         return member
 
-    def staged_path(self, path: str) -> Path:
-        return self._dir / path
-
     def cleanup(self) -> None:
         shutil.rmtree(self._dir, ignore_errors=True)
 

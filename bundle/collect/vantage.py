@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,6 +70,3 @@ def dedupe(specs: list[VantageSpec]) -> list[VantageSpec]:
         out.append(VantageSpec(id=vid, kind=spec.kind, ref=spec.ref, path=spec.path))
     return out
 
-
-def own_netns_inode() -> int:
-    return os.stat("/proc/self/ns/net").st_ino
