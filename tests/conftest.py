@@ -7,7 +7,6 @@ skip; with NETBUNDLE_REQUIRE_PRIVILEGED=1 (CI) a skipped privileged test fails.
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -95,6 +94,3 @@ def ip_json(netns: str, *args: str) -> list[dict[str, object]]:
     out = subprocess.run(["ip", "-n", netns, "-j", *args], capture_output=True, text=True, check=True).stdout
     return json.loads(out) if out.strip() else []
 
-
-def have(tool: str) -> bool:
-    return shutil.which(tool) is not None

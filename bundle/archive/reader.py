@@ -72,8 +72,9 @@ class Bundle:
     def capture(self, vantage_id: str) -> CaptureRun | None:
         return self.document(f"vantages/{vantage_id}/capture.json", CaptureRun)
 
-    def operator_captures(self) -> list[CaptureAnalysis]:
-        return [d for p, d in sorted(self.documents.items())
+    def operator_captures(self) -> list[tuple[str, CaptureAnalysis]]:
+        """(member path, analysis) of each capture the operator added with --pcap."""
+        return [(p, d) for p, d in sorted(self.documents.items())
                 if p.startswith("captures/") and isinstance(d, CaptureAnalysis)]
 
     def dns(self, vantage_id: str) -> DnsSlice | None:

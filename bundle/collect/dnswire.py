@@ -84,7 +84,6 @@ class Exchanger:
         self.deadline = deadline
         self.max_wait = max_wait
         self.rotation = 0
-        self.sent = 0
 
     def _wait(self, try_index: int, nservers: int) -> float:
         seconds = self.options.timeout << try_index
@@ -145,7 +144,6 @@ class Exchanger:
                 except OSError as exc:
                     results[p.qtype] = DnsQuery(qname=qname, qtype=p.qtype, server=server,
                                                 rcode=f"SEND-ERROR {exc.strerror}", latency_ms=0.0, tries=p.tries)
-                self.sent += 1
             by_id = {p.qid: p for p in group if p.qtype not in results}
             end = time.monotonic() + wait
             while by_id and (left := end - time.monotonic()) > 0:

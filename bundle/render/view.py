@@ -91,9 +91,7 @@ def build_view(bundle: Bundle) -> View:
                 lookups.setdefault(lookup_label(lk), {})[v.id] = lk
     findings += transport_findings(evidence, list(m.targets))
     operator = bundle.operator_captures()
-    for path, cdoc in sorted(bundle.documents.items()):
-        if path.startswith("captures/") and isinstance(cdoc, CaptureAnalysis):
-            findings += capture_findings("operator capture", path, cdoc, None,
-                                         path.rsplit("/", 1)[0] + "/" + cdoc.file)
+    for path, cdoc in operator:
+        findings += capture_findings("operator capture", path, cdoc, None, path.rsplit("/", 1)[0] + "/" + cdoc.file)
     findings.sort(key=lambda f: (_LAYERS.get(f.layer, 9), _SEVERITY[f.severity.value]))
-    return View(manifest=m, vantages=vantages, findings=findings, lookups=lookups, operator_captures=operator)
+    return View(manifest=m, vantages=vantages, findings=findings, lookups=lookups, operator_captures=[a for _, a in operator])

@@ -116,7 +116,7 @@ def test_operator_pcaps_are_kept_and_analysed(tmp_path, lab):
     cut = tmp_path / "cut.pcap"
     cut.write_bytes(corpus_file("tcpdump/print-flags.pcap").read_bytes()[:300])
     b = _run(tmp_path, info, "--passive", "--slice", "route", "--pcap", str(good), "--pcap", str(cut))
-    docs = b.operator_captures()
+    docs = [a for _, a in b.operator_captures()]
     assert [d.file for d in docs] == ["tcp-handshake-nano.pcap", "cut.pcap"]
     assert docs[0].flows[0].handshake is Handshake.COMPLETED and docs[0].complete
     assert not docs[1].complete and "ends" in docs[1].problems[0].message
