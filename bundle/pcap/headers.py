@@ -1,6 +1,6 @@
 """Link, IP and transport headers walked with `struct`: the hot path of capture analysis.
 
-Only what flow analysis needs is decoded; DNS payloads and ICMP errors are handed to dpkt by the caller.
+Only what flow analysis needs is decoded: a DNS query's question, not the whole message.
 Link types (https://www.tcpdump.org/linktypes.html): 0 BSD loopback, 1 Ethernet (802.1Q/QinQ), 12/14/101 raw IP,
 113 Linux cooked v1, 228 IPv4, 229 IPv6, 239 NFLOG, 276 Linux cooked v2.
 """
@@ -167,23 +167,26 @@ def tcp(l4: bytes) -> Tcp:
     hlen = (off_byte >> 4) * 4
     if hlen < 20:
         raise Malformed("TCP data offset below 20")
-    mss = None
-    if flags & SYN and len(l4) >= hlen:
-        opts = l4[20:hlen]
-        i = 0
-        while i < len(opts):
-            kind = opts[i]
-            if kind == 0:
-                break
-            if kind == 1:
-                i += 1
-                continue
-            if i + 1 >= len(opts) or opts[i + 1] < 2:
-                break
-            if kind == 2 and opts[i + 1] == 4 and i + 4 <= len(opts):
-                mss = _H.unpack_from(opts, i + 2)[0]
-            i += opts[i + 1]
+    mss = mss_option(l4, 20, hlen) if flags & SYN and len(l4) >= hlen else None
     return Tcp(sport, dport, seq, ack, flags, window, hlen, mss)
+
+
+def mss_option(buf: bytes | bytearray, start: int, end: int) -> int | None:
+    """The MSS option among the TCP options in buf[start:end] (a SYN's), or None."""
+    i = start
+    while i < end:
+        kind = buf[i]
+        if kind == 0:
+            break
+        if kind == 1:
+            i += 1
+            continue
+        if i + 1 >= end or buf[i + 1] < 2:
+            break
+        if kind == 2 and buf[i + 1] == 4 and i + 4 <= end:
+            return int(_H.unpack_from(buf, i + 2)[0])
+        i += buf[i + 1]
+    return None
 
 
 def udp_ports(l4: bytes) -> tuple[int, int]:
@@ -191,3 +194,60 @@ def udp_ports(l4: bytes) -> tuple[int, int]:
         raise Malformed("short UDP header")
     sport, dport, _ = _UDP.unpack_from(l4)
     return sport, dport
+
+
+def dns_question(msg: bytes) -> tuple[str, int]:
+    """(name, type) of a DNS message's first question (RFC 1035 4.1.2), compression pointers followed a bounded
+    number of times; Malformed when there is none or it is cut short. Cheaper than decoding the whole message:
+    the labels are walked by their lengths and the name decoded once, length bytes turned into dots."""
+    if len(msg) < 12 or not _H.unpack_from(msg, 4)[0]:
+        raise Malformed("DNS message without a question")
+    i = 12
+    while True:  # the common case: a name written out in full
+        if i >= len(msg):
+            raise Malformed("DNS question name runs past the message")
+        n = msg[i]
+        if n == 0 or n >= 0x40:
+            break
+        i += n + 1
+    if n == 0 and i - 12 <= 255:
+        if i + 5 > len(msg):
+            raise Malformed("DNS question cut short")
+        raw = bytearray(msg[12:i])
+        j = 0
+        while j < len(raw):
+            n = raw[j]
+            raw[j] = 0x2E  # "."
+            j += n + 1
+        return raw[1:].decode("ascii", "backslashreplace"), int(_H.unpack_from(msg, i + 1)[0])
+    return _dns_question_slow(msg)
+
+
+def _dns_question_slow(msg: bytes) -> tuple[str, int]:
+    """dns_question with compression pointers, unknown label types and over-long names."""
+    labels: list[str] = []
+    i, end, jumps, size = 12, None, 0, 0
+    while True:
+        if i >= len(msg):
+            raise Malformed("DNS question name runs past the message")
+        n = msg[i]
+        if n >= 0xC0:
+            if i + 1 >= len(msg) or jumps >= 16:
+                raise Malformed("bad compression pointer in a DNS question")
+            end = i + 2 if end is None else end
+            i = ((n & 0x3F) << 8) | msg[i + 1]
+            jumps += 1
+            continue
+        if n >= 0x40:
+            raise Malformed("unknown DNS label type")
+        if n == 0:
+            break
+        size += n + 1
+        if size > 255 or i + 1 + n > len(msg):
+            raise Malformed("DNS question name too long or cut short")
+        labels.append(msg[i + 1:i + 1 + n].decode("ascii", "backslashreplace"))
+        i += 1 + n
+    end = i + 1 if end is None else end
+    if end + 4 > len(msg):
+        raise Malformed("DNS question cut short")
+    return ".".join(labels), int(_H.unpack_from(msg, end)[0])

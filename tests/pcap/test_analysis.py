@@ -99,3 +99,52 @@ def test_garbage_frames_are_counted_not_fatal(tmp_path):
     frames = [b"\x00" * 10, b"\x02" * 12 + b"\x08\x00\x45" + b"\x00" * 5, bytes(_tcp(C, S, 1, 2, dpkt.tcp.TH_SYN))[:40]]
     a = analyze_capture(_write(tmp_path, frames))
     assert a.packets == 3 and a.malformed == 3 and len(a.malformed_examples) == 3
+
+
+def _dns_frame(src, dst, sport, dport, qid, name, response):
+    msg = dpkt.dns.DNS(id=qid, qd=[dpkt.dns.DNS.Q(name=name, type=dpkt.dns.DNS_AAAA)])
+    if response:
+        msg.qr, msg.rcode = 1, dpkt.dns.DNS_RCODE_NXDOMAIN
+    u = dpkt.udp.UDP(sport=sport, dport=dport, data=bytes(msg))
+    u.ulen = 8 + len(bytes(msg))
+    ip = dpkt.ip.IP(src=socket.inet_aton(src), dst=socket.inet_aton(dst), p=17, data=u)
+    ip.len = 20 + len(bytes(u))
+    return dpkt.ethernet.Ethernet(src=b"\x02" * 6, dst=b"\x04" * 6, type=0x0800, data=ip)
+
+
+def test_fast_path_agrees_with_the_general_decoder(tmp_path):
+    """Untagged Ethernet/IPv4 takes the one-unpack fast path; the same IP packets behind another link header
+    (raw IP, a VLAN tag) take the general decoder. Every verdict must be the same."""
+    SYN, ACK, RST, PSH = dpkt.tcp.TH_SYN, dpkt.tcp.TH_ACK, dpkt.tcp.TH_RST, dpkt.tcp.TH_PUSH
+    frames = [_tcp(C, S, 40000, 8080, SYN, seq=100, mss=1460), _tcp(S, C, 8080, 40000, SYN | ACK, seq=5000, ack=101, mss=1400),
+              _tcp(C, S, 40000, 8080, ACK, seq=101, ack=5001),
+              _tcp(S, C, 8080, 40000, ACK, seq=5001, ack=101, payload=b"h" * 100),
+              _tcp(C, S, 40000, 8080, ACK, seq=101, ack=5101)]
+    frames += [_tcp(S, C, 8080, 40000, ACK | PSH, seq=5101, ack=101, payload=b"x" * 1448) for _ in range(3)]
+    frames += [_tcp(C, S, 40001, 9090, SYN, seq=7), _tcp(S, C, 9090, 40001, RST | ACK, ack=8)]
+    zero = _tcp(C, S, 40002, 443, ACK, seq=1, ack=1)
+    zero.data.data.win = 0
+    frames += [zero, _tcp(S, C, 443, 40002, ACK, seq=1, ack=1, payload=b"y" * 10)]
+    frames += [_dns_frame(C, "10.96.0.10", 53000, 53, 77, "payments.default.svc.cluster.local", False),
+               _dns_frame("10.96.0.10", C, 53, 53000, 77, "payments.default.svc.cluster.local", True),
+               _dns_frame(C, "10.96.0.10", 53001, 53, 78, "unanswered.example", False)]
+    eth = analyze_capture(_write(tmp_path, frames))
+
+    raw = tmp_path / "raw.pcap"
+    with open(raw, "wb") as fh:
+        w = dpkt.pcap.Writer(fh, linktype=dpkt.pcap.DLT_RAW)
+        for i, frame in enumerate(frames):
+            w.writepkt(bytes(frame.data), ts=1_700_000_000 + i * 0.2)
+    vlan = tmp_path / "vlan.pcap"
+    with open(vlan, "wb") as fh:
+        w = dpkt.pcap.Writer(fh)
+        for i, frame in enumerate(frames):
+            b = bytes(frame)
+            w.writepkt(b[:12] + b"\x81\x00\x00\x07" + b[12:], ts=1_700_000_000 + i * 0.2)
+
+    assert eth.flows[0].blackhole and len(eth.dns) == 2 and eth.dns_unanswered == 1  # the fixture is sane
+    assert {f.server: f.mss for f in eth.flows}[f"{S}:8080"] == [1400, 1460]
+    assert [f.zero_windows for f in eth.flows if f.server.endswith(":443")] == [1]
+    for other in (analyze_capture(raw), analyze_capture(vlan)):
+        skip = {"file", "linktypes"}
+        assert other.model_dump(exclude=skip) == eth.model_dump(exclude=skip)

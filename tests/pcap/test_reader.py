@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import os
+import random
 import struct
 import subprocess
 
@@ -81,3 +82,29 @@ def test_garbage_and_bombs(tmp_path):
         reader = open_capture(path)
         assert list(reader) == [] and reader.packets == 0, name
         assert reader.problems, name
+
+
+def test_records_across_buffer_refills_and_exact_timestamps(tmp_path):
+    """Files several times the read buffer, records of every size straddling its refills: every packet comes
+    back byte for byte, and nanosecond pcapng timestamps stay exact (a float would round them to 256 ns)."""
+    from bundle.pcap import pcapng
+    from bundle.pcap.reader import _BUFFER
+
+    rng = random.Random(5)
+    sent = [(1_700_000_000_123_456_789 + i * 1_001, rng.randbytes(rng.randrange(1, 9000))) for i in range(1500)]
+    assert sum(len(d) for _, d in sent) > 3 * _BUFFER
+    ng = tmp_path / "big.pcapng"
+    with open(ng, "wb") as fh:
+        fh.write(pcapng.section_header() + pcapng.interface(1, 65535, "nbt0", "test", ""))
+        for ts, data in sent:
+            fh.write(pcapng.packet(0, ts, data, len(data) + 7))
+    classic = tmp_path / "big.pcap"
+    with open(classic, "wb") as fh:
+        fh.write(struct.pack("<IHHiIII", 0xA1B23C4D, 2, 4, 0, 0, 65535, 1))  # nanosecond pcap
+        for ts, data in sent:
+            fh.write(struct.pack("<IIII", ts // 10**9, ts % 10**9, len(data), len(data) + 7) + data)
+    for path in (ng, classic):
+        reader = open_capture(path)
+        got = [(p.ts_ns, p.data, p.origlen) for p in reader]
+        assert got == [(ts, data, len(data) + 7) for ts, data in sent], path.name
+        assert not reader.problems and reader.packets == len(sent) and reader.linktypes == {1: len(sent)}
