@@ -70,6 +70,13 @@ def _parser() -> argparse.ArgumentParser:
                    help="seconds between socket samples (default 1)")
     c.add_argument("--socket-rows", type=int, default=20000, metavar="N",
                    help="socket rows kept beyond those of the targets (default 20000; counts stay exact)")
+    c.add_argument("--endpointslices", type=Path, metavar="FILE",
+                   help="EndpointSlices (JSON or YAML: one object, a List, or several documents) to judge the "
+                        "dataplane's service map against, when the Kubernetes API is not asked")
+    c.add_argument("--conntrack-rows", type=int, default=5000, metavar="N",
+                   help="conntrack entries kept for the targets (default 5000; totals are always exact)")
+    c.add_argument("--nat-samples", type=int, default=3, metavar="K",
+                   help="conntrack counter samples over the window (default 3, one per --socket-interval)")
     c.add_argument("--timeout", type=float, default=60.0, help="overall deadline in seconds (default 60)")
     c.add_argument("--slice", action="append", dest="slices", metavar="NAME", help="only these slices")
     c.add_argument("--ticket")
@@ -158,6 +165,18 @@ def _cmd_collect(args: argparse.Namespace, argv: list[str]) -> int:
         options["route_from"] = parse_address(args.route_from)
     if args.route_iif:
         options["route_iif"] = args.route_iif
+    if args.conntrack_rows < 0 or args.nat_samples < 1:
+        raise UsageError("--conntrack-rows must be >= 0 and --nat-samples >= 1")
+    options.update(nat_keep=str(args.conntrack_rows), nat_samples=str(args.nat_samples),
+                   nat_interval=str(args.socket_interval))
+    if args.endpointslices is not None:
+        from bundle.collect.kubeproxy import ParseError, load_endpoint_slices
+
+        try:
+            load_endpoint_slices(args.endpointslices)
+        except ParseError as exc:
+            raise UsageError(f"--endpointslices: {exc}") from None
+        options["endpointslices"] = str(args.endpointslices.resolve())
     for pcap in args.pcap:
         if not pcap.is_file():
             raise UsageError(f"--pcap {pcap}: no such file")

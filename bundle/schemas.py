@@ -11,7 +11,16 @@ import json
 import sys
 from pathlib import Path
 
-from bundle.models import CaptureAnalysis, DnsSlice, Finding, Manifest, Model, RouteSlice, SocketsSlice
+from bundle.models import (
+    CaptureAnalysis,
+    DnsSlice,
+    Finding,
+    Manifest,
+    Model,
+    NatSlice,
+    RouteSlice,
+    SocketsSlice,
+)
 
 DOCUMENTS: dict[str, type[Model]] = {
     "manifest": Manifest,
@@ -19,6 +28,7 @@ DOCUMENTS: dict[str, type[Model]] = {
     "sockets": SocketsSlice,
     "dns": DnsSlice,
     "capture-analysis": CaptureAnalysis,
+    "nat": NatSlice,
     "finding": Finding,
 }
 

@@ -22,14 +22,15 @@ from pydantic import ValidationError
 from bundle.errors import InvalidBundle, UnsupportedFormatVersion
 from bundle.models import (
     DOCUMENT_MODELS,
+    FORMAT_NAME,
+    FORMAT_VERSION,
     CaptureAnalysis,
     CaptureRun,
     DnsSlice,
-    FORMAT_NAME,
-    FORMAT_VERSION,
     Manifest,
     Member,
     Model,
+    NatSlice,
     RouteSlice,
     SocketsSlice,
     parse_version,
@@ -79,6 +80,9 @@ class Bundle:
 
     def dns(self, vantage_id: str) -> DnsSlice | None:
         return self.document(f"vantages/{vantage_id}/dns.json", DnsSlice)
+
+    def nat(self, vantage_id: str) -> NatSlice | None:
+        return self.document(f"vantages/{vantage_id}/nat.json", NatSlice)
 
 
 def check_version(raw: dict[str, object]) -> None:

@@ -5,12 +5,12 @@ from bundle.models.capture import (
     CaptureAnalysis,
     CaptureEvent,
     CaptureLimits,
-    CaptureRun,
-    StopReason,
     CaptureProblem,
+    CaptureRun,
     DnsTransaction,
     Handshake,
     IcmpEvent,
+    StopReason,
     TcpFlow,
 )
 from bundle.models.dns import (
@@ -44,19 +44,22 @@ from bundle.models.manifest import (
     VantageKind,
     parse_version,
 )
-from bundle.models.sockets import (
-    BindScope,
-    ConnectAttempt,
-    ConnectOutcome,
-    ConnectProbe,
-    Listener,
-    Owner,
-    OwnerScan,
-    Socket,
-    SocketsSlice,
-    StateSample,
+from bundle.models.nat import (
+    ConntrackEntry,
+    ConntrackSample,
+    ConntrackSettings,
+    ConntrackTable,
+    ConntrackTuple,
+    Datapath,
+    DatapathCheck,
+    DataplaneEndpoint,
+    EndpointSliceView,
+    NatSlice,
+    ProxyMode,
+    ServiceEntry,
+    SliceEndpoint,
+    SlicePort,
 )
-from bundle.models.sockets import TcpInfo as SocketTcpInfo
 from bundle.models.route import (
     Address,
     IcmpError,
@@ -76,6 +79,19 @@ from bundle.models.route import (
     SweepStatus,
     Sysctls,
 )
+from bundle.models.sockets import (
+    BindScope,
+    ConnectAttempt,
+    ConnectOutcome,
+    ConnectProbe,
+    Listener,
+    Owner,
+    OwnerScan,
+    Socket,
+    SocketsSlice,
+    StateSample,
+)
+from bundle.models.sockets import TcpInfo as SocketTcpInfo
 
 # Which model validates a member of a given media type.
 DOCUMENT_MODELS: dict[str, type[Model]] = {
@@ -84,6 +100,7 @@ DOCUMENT_MODELS: dict[str, type[Model]] = {
     MediaType.DNS: DnsSlice,
     MediaType.CAPTURE: CaptureRun,
     MediaType.CAPTURE_ANALYSIS: CaptureAnalysis,
+    MediaType.NAT: NatSlice,
 }
 
 __all__ = [
@@ -96,6 +113,20 @@ __all__ = [
     "CaptureLimits",
     "CaptureProblem",
     "CaptureRun",
+    "ConntrackEntry",
+    "ConntrackSample",
+    "ConntrackSettings",
+    "ConntrackTable",
+    "ConntrackTuple",
+    "Datapath",
+    "DatapathCheck",
+    "DataplaneEndpoint",
+    "EndpointSliceView",
+    "NatSlice",
+    "ProxyMode",
+    "ServiceEntry",
+    "SliceEndpoint",
+    "SlicePort",
     "ConnectAttempt",
     "ConnectOutcome",
     "ConnectProbe",

@@ -36,6 +36,7 @@ class MediaType(StrEnum):
     CAPTURE = "application/vnd.netbundle.capture.v1+json"
     PCAPNG = "application/x-pcapng"
     CAPTURE_ANALYSIS = "application/vnd.netbundle.capture-analysis.v1+json"
+    NAT = "application/vnd.netbundle.nat.v1+json"
     TRACEBACK = "text/vnd.netbundle.traceback"
     TEXT = "text/plain"
     JSON = "application/json"

@@ -1,0 +1,340 @@
+"""NAT/conntrack slice: conntrack usage and per-CPU counters sampled over the window, the conntrack entries
+that touch the targets and the Services they hit, which kube-proxy datapath programs this netns and the
+service map it programs — all by reading, never writing.
+
+Read-only by construction: iptables-legacy-save only for tables /proc/net/ip_tables_names already lists (asking
+for another would create it), iptables-nft-save and `nft list` only read, IPVS from /proc/net/ip_vs.
+"""
+
+from __future__ import annotations
+
+import http.client
+import ipaddress
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+from bundle.collect import kubeproxy
+from bundle.collect.base import Artifact, Collector, SliceContext, SliceResult
+from bundle.models import MediaType, MissingReason, Provenance, SliceStatus, Unavailable
+from bundle.models.nat import (
+    ConntrackEntry,
+    ConntrackSample,
+    ConntrackSettings,
+    ConntrackTable,
+    ConntrackTuple,
+    Datapath,
+    DatapathCheck,
+    EndpointSliceView,
+    NatSlice,
+    ProxyMode,
+    ServiceEntry,
+)
+from bundle.netlink import ctnetlink
+
+DEFAULT_SAMPLES = 3
+DEFAULT_INTERVAL_S = 1.0
+DEFAULT_KEEP = 5000
+COMMAND_TIMEOUT_S = 10.0
+MAX_DUMP = 64 << 20  # bytes of one raw dump kept
+_NETFILTER = Path("/proc/sys/net/netfilter")
+_STAT = Path("/proc/net/stat/nf_conntrack")
+
+
+def _read_int(path: Path) -> int | Unavailable:
+    try:
+        return int(path.read_text().split()[0])
+    except FileNotFoundError:
+        return Unavailable(unavailable=MissingReason.NOT_SUPPORTED, detail=f"{path} absent: no conntrack here")
+    except PermissionError:
+        return Unavailable(unavailable=MissingReason.NOT_PERMITTED, detail=f"{path} not readable")
+    except (OSError, ValueError, IndexError) as exc:
+        return Unavailable(unavailable=MissingReason.ERROR, detail=f"{path}: {exc}")
+
+
+def settings() -> ConntrackSettings:
+    timeouts = {}
+    try:
+        for p in sorted(_NETFILTER.glob("nf_conntrack_*timeout*")):
+            value = _read_int(p)
+            if isinstance(value, int):
+                timeouts[p.name.removeprefix("nf_conntrack_")] = value
+    except OSError:
+        pass
+    return ConntrackSettings(max=_read_int(_NETFILTER / "nf_conntrack_max"),
+                             buckets=_read_int(_NETFILTER / "nf_conntrack_buckets"), timeouts=timeouts)
+
+
+def sample() -> ConntrackSample:
+    """Count and per-CPU statistics now. /proc/net/stat/nf_conntrack is per netns: one hex row per CPU under
+    a header naming the columns (which differ between kernels)."""
+    at = time.monotonic_ns()
+    count = _read_int(_NETFILTER / "nf_conntrack_count")
+    per_cpu: list[dict[str, int]] = []
+    try:
+        lines = _STAT.read_text().split("\n")
+        names = lines[0].split()
+        for line in lines[1:]:
+            if line.strip():
+                per_cpu.append({k: int(v, 16) for k, v in zip(names, line.split()) if k != "entries"})
+    except (OSError, ValueError, IndexError):
+        pass
+    totals: dict[str, int] = {}
+    for row in per_cpu:
+        for k, v in row.items():
+            totals[k] = totals.get(k, 0) + v
+    return ConntrackSample(monotonic_ns=at, count=count, totals=totals, per_cpu=per_cpu)
+
+
+def _entry(e: ctnetlink.Entry) -> ConntrackEntry:
+    proto = ctnetlink.PROTOCOLS.get(e.original.proto, str(e.original.proto))
+
+    def tup(t: ctnetlink.Tuple) -> ConntrackTuple:
+        return ConntrackTuple(proto=proto, src=t.src, dst=t.dst, sport=t.sport, dport=t.dport)
+
+    return ConntrackEntry(original=tup(e.original), reply=tup(e.reply), tcp_state=e.tcp_state, timeout_s=e.timeout,
+                          status=ctnetlink.status_names(e.status), mark=e.mark,
+                          dnat=(e.reply.src, e.reply.sport) != (e.original.dst, e.original.dport))
+
+
+def conntrack_table(watch: list[str], keep: int, budget_s: float) -> ConntrackTable | Unavailable:
+    raw = {ipaddress.ip_address(a).packed for a in watch}
+    try:
+        table = ctnetlink.dump(lambda addrs: not raw.isdisjoint(addrs), keep, budget_s)
+    except ctnetlink.CtnetlinkError as exc:
+        reason = MissingReason.NOT_PERMITTED if exc.errno in (1, 13) else MissingReason.ERROR
+        return Unavailable(unavailable=reason, detail=str(exc))
+    return ConntrackTable(total=table.total, by_protocol=dict(sorted(table.by_protocol.items())),
+                          by_tcp_state=dict(sorted(table.by_tcp_state.items())), watched=watch,
+                          matched=table.matched, entries=[_entry(e) for e in table.entries],
+                          truncated=table.matched > len(table.entries))
+
+
+def _run(argv: list[str], budget_s: float) -> tuple[str | None, Unavailable | None]:
+    if shutil.which(argv[0]) is None:
+        return None, Unavailable(unavailable=MissingReason.NOT_SUPPORTED, detail=f"{argv[0]} is not installed")
+    try:
+        proc = subprocess.run(argv, capture_output=True, timeout=min(COMMAND_TIMEOUT_S, budget_s), check=False,
+                              env={"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"), "LC_ALL": "C"})
+    except subprocess.TimeoutExpired:
+        return None, Unavailable(unavailable=MissingReason.TIMEOUT, detail=f"{' '.join(argv)} timed out")
+    except OSError as exc:
+        return None, Unavailable(unavailable=MissingReason.ERROR, detail=f"{argv[0]}: {exc.strerror}")
+    err = proc.stderr.decode(errors="replace").strip()
+    if proc.returncode != 0:
+        reason = MissingReason.NOT_PERMITTED if "ermission" in err else MissingReason.ERROR
+        return None, Unavailable(unavailable=reason, detail=f"{' '.join(argv)}: exit {proc.returncode}: {err[:300]}")
+    return proc.stdout[:MAX_DUMP].decode(errors="replace"), None
+
+
+def _legacy_tables() -> list[str] | Unavailable:
+    try:
+        return Path("/proc/net/ip_tables_names").read_text().split()
+    except FileNotFoundError:
+        return []
+    except OSError as exc:
+        return Unavailable(unavailable=MissingReason.ERROR, detail=str(exc))
+
+
+def _proxy_mode_reported(budget_s: float) -> str | Unavailable:
+    """kube-proxy's own answer, when its metrics port answers on this netns's loopback."""
+    conn = http.client.HTTPConnection("127.0.0.1", 10249, timeout=min(1.0, budget_s))
+    try:
+        conn.request("GET", "/proxyMode")
+        resp = conn.getresponse()
+        body = resp.read(256).decode(errors="replace").strip()
+        if resp.status != 200:
+            return Unavailable(unavailable=MissingReason.ERROR, detail=f"/proxyMode answered HTTP {resp.status}")
+        return body
+    except ConnectionRefusedError:
+        return Unavailable(unavailable=MissingReason.NOT_APPLICABLE, detail="nothing listens on 127.0.0.1:10249")
+    except (OSError, http.client.HTTPException) as exc:
+        return Unavailable(unavailable=MissingReason.ERROR, detail=f"127.0.0.1:10249: {exc}")
+    finally:
+        conn.close()
+
+
+def _ipvs_services() -> tuple[list[ServiceEntry], DatapathCheck, str | None]:
+    path = Path("/proc/net/ip_vs")
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return [], DatapathCheck(datapath=Datapath.IPVS, command="cat /proc/net/ip_vs", programmed=False,
+                                 detail="no IPVS in this kernel or netns"), None
+    except OSError as exc:
+        return [], DatapathCheck(datapath=Datapath.IPVS, command="cat /proc/net/ip_vs", programmed=None,
+                                 unavailable=Unavailable(unavailable=MissingReason.ERROR, detail=str(exc))), None
+    services = services_from_proc_ip_vs(text)
+    return services, DatapathCheck(datapath=Datapath.IPVS, command="cat /proc/net/ip_vs", programmed=bool(services),
+                                   detail=f"{len(services)} virtual services"), text
+
+
+def services_from_proc_ip_vs(text: str) -> list[ServiceEntry]:
+    """/proc/net/ip_vs prints addresses in hex (0A600014:01BB); turned into ipvsadm -Ln's form and parsed."""
+    def conv(hexaddr: str) -> str:
+        addr, _, port = hexaddr.partition(":")
+        ip = str(ipaddress.ip_address(int(addr, 16))) if len(addr) == 8 else f"[{ipaddress.ip_address(int(addr, 16))}]"
+        return f"{ip}:{int(port, 16)}"
+
+    lines = []
+    for line in text.splitlines():
+        parts = line.split()
+        if parts and parts[0] in ("TCP", "UDP", "SCTP") and len(parts) >= 3:
+            lines.append(f"{parts[0]}  {conv(parts[1])} {parts[2]}")
+        elif len(parts) >= 6 and parts[0] == "->" and ":" in parts[1] and parts[1][0] != "R":
+            lines.append(f"  -> {conv(parts[1])} {' '.join(parts[2:6])}")
+    return kubeproxy.services_from_ipvsadm("\n".join(lines), source="/proc/net/ip_vs")
+
+
+def proxy_dataplane(budget_s: float, active: bool) -> tuple[ProxyMode, list[ServiceEntry], dict[str, str]]:
+    """Look at every datapath kube-proxy could program; the service map comes from the ones that are."""
+    checks: list[DatapathCheck] = []
+    services: list[ServiceEntry] = []
+    raw: dict[str, str] = {}
+    programmed: list[Datapath] = []
+    deadline = time.monotonic() + budget_s
+
+    legacy = _legacy_tables()
+    if isinstance(legacy, Unavailable):
+        checks.append(DatapathCheck(datapath=Datapath.IPTABLES_LEGACY, command="cat /proc/net/ip_tables_names",
+                                    programmed=None, unavailable=legacy))
+    elif "nat" not in legacy:
+        checks.append(DatapathCheck(datapath=Datapath.IPTABLES_LEGACY, command="cat /proc/net/ip_tables_names",
+                                    programmed=False, detail="no legacy nat table (not dumped: that would create it)"))
+    for datapath, argv, wanted in (
+            (Datapath.IPTABLES_LEGACY, ["iptables-legacy-save"], isinstance(legacy, list) and "nat" in legacy),
+            (Datapath.IPTABLES_NFT, ["iptables-nft-save"], True)):
+        if not wanted:
+            continue
+        text, why = _run(argv, max(0.5, deadline - time.monotonic()))
+        if text is None:
+            checks.append(DatapathCheck(datapath=datapath, command=" ".join(argv), programmed=None, unavailable=why))
+            continue
+        raw[datapath.value] = text
+        try:
+            found, detail = kubeproxy.iptables_programmed(text)
+            entries = kubeproxy.services_from_iptables(text, datapath.value)
+        except kubeproxy.ParseError as exc:
+            checks.append(DatapathCheck(datapath=datapath, command=" ".join(argv), programmed=None,
+                                        unavailable=Unavailable(unavailable=MissingReason.ERROR, detail=str(exc))))
+            continue
+        checks.append(DatapathCheck(datapath=datapath, command=" ".join(argv), programmed=found, detail=detail))
+        if found:
+            programmed.append(datapath)
+        if found or any(e.reject for e in entries):
+            services += entries
+
+    text, why = _run(["nft", "-j", "list", "table", "ip", "kube-proxy"], max(0.5, deadline - time.monotonic()))
+    if text is None and why is not None and "No such file" in why.detail:
+        checks.append(DatapathCheck(datapath=Datapath.NFTABLES, command="nft -j list table ip kube-proxy",
+                                    programmed=False, detail="no table ip kube-proxy"))
+    elif text is None:
+        checks.append(DatapathCheck(datapath=Datapath.NFTABLES, command="nft -j list table ip kube-proxy",
+                                    programmed=None, unavailable=why))
+    else:
+        raw[Datapath.NFTABLES.value] = text
+        try:
+            entries = kubeproxy.services_from_nft(text)
+        except kubeproxy.ParseError as exc:
+            entries = []
+            checks.append(DatapathCheck(datapath=Datapath.NFTABLES, command="nft -j list table ip kube-proxy",
+                                        programmed=None,
+                                        unavailable=Unavailable(unavailable=MissingReason.ERROR, detail=str(exc))))
+        else:
+            checks.append(DatapathCheck(datapath=Datapath.NFTABLES, command="nft -j list table ip kube-proxy",
+                                        programmed=bool(entries), detail=f"{len(entries)} service map elements"))
+        if entries:
+            programmed.append(Datapath.NFTABLES)
+            services += entries
+
+    ipvs, check, ipvs_text = _ipvs_services()
+    checks.append(check)
+    if ipvs_text is not None:
+        raw[Datapath.IPVS.value] = ipvs_text
+    if ipvs:
+        programmed.append(Datapath.IPVS)
+        services += ipvs
+
+    modes = {Datapath.IPTABLES_LEGACY: "iptables", Datapath.IPTABLES_NFT: "iptables", Datapath.NFTABLES: "nftables",
+             Datapath.IPVS: "ipvs"}
+    distinct = sorted({modes[d] for d in programmed})
+    mode = distinct[0] if len(distinct) == 1 and len(programmed) == 1 else "ambiguous" if programmed else "none"
+    reported: str | Unavailable = _proxy_mode_reported(max(0.2, deadline - time.monotonic())) if active else \
+        Unavailable(unavailable=MissingReason.SKIPPED, detail="--passive: 127.0.0.1:10249 not asked")
+    return (ProxyMode(mode=mode, backend=programmed[0] if len(programmed) == 1 else None, checks=checks,
+                      reported=reported), services, raw)
+
+
+def watched_addresses(targets: list[str], services: list[ServiceEntry],
+                      slices: list[EndpointSliceView] | None) -> list[str]:
+    """The targets, and for a target that is a Service frontend its endpoints (dataplane and EndpointSlice):
+    the addresses a conntrack entry must touch to be kept."""
+    out = list(dict.fromkeys(targets))
+    for s in services:
+        if s.address in targets:
+            out += [e.address for e in s.endpoints]
+            if slices:
+                name = s.service.rsplit(":", 1)[0]
+                out += [a for v in slices if v.service == name for ep in v.endpoints for a in ep.addresses]
+    valid = []
+    for a in dict.fromkeys(out):
+        try:
+            ipaddress.ip_address(a)
+        except ValueError:
+            continue
+        valid.append(a)
+    return valid
+
+
+class NatCollector(Collector):
+    name = "nat"
+    description = "conntrack usage, counters and target entries; kube-proxy mode and its service map"
+
+    def collect(self, ctx: SliceContext) -> SliceResult:
+        started = time.monotonic()
+        reasons: list[str] = []
+        samples_wanted = max(1, int(ctx.option("nat_samples") or DEFAULT_SAMPLES))
+        interval = max(0.0, float(ctx.option("nat_interval") or DEFAULT_INTERVAL_S))
+        samples = [sample()]
+        conf = settings()
+        slices: list[EndpointSliceView] | None = None
+        slices_source = ctx.option("endpointslices")
+        if slices_source:
+            try:
+                slices = kubeproxy.load_endpoint_slices(Path(slices_source))
+            except kubeproxy.ParseError as exc:
+                reasons.append(f"EndpointSlices: {exc}")
+        proxy, services, raw = proxy_dataplane(min(20.0, ctx.remaining() / 2), active=not ctx.passive)
+        watch = watched_addresses([t.address for t in ctx.targets], services, slices)
+        table = conntrack_table(watch, int(ctx.option("nat_keep") or DEFAULT_KEEP), max(1.0, ctx.remaining() / 2))
+        if isinstance(table, Unavailable):
+            reasons.append(f"conntrack table: {table.detail}")
+        ctx.probe_gate()
+        for i in range(1, samples_wanted):
+            wake = started + i * interval
+            if wake > ctx.deadline - 0.5:
+                reasons.append(f"counter trend cut to {len(samples)} samples by the deadline")
+                break
+            time.sleep(max(0.0, wake - time.monotonic()))
+            samples.append(sample())
+        artifacts = []
+        members: dict[str, str] = {}
+        names = {"iptables-legacy": ("iptables-legacy-save.txt", MediaType.TEXT),
+                 "iptables-nft": ("iptables-nft-save.txt", MediaType.TEXT),
+                 "nftables": ("nft-kube-proxy.json", MediaType.JSON), "ipvs": ("proc-net-ip_vs.txt", MediaType.TEXT)}
+        for key, text in raw.items():
+            member, media = names[key]
+            members[key] = member
+            artifacts.append(Artifact(name=member, data=text.encode(), media_type=media,
+                                      provenance=Provenance(source=next(c.command for c in proxy.checks
+                                                                        if c.datapath.value == key))))
+        doc = NatSlice(settings=conf, samples=samples, table=table, proxy=proxy, services=services,
+                       endpoint_slices=slices, endpoint_slices_source=slices_source, raw=members)
+        artifacts.insert(0, Artifact.document(
+            "nat.json", doc, MediaType.NAT,
+            "/proc/sys/net/netfilter, /proc/net/stat/nf_conntrack, ctnetlink dump, iptables-save, nft, /proc/net/ip_vs",
+            started))
+        status = SliceStatus.PARTIAL if reasons else SliceStatus.COMPLETE
+        return SliceResult(status=status, artifacts=artifacts, reason="; ".join(reasons) or None)
