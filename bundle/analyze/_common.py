@@ -10,12 +10,15 @@ from bundle.models import Evidence, Finding, Severity, Vantage, VantageKind
 
 
 def in_vantage(vantage: Vantage, command: str) -> str:
-    """`ip netns exec NAME …` or `nsenter -t PID -n …` around a read-only command, as the vantage needs."""
-    if vantage.kind is VantageKind.NETNS_NAME and vantage.ref:
+    """`ip netns exec NAME …` or `nsenter -t PID -n …` around a read-only command, as the vantage needs; a
+    pipeline or a list of commands runs whole inside (`sh -c '…'`), not just its first command."""
+    if vantage.kind not in (VantageKind.NETNS_NAME, VantageKind.NETNS_PID) or not vantage.ref:
+        return command
+    if any(c in command for c in ";|&"):
+        command = f"sh -c {shlex.quote(command)}"
+    if vantage.kind is VantageKind.NETNS_NAME:
         return f"ip netns exec {shlex.quote(vantage.ref)} {command}"
-    if vantage.kind is VantageKind.NETNS_PID and vantage.ref:
-        return f"nsenter -t {shlex.quote(vantage.ref)} -n {command}"
-    return command
+    return f"nsenter -t {shlex.quote(vantage.ref)} -n {command}"
 
 
 @dataclass

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from bundle.analyze import VantageEvidence, capture_findings, dns_findings, route_findings, transport_findings
+from bundle.analyze import (
+    VantageEvidence,
+    capture_findings,
+    dns_findings,
+    nat_findings,
+    route_findings,
+    transport_findings,
+)
 from bundle.archive import Bundle
 from bundle.models import (
     CaptureAnalysis,
@@ -12,6 +19,7 @@ from bundle.models import (
     DnsSlice,
     Finding,
     Manifest,
+    NatSlice,
     NeighborState,
     RouteLookup,
     RouteSlice,
@@ -48,6 +56,7 @@ class VantageView:
     sockets: SocketsSlice | None = None
     dns: DnsSlice | None = None
     capture: CaptureRun | None = None
+    nat: NatSlice | None = None
 
     def target_sockets(self, address: str, port: int | None) -> list[Socket]:
         """The rows of one target: to it (client side) or on its port (server side)."""
@@ -78,7 +87,10 @@ def build_view(bundle: Bundle) -> View:
         socks = bundle.sockets(v.id)
         dns = bundle.dns(v.id)
         cap = bundle.capture(v.id)
-        vantages.append(VantageView(v, doc, [s for s in m.slices if s.vantage == v.id], socks, dns, cap))
+        nat = bundle.nat(v.id)
+        vantages.append(VantageView(v, doc, [s for s in m.slices if s.vantage == v.id], socks, dns, cap, nat))
+        if nat is not None:
+            findings += nat_findings(v, nat)
         if cap is not None and cap.analysis is not None:
             findings += capture_findings(v.id, f"vantages/{v.id}/capture.json", cap.analysis, cap,
                                          f"vantages/{v.id}/capture.pcapng")
