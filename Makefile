@@ -3,9 +3,10 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 # Debian packages the tests and the lab use (tshark, tcpdump, conntrack, dnsmasq: later slices and
-# differential checks; chromium: the "no external request" browser test).
+# differential checks; chromium: the "no external request" browser test; nfacct: the accounting objects
+# kube-proxy's recent rule sets name, created in lab namespaces so the corpus rules load).
 APT_PACKAGES := iproute2 iptables nftables conntrack tcpdump tshark dnsmasq libpcap0.8 iputils-ping \
-                util-linux zstd tar chromium
+                util-linux zstd tar chromium nfacct
 DEMO_DIR := demo
 
 .PHONY: demo test system-deps venv schemas typecheck clean

@@ -18,13 +18,15 @@ def main() -> None:
     p.add_argument("--max-open", type=int, default=1000)
     p.add_argument("--lifetime", type=float, default=3600.0)
     p.add_argument("--read", action="store_true", help="after connecting, read until EOF (a download)")
+    p.add_argument("--hold", action="store_true", help="keep each connection open once it connects (a pool)")
     args = p.parse_args()
     host, _, port = args.target.rpartition(":")
     pending: dict[socket.socket, float] = {}
     readers: dict[socket.socket, float] = {}
+    held: list[socket.socket] = []
     end = time.monotonic() + args.lifetime
     while time.monotonic() < end:
-        if len(pending) + len(readers) < args.max_open:
+        if len(pending) + len(readers) + len(held) < args.max_open:
             s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             s.setblocking(False)
             if s.connect_ex((host, int(port))) in (0, errno.EINPROGRESS):
@@ -36,6 +38,10 @@ def main() -> None:
         for s in list(pending):
             if args.read and s in done and s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0:
                 readers[s] = pending.pop(s)  # connected: now it downloads
+                continue
+            if args.hold and s in done and s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0:
+                pending.pop(s)
+                held.append(s)  # connected: kept open, established, for as long as the client lives
                 continue
             if s in done or now - pending[s] > args.max_age:
                 pending.pop(s)

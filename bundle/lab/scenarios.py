@@ -6,6 +6,7 @@ namespaces this module creates, never connected to the machine's interfaces.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -16,7 +17,13 @@ from dataclasses import dataclass, field
 from pyroute2.netlink.exceptions import NetlinkError
 
 from bundle.errors import LabError
-from bundle.lab.topology import LAB_RUN_DIR, Topology, existing_namespaces, remove_namespace
+from bundle.lab.topology import (
+    LAB_RUN_DIR,
+    Topology,
+    existing_namespaces,
+    remove_namespace,
+    restore_machine_sysctls,
+)
 
 LISTEN_PORT = 8080
 OTHER_PORT = 9090
@@ -42,6 +49,8 @@ class LabInfo:
             argv += ["--name", n]
         for role in self.vantages:
             argv += ["--netns", self.namespaces[role]]
+        if "endpointslices" in self.files:
+            argv += ["--endpointslices", self.files["endpointslices"]]
         return argv
 
     def as_dict(self) -> dict[str, object]:
@@ -235,7 +244,106 @@ def _dns(t: Topology, *, drop: bool) -> LabInfo:
     )
 
 
+SERVICE_IP = "10.96.0.20"
+SERVICE_PORT = 443
+GONE_POD = "10.244.2.9"  # the replaced payments pod, once on node B's pod range: nothing has this address now
+# What kube-proxy's iptables proxier writes for one ClusterIP Service with one endpoint (chain names are its
+# hash-shaped names), loaded with iptables-restore: here the endpoint is the pod that no longer exists.
+_KUBE_PROXY_STALE = f"""*nat
+:PREROUTING ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+:POSTROUTING ACCEPT [0:0]
+:KUBE-SERVICES - [0:0]
+:KUBE-MARK-MASQ - [0:0]
+:KUBE-POSTROUTING - [0:0]
+:KUBE-SVC-NBLABPAYMENTS0443 - [0:0]
+:KUBE-SEP-NBLABGONEPOD00009 - [0:0]
+-A PREROUTING -m comment --comment "kubernetes service portals" -j KUBE-SERVICES
+-A OUTPUT -m comment --comment "kubernetes service portals" -j KUBE-SERVICES
+-A POSTROUTING -m comment --comment "kubernetes postrouting rules" -j KUBE-POSTROUTING
+-A KUBE-MARK-MASQ -j MARK --set-xmark 0x4000/0x4000
+-A KUBE-POSTROUTING -m mark ! --mark 0x4000/0x4000 -j RETURN
+-A KUBE-POSTROUTING -j MARK --set-xmark 0x4000/0x0
+-A KUBE-POSTROUTING -m comment --comment "kubernetes service traffic requiring SNAT" -j MASQUERADE
+-A KUBE-SERVICES -d {SERVICE_IP}/32 -p tcp -m comment --comment "default/payments:https cluster IP" -m tcp --dport {SERVICE_PORT} -j KUBE-SVC-NBLABPAYMENTS0443
+-A KUBE-SVC-NBLABPAYMENTS0443 -m comment --comment "default/payments:https -> {GONE_POD}:{LISTEN_PORT}" -j KUBE-SEP-NBLABGONEPOD00009
+-A KUBE-SEP-NBLABGONEPOD00009 -s {GONE_POD}/32 -m comment --comment "default/payments:https" -j KUBE-MARK-MASQ
+-A KUBE-SEP-NBLABGONEPOD00009 -p tcp -m comment --comment "default/payments:https" -m tcp -j DNAT --to-destination {GONE_POD}:{LISTEN_PORT}
+COMMIT
+"""
+
+
+def _endpoint_slice(ready_pod: str) -> dict[str, object]:
+    """The payments Service's EndpointSlice as the API serves it (discovery.k8s.io/v1)."""
+    return {
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice", "addressType": "IPv4",
+        "metadata": {"name": "payments-7xk2p", "namespace": "default",
+                     "labels": {"kubernetes.io/service-name": "payments",
+                                "endpointslice.kubernetes.io/managed-by": "endpointslice-controller.k8s.io"}},
+        "ports": [{"name": "https", "port": LISTEN_PORT, "protocol": "TCP"}],
+        "endpoints": [{"addresses": [ready_pod], "nodeName": "node-a",
+                       "conditions": {"ready": True, "serving": True, "terminating": False},
+                       "targetRef": {"kind": "Pod", "namespace": "default", "name": "payments-5d9c7b-q8z4m"}}],
+    }
+
+
+def _stale_dnat(t: Topology) -> LabInfo:
+    """The payments pod was replaced (new IP 10.244.1.3) but the node's kube-proxy rules still DNAT the
+    ClusterIP to the old one: connects to the ClusterIP hang, the new pod's IP answers."""
+    _two_nodes(t, server_pod=True, node_link_mtu=1500)
+    t.route("node", "10.244.2.0/24", gateway="10.244.0.2")  # node B's pod range; B no longer has that pod
+    t.route("node", "10.96.0.0/16", dev="eth0")  # the node's own route toward Service IPs, as a default route would
+    t.iptables_restore("node", _KUBE_PROXY_STALE)
+    slices = t.run_dir() / "endpointslices.json"
+    slices.write_text(json.dumps({"apiVersion": "v1", "kind": "List", "items": [_endpoint_slice("10.244.1.3")]},
+                                 indent=1))
+    # the application in the pod keeps calling the Service: its flows sit in conntrack, translated to the gone pod
+    t.python("pod", "bundle.lab.client", "--target", f"{SERVICE_IP}:{SERVICE_PORT}", "--interval", "0.5",
+             "--max-age", "20", "--max-open", "20")
+    return LabInfo(
+        scenario="stale-dnat",
+        description=f"kube-proxy-shaped iptables rules on the node still DNAT {SERVICE_IP}:{SERVICE_PORT} to the "
+                    f"replaced pod {GONE_POD}; the EndpointSlice names the new pod 10.244.1.3: connects to the "
+                    f"ClusterIP hang while the pod IP answers",
+        namespaces=dict(t.namespaces), targets=[f"{SERVICE_IP}:{SERVICE_PORT}", f"10.244.1.3:{LISTEN_PORT}"],
+        vantages=["pod", "node"], files={"endpointslices": str(slices)},
+        expect={"findings": ["service.stale_dnat"]},
+    )
+
+
+CONNTRACK_MAX = 256
+_NAT_NODE = """
+table ip nb_lab_nat {
+    chain postrouting { type nat hook postrouting priority 100; ip saddr 10.244.1.0/24 oifname "eth0" masquerade; }
+}
+"""
+
+
+def _conntrack_full(t: Topology) -> LabInfo:
+    """The node masquerades pod traffic; nf_conntrack_max is lowered for the scenario (machine-wide: it is only
+    writable there; the old value is recorded and put back on teardown). A connection pool in the pod fills
+    the node's table with established (assured, so never early-dropped) flows and keeps opening more: new SYNs
+    are dropped by conntrack while the established flows carry on."""
+    _two_nodes(t, server_pod=False, node_link_mtu=1500)
+    t.nft("node", _NAT_NODE)
+    t.python("remote", _LISTENER, "--port", str(OTHER_PORT), "--send", "16", "--hold")
+    t.wait_listening("remote", OTHER_PORT)
+    t.machine_sysctl("net.netfilter.nf_conntrack_max", str(CONNTRACK_MAX))
+    t.python("pod", "bundle.lab.client", "--target", f"10.244.0.2:{OTHER_PORT}", "--hold", "--interval", "0.01",
+             "--max-age", "2", "--max-open", str(CONNTRACK_MAX + 150))
+    return LabInfo(
+        scenario="conntrack-full",
+        description=f"nf_conntrack_max lowered to {CONNTRACK_MAX} (restored on teardown); a connection pool in "
+                    f"the pod fills the node's NAT conntrack table with established flows and keeps opening "
+                    f"more: new connections are dropped while established ones survive",
+        namespaces=dict(t.namespaces), targets=[f"10.244.0.2:{OTHER_PORT}"], vantages=["pod", "node"],
+        expect={"findings": ["service.conntrack_near_max", "service.conntrack_dropping"]},
+    )
+
+
 SCENARIOS: dict[str, Callable[[Topology], LabInfo]] = {
+    "conntrack-full": _conntrack_full,
+    "stale-dnat": _stale_dnat,
     "dns-ndots": lambda t: _dns(t, drop=False),
     "dns-drop": lambda t: _dns(t, drop=True),
     "healthy": _healthy,
@@ -290,6 +398,7 @@ def down(scenario: str, prefix: str | None = None) -> list[str]:
     removed = [n for n in existing_namespaces() if n.startswith(pre)]
     for name in removed:
         remove_namespace(name)
+    restore_machine_sysctls(prefix or _prefix(scenario))
     shutil.rmtree(LAB_RUN_DIR / (prefix or _prefix(scenario)), ignore_errors=True)
     return removed
 

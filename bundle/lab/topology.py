@@ -64,6 +64,25 @@ def remove_namespace(name: str) -> None:
         shutil.rmtree(etc, ignore_errors=True)
 
 
+def restore_machine_sysctls(prefix: str) -> list[str]:
+    """Put back the machine-wide sysctls a lab under this prefix changed; what was restored."""
+    record = LAB_RUN_DIR / prefix / "machine-sysctls"
+    done: list[str] = []
+    try:
+        lines = record.read_text().splitlines()
+    except OSError:
+        return done
+    for line in lines:
+        key, _, old = line.partition("=")
+        try:
+            Path("/proc/sys/" + key.replace(".", "/")).write_text(old)
+            done.append(f"{key}={old}")
+        except OSError:
+            continue
+    record.unlink(missing_ok=True)
+    return done
+
+
 class Topology:
     """Namespaces named <prefix>-<role>; every call fails loudly as a LabError."""
 
@@ -150,6 +169,24 @@ class Topology:
     def nft(self, role: str, ruleset: str) -> None:
         self._run(role, ["nft", "-f", "-"], ruleset)
 
+    def iptables_restore(self, role: str, rules: str, legacy: bool = False) -> None:
+        """Load iptables-save format rules (nft backend unless legacy) into the netns, as kube-proxy does."""
+        self._run(role, ["iptables-legacy-restore" if legacy else "iptables-nft-restore", "--noflush"], rules)
+
+    def machine_sysctl(self, key: str, value: str) -> None:
+        """Set a machine-wide sysctl for this lab, first recording its old value in the lab's run folder, so
+        teardown, `netbundle lab down` or the next lab start puts it back even after a crash."""
+        path = "/proc/sys/" + key.replace(".", "/")
+        record = self.run_dir() / "machine-sysctls"
+        try:
+            old = Path(path).read_text().strip()
+            if not record.exists() or key not in record.read_text():
+                with open(record, "a") as fh:
+                    fh.write(f"{key}={old}\n")
+            Path(path).write_text(value)
+        except OSError as exc:
+            raise LabError(f"could not set {key}={value}: {exc.strerror}") from None
+
     def spawn(self, role: str, argv: list[str]) -> None:
         """Start a detached helper process inside the netns; teardown kills it."""
         try:
@@ -196,6 +233,7 @@ class Topology:
         for name in reversed(list(self.namespaces.values())):
             remove_namespace(name)
         self.namespaces.clear()
+        restore_machine_sysctls(self.prefix)
         shutil.rmtree(LAB_RUN_DIR / self.prefix, ignore_errors=True)
 
     def _run(self, role: str, argv: list[str], stdin: str | None = None) -> None:

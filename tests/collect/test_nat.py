@@ -1,0 +1,260 @@
+"""The NAT/conntrack slice: kube-proxy's rules from the corpus loaded into a lab netns and read back, the
+ctnetlink dump against `conntrack -L`, and the stale-dnat / conntrack-full labs yielding their findings."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from bundle.archive import read_bundle
+from bundle.collect.kubeproxy import load_endpoint_slices, services_from_iptables, services_from_ipvsadm
+from bundle.lab import scenarios
+from bundle.lab.topology import Topology
+from bundle.models import NatSlice
+from bundle.netlink import ctnetlink
+from bundle.render.view import build_view
+from tests.conftest import corpus_file, netbundle
+
+RULE_SETS = ["k8s_TestOverallIPTablesRulesWithMultipleServices_2023.txt", "k8s_TestOverallIPTablesRules_recent.txt",
+             "k8s_TestSyncProxyRulesRepeated_1_full.txt"]
+NFACCT = ["ct_state_invalid_dropped_pkts", "localhost_nps_accepted_pkts"]  # named by the recent rule set
+
+# Read off the rule files by hand: (service, kind, frontend address, port, reject) -> [(endpoint, port, share)]
+_SVC1 = [("10.180.0.1", 80, 1.0)]
+_SVC2 = [("10.180.0.2", 80, 1.0)]
+_SVC3 = [("10.180.0.3", 80, 1.0)]
+_SVC4 = [("10.180.0.4", 80, 0.5), ("10.180.0.5", 80, 0.5)]
+EXPECTED = {
+    "k8s_TestOverallIPTablesRulesWithMultipleServices_2023.txt": {
+        ("ns1/svc1:p80", "cluster IP", "172.30.0.41", 80, False): _SVC1,
+        ("ns2/svc2:p80", "cluster IP", "172.30.0.42", 80, False): _SVC2,
+        ("ns2/svc2:p80", "external IP", "192.168.99.22", 80, False): _SVC2,
+        ("ns2/svc2:p80", "loadbalancer IP", "1.2.3.4", 80, False): _SVC2,
+        ("ns3/svc3:p80", "cluster IP", "172.30.0.43", 80, False): _SVC3,
+        ("ns4/svc4:p80", "cluster IP", "172.30.0.44", 80, False): _SVC4,
+        ("ns4/svc4:p80", "external IP", "192.168.99.33", 80, False): _SVC4,
+        ("ns5/svc5:p80", "cluster IP", "172.30.0.45", 80, False): _SVC3,  # svc5's endpoint is 10.180.0.3 too
+        ("ns5/svc5:p80", "loadbalancer IP", "5.6.7.8", 80, False): _SVC3,
+        ("ns2/svc2:p80", "nodeport", None, 3001, False): _SVC2,
+        ("ns3/svc3:p80", "nodeport", None, 3003, False): _SVC3,
+        ("ns5/svc5:p80", "nodeport", None, 3002, False): _SVC3,
+        ("ns6/svc6:p80", "cluster IP", "172.30.0.46", 80, True): [],  # "has no endpoints" REJECT (filter)
+    },
+    "k8s_TestSyncProxyRulesRepeated_1_full.txt": {
+        ("ns1/svc1:p80", "cluster IP", "172.30.0.41", 80, False): [("10.0.1.1", 80, 1.0)],
+        ("ns2/svc2:p8080", "cluster IP", "172.30.0.42", 8080, False): [("10.0.2.1", 8080, 1.0)],
+    },
+}
+
+
+def _map(entries) -> dict[tuple, list[tuple]]:
+    out = {}
+    for e in entries:
+        key = (e.service, e.kind, e.address, e.port, e.reject)
+        assert key not in out, key
+        out[key] = [(p.address, p.port, p.share) for p in e.endpoints]
+    return out
+
+
+def test_rule_sets_parse_as_written():
+    for name, want in EXPECTED.items():
+        assert _map(services_from_iptables(corpus_file(f"kubeproxy/{name}").read_text(), "corpus")) == want, name
+
+
+def _in_netns(ns: str, *argv: str, stdin: str | None = None) -> str:
+    return subprocess.run(["ip", "netns", "exec", ns, *argv], input=stdin, capture_output=True, text=True,
+                          check=True).stdout
+
+
+@pytest.mark.privileged
+@pytest.mark.parametrize("backend", ["nft", "legacy"])
+@pytest.mark.parametrize("name", RULE_SETS)
+def test_rule_sets_load_and_read_back(name, backend, tmp_path):
+    """iptables-restore the rules into a lab netns, read them back with iptables-save (its own order and
+    spelling: /32 suffixes, -m after -p, probabilities to 11 digits), and collect the slice there: the
+    service map is the one the rules describe, and the slice names the backend that holds them."""
+    text = corpus_file(f"kubeproxy/{name}").read_text()
+    with Topology(f"nbt-kp{backend[0]}-{os.getpid() % 100000}") as t:
+        ns = t.add_netns("node")
+        for obj in NFACCT:
+            _in_netns(ns, "nfacct", "add", obj)
+        t.iptables_restore("node", text, legacy=backend == "legacy")
+        saved = _in_netns(ns, f"iptables-{backend}-save")
+        assert _map(services_from_iptables(saved, "saved")) == _map(services_from_iptables(text, "written"))
+        if name in EXPECTED:
+            assert _map(services_from_iptables(saved, "saved")) == EXPECTED[name]
+        out = tmp_path / "b.tar.zst"
+        netbundle("collect", "--netns", ns, "--slice", "nat", "--target", "172.30.0.44:80", "-o", str(out), check=True)
+        doc = read_bundle(out).nat(f"netns-{ns}")
+        assert doc is not None
+        assert doc.proxy.mode == "iptables" and doc.proxy.backend.value == f"iptables-{backend}"
+        checks = {c.datapath.value: c.programmed for c in doc.proxy.checks}
+        assert checks == {"iptables-legacy": backend == "legacy", "iptables-nft": backend == "nft",
+                          "nftables": False, "ipvs": False}
+        got = _map(s for s in doc.services)
+        assert got == _map(services_from_iptables(text, "written"))
+        assert (Path(tmp_path) / "b.tar.zst").exists()
+
+
+def test_ipvsadm_and_conntrack_listings_in_the_corpus_parse():
+    ipvs = services_from_ipvsadm(corpus_file("kubeproxy/ipvs/k8s_ipvs_README_ipvsadm-ln_debug.txt").read_text())
+    assert [(s.protocol, s.address, s.port, [(e.address, e.port, e.weight, e.share) for e in s.endpoints])
+            for s in ipvs] == [("tcp", "10.0.0.1", 443, [("192.168.0.1", 6443, 1, 1.0)]),
+                               ("tcp", "10.0.0.10", 53, [("172.17.0.2", 53, 1, 1.0)]),
+                               ("udp", "10.0.0.10", 53, [("172.17.0.2", 53, 1, 1.0)])]
+    counts = {}
+    for name in ("jc_conntrack--list.out", "jc_conntrack--list-extended.out", "jc_conntrack--list-counters.out"):
+        text = corpus_file(f"linux-text/conntrack/{name}").read_text()
+        entries = ctnetlink.parse_listing(text)
+        shown = int(text.rsplit("(conntrack-tools): ", 1)[1].split()[0])
+        assert len(entries) == shown, name
+        counts[name] = entries
+    dns = [e for e in counts["jc_conntrack--list.out"] if e.original.dport == 53][0]
+    # the k3s node's DNS ClusterIP translated to the CoreDNS pod: DNAT visible from the two tuples
+    assert (dns.original.dst, dns.reply.src) == ("10.43.0.10", "10.42.0.188")
+    syn = [e for e in counts["jc_conntrack--list.out"] if e.tcp_state == "SYN_SENT"][0]
+    assert ctnetlink.status_names(syn.status) == ["CONFIRMED"]  # [UNREPLIED]: no SEEN_REPLY, no ASSURED
+
+
+def test_endpointslice_files_from_the_corpus_load():
+    views = load_endpoint_slices(corpus_file("k8s-text/endpointslice/k8s_api_testdata_HEAD_discovery.k8s.io.v1.EndpointSlice.json"))
+    assert views and all(v.service.count("/") == 1 for v in views)
+    yaml_views = load_endpoint_slices(corpus_file("k8s-text/endpointslice/k8sdocs_topology-aware-routing_example-hints.v1.yaml"))
+    assert yaml_views[0].endpoints and yaml_views[0].endpoints[0].addresses
+
+
+@pytest.mark.privileged
+def test_dump_equals_conntrack_tool(tmp_path):
+    """Our ctnetlink walk and `conntrack -L` read the same table: entries inserted with `conntrack -I` in a
+    lab netns (TCP in several states, UDP, DNAT-ed), totals by protocol and state, and every tuple."""
+    with Topology(f"nbt-ct-{os.getpid() % 100000}") as t:
+        ns = t.add_netns("node")
+        states = ["ESTABLISHED", "SYN_SENT", "TIME_WAIT", "CLOSE_WAIT"]
+        for i in range(40):
+            state = states[i % 4]
+            _in_netns(ns, "conntrack", "-I", "-p", "tcp", "-s", f"10.244.1.{i + 2}", "-d", "10.96.0.20",
+                      "--sport", str(40000 + i), "--dport", "443", "-r", f"10.244.2.{i % 3 + 2}", "-q", f"10.244.1.{i + 2}",
+                      "--reply-port-src", "8080", "--reply-port-dst", str(40000 + i), "--state", state, "-t", "300",
+                      "-u", "SEEN_REPLY,ASSURED" if state == "ESTABLISHED" else "SEEN_REPLY")
+        for i in range(10):
+            _in_netns(ns, "conntrack", "-I", "-p", "udp", "-s", "10.244.1.2", "-d", "10.96.0.10", "--sport",
+                      str(50000 + i), "--dport", "53", "-r", "10.244.0.2", "-q", "10.244.1.2", "--reply-port-src", "53",
+                      "--reply-port-dst", str(50000 + i), "-t", "300")
+        reference = ctnetlink.parse_listing(_in_netns(ns, "conntrack", "-L"))
+        script = ("from bundle.netlink import ctnetlink; import json, socket\n"
+                  "t = ctnetlink.dump(lambda a: socket.inet_aton('10.96.0.20') in a, 1000)\n"
+                  "print(json.dumps([t.total, dict(t.by_protocol), dict(t.by_tcp_state), t.matched,"
+                  " [[e.original.src, e.original.sport, e.original.dst, e.original.dport, e.reply.src, e.reply.sport,"
+                  " e.tcp_state] for e in t.entries]]))")
+        import json
+        import sys
+        total, by_proto, by_state, matched, entries = json.loads(_in_netns(ns, sys.executable, "-c", script))
+        assert total == len(reference) == 50
+        assert by_proto == {"tcp": 40, "udp": 10}
+        assert by_state == {s: 10 for s in states}
+        want = sorted([e.original.src, e.original.sport, e.original.dst, e.original.dport, e.reply.src, e.reply.sport,
+                       e.tcp_state] for e in reference if e.original.dst == "10.96.0.20")
+        assert matched == 40 and sorted(entries) == want
+
+
+def _nat_docs(path: Path) -> dict[str, NatSlice]:
+    b = read_bundle(path)
+    return {v.id: doc for v in b.manifest.vantages if (doc := b.nat(v.id)) is not None}
+
+
+def _snapshot(ns: str) -> dict[str, str]:
+    """Rules and conntrack entries of a netns, without counters (they move with traffic)."""
+    def plain(text: str) -> str:
+        text = re.sub(r"counter packets \d+ bytes \d+", "counter", text)
+        return "\n".join(re.sub(r"\[\d+:\d+\]", "", line) for line in text.splitlines() if not line.startswith("#"))
+
+    return {"nft": plain(_in_netns(ns, "nft", "list", "ruleset")),
+            "iptables": plain(_in_netns(ns, "iptables-nft-save")),
+            # IPv6 link-local routes appear by themselves once DAD ends on a new link: not ours, left out
+            "routes": "\n".join(r for r in _in_netns(ns, "ip", "-d", "route", "show", "table", "all").splitlines()
+                                 if "fe80:" not in r),
+            "links": re.sub(r"\s+", " ", _in_netns(ns, "ip", "-br", "link"))}
+
+
+@pytest.mark.privileged
+def test_stale_dnat_lab_yields_its_finding_and_collect_is_read_only(lab, tmp_path):
+    info = lab("stale-dnat")
+    before = {role: _snapshot(ns) for role, ns in info.namespaces.items()}
+    entries_before = ctnetlink.parse_listing(_in_netns(info.namespaces["node"], "conntrack", "-L"))
+    out = tmp_path / "b.tar.zst"
+    argv = info.collect_argv()[1:] + ["-o", str(out)]
+    netbundle(*argv, check=True)
+    after = {role: _snapshot(ns) for role, ns in info.namespaces.items()}
+    assert after == before  # no rule added, removed or changed in any lab netns
+    # conntrack: nothing was deleted; what is new comes from the lab's client or from our own connect probes
+    entries_after = ctnetlink.parse_listing(_in_netns(info.namespaces["node"], "conntrack", "-L"))
+    key = lambda e: (e.original.proto, e.original.src, e.original.sport, e.original.dst, e.original.dport)  # noqa: E731
+    gone = {key(e) for e in entries_before if (e.timeout or 0) > 60} - {key(e) for e in entries_after}
+    assert not gone
+    new = {key(e) for e in entries_after} - {key(e) for e in entries_before}
+    assert all(k[1] in ("10.244.1.2", "10.244.0.1", "10.244.1.1") and k[3] in ("10.96.0.20", "10.244.1.3")
+               for k in new), new
+
+    docs = _nat_docs(out)
+    node = docs[f"netns-{info.namespaces['node']}"]
+    assert node.proxy.mode == "iptables" and node.endpoint_slices is not None
+    [svc] = [s for s in node.services if s.address == scenarios.SERVICE_IP]
+    assert [(e.address, e.port) for e in svc.endpoints] == [(scenarios.GONE_POD, scenarios.LISTEN_PORT)]
+    assert not isinstance(node.table, type(None)) and node.table.matched >= 1
+    assert all(e.dnat and e.reply.src == scenarios.GONE_POD for e in node.table.entries
+               if e.original.dst == scenarios.SERVICE_IP)
+    view = build_view(read_bundle(out))
+    stale = [f for f in view.findings if f.id == "service.stale_dnat"]
+    assert len(stale) == 1 and stale[0].target == scenarios.SERVICE_IP
+    i = node.services.index(svc)
+    assert stale[0].evidence[0].member == f"vantages/netns-{info.namespaces['node']}/nat.json"
+    assert stale[0].evidence[0].pointer == f"services[{i}].endpoints"
+    assert scenarios.GONE_POD in stale[0].summary and "10.244.1.3" in stale[0].summary
+    assert stale[0].next_command.startswith(f"ip netns exec {info.namespaces['node']} sh -c ")
+    assert not [f for f in view.findings if f.id.startswith("service.conntrack")]
+
+
+@pytest.mark.privileged
+def test_healthy_lab_has_no_service_plane_finding(healthy_lab, tmp_path):
+    out = tmp_path / "b.tar.zst"
+    netbundle(*healthy_lab.collect_argv()[1:], "--slice", "nat", "-o", str(out), check=True)
+    docs = _nat_docs(out)
+    assert docs and all(d.proxy.mode == "none" and not d.services for d in docs.values())
+    assert not [f for f in build_view(read_bundle(out)).findings if f.layer == "service"]
+
+
+@pytest.mark.privileged
+def test_conntrack_full_lab(tmp_path):
+    """Its own lab (not the session's): it lowers the machine-wide nf_conntrack_max, put back on teardown."""
+    path = Path("/proc/sys/net/netfilter/nf_conntrack_max")
+    original = path.read_text()
+    try:
+        with scenarios.running("conntrack-full", f"nbt-ctfull-{os.getpid() % 100000}") as info:
+            assert path.read_text().strip() == str(scenarios.CONNTRACK_MAX)
+            node = info.namespaces["node"]
+            deadline = 15.0
+            import time
+            while deadline > 0 and int(_in_netns(node, "conntrack", "-C").strip() or 0) < scenarios.CONNTRACK_MAX:
+                time.sleep(0.5)
+                deadline -= 0.5
+            out = tmp_path / "b.tar.zst"
+            netbundle(*info.collect_argv()[1:], "-o", str(out), check=True)
+            established = _in_netns(info.namespaces["pod"], "ss", "-Htan", "state", "established").count("\n")
+        assert path.read_text() == original
+        docs = _nat_docs(out)
+        doc = docs[f"netns-{node}"]
+        first, last = doc.samples[0], doc.samples[-1]
+        assert last.count == doc.settings.max == scenarios.CONNTRACK_MAX
+        assert last.totals["drop"] > first.totals["drop"]
+        view = build_view(read_bundle(out))
+        ids = {f.id: f for f in view.findings if f.vantage == f"netns-{node}"}
+        assert "service.conntrack_near_max" in ids and "service.conntrack_dropping" in ids
+        assert ids["service.conntrack_dropping"].evidence[0].pointer == f"samples[{len(doc.samples) - 1}].totals"
+        assert established >= scenarios.CONNTRACK_MAX - 10  # the pool's long-lived flows survive
+    finally:
+        if path.read_text() != original:
+            path.write_text(original)
