@@ -100,9 +100,9 @@ def _entry(e: ctnetlink.Entry) -> ConntrackEntry:
 
 
 def conntrack_table(watch: list[str], keep: int, budget_s: float) -> ConntrackTable | Unavailable:
-    raw = {ipaddress.ip_address(a).packed for a in watch}
+    raw = frozenset(ipaddress.ip_address(a).packed for a in watch)
     try:
-        table = ctnetlink.dump(lambda addrs: not raw.isdisjoint(addrs), keep, budget_s)
+        table = ctnetlink.dump(lambda addrs: not raw.isdisjoint(addrs), keep, budget_s, watch=raw)
     except ctnetlink.CtnetlinkError as exc:
         reason = MissingReason.NOT_PERMITTED if exc.errno in (1, 13) else MissingReason.ERROR
         return Unavailable(unavailable=reason, detail=str(exc))

@@ -154,38 +154,91 @@ def raw_addresses(buf: bytes | bytearray | memoryview, attrs: dict[int, tuple[in
     return out
 
 
+# An IPv4 tuple as the kernel writes it (ctnetlink_dump_tuples): CTA_TUPLE_ORIG/REPLY { CTA_TUPLE_IP
+# { V4_SRC, V4_DST }, CTA_TUPLE_PROTO { PROTO_NUM, ... } }: read in one unpack and checked field by field.
+_V4_TUPLE = struct.Struct("=HHHHHH4sHH4sHHHHB")
+# After both tuples come CTA_STATUS and CTA_TIMEOUT (8 bytes each), then CTA_PROTOINFO { TCP { TCP_STATE } }.
+_PROTOINFO = struct.Struct("=HHHHHHB")
+
+
+def _fast_v4(buf: bytes | bytearray | memoryview, start: int) -> tuple[int, bytes, bytes, int] | None:
+    """(tuple length, src, dst, protocol) of an IPv4 tuple at start, or None if the layout is not the usual."""
+    tlen, _t, iplen, iptype, _sl, stype, src, _dl, dtype, dst, _pl, ptype, _nl, ntype, num = _V4_TUPLE.unpack_from(buf, start)
+    if iplen != 20 or iptype & NLA_TYPE_MASK != 1 or stype != 1 or dtype != 2 or ptype & NLA_TYPE_MASK != 2 or ntype != 1:
+        return None
+    return tlen, src, dst, num
+
+
 def walk(messages: bytes | bytearray | memoryview, table: Table, wanted: Callable[[set[bytes]], bool],
-         keep: int) -> bool:
-    """Add the messages in one receive buffer to the table; True once NLMSG_DONE is seen."""
+         keep: int, watch: frozenset[bytes] | None = None) -> bool:
+    """Add the messages in one receive buffer to the table; True once NLMSG_DONE is seen. With `watch` (raw
+    addresses), IPv4 entries in the kernel's usual layout are counted and matched with three unpacks and
+    no attribute table; anything else takes the general decoder."""
     pos, end = 0, len(messages)
-    while pos + 16 <= end:
-        length, kind, _flags, _seq, _pid = _NLMSGHDR.unpack_from(messages, pos)
-        if length < 16:
-            return True
-        if kind == NLMSG_DONE:
-            return True
-        if kind == NLMSG_ERROR:
-            code = -struct.unpack_from("=i", messages, pos + 16)[0]
-            if code:
-                raise CtnetlinkError(code, f"ctnetlink dump refused: {errno.errorcode.get(code, code)}")
-            return True
-        family = messages[pos + 16]
-        attrs = _attrs(messages, pos + 20, pos + length)
-        proto, state = _proto_and_state(messages, attrs)
-        table.total += 1
-        table.by_protocol[PROTOCOLS.get(proto, str(proto))] += 1
-        if state is not None:
-            table.by_tcp_state[state] += 1
-        if CTA_TUPLE_ORIG in attrs and wanted(raw_addresses(messages, attrs)):
-            table.matched += 1
-            if len(table.entries) < keep:
-                table.entries.append(decode_entry(messages, attrs, family, proto, state))
-        pos += (length + 3) & ~3
-    return False
+    header = _NLMSGHDR.unpack_from
+    by_proto: dict[int, int] = {}
+    by_state: dict[int, int] = {}
+    total = 0
+    try:
+        while pos + 16 <= end:
+            length, kind, _flags, _seq, _pid = header(messages, pos)
+            if length < 16 or kind == NLMSG_DONE:
+                return True
+            if kind == NLMSG_ERROR:
+                code = -struct.unpack_from("=i", messages, pos + 16)[0]
+                if code:
+                    raise CtnetlinkError(code, f"ctnetlink dump refused: {errno.errorcode.get(code, code)}")
+                return True
+            start, stop = pos + 20, pos + length
+            pos += (length + 3) & ~3
+            if watch is not None and messages[start - 4] == 2 and start + 72 <= stop:
+                orig = _fast_v4(messages, start)
+                reply = _fast_v4(messages, start + ((orig[0] + 3) & ~3)) if orig else None
+                if orig is not None and reply is not None:
+                    total += 1
+                    proto = orig[3]
+                    by_proto[proto] = by_proto.get(proto, 0) + 1
+                    if proto == 6:
+                        info = start + ((orig[0] + 3) & ~3) + ((reply[0] + 3) & ~3) + 16
+                        if info + 13 <= stop:
+                            _il, itype, _tl, ttype, _sl, stype, state = _PROTOINFO.unpack_from(messages, info)
+                            if itype & NLA_TYPE_MASK == CTA_PROTOINFO and ttype & NLA_TYPE_MASK == 1 and stype == 1:
+                                by_state[state] = by_state.get(state, 0) + 1
+                            else:
+                                _, named = _proto_and_state(messages, _attrs(messages, start, stop))
+                                if named is not None:
+                                    table.by_tcp_state[named] += 1
+                    if orig[1] in watch or orig[2] in watch or reply[1] in watch or reply[2] in watch:
+                        table.matched += 1
+                        if len(table.entries) < keep:
+                            attrs = _attrs(messages, start, stop)
+                            p, st = _proto_and_state(messages, attrs)
+                            table.entries.append(decode_entry(messages, attrs, messages[start - 4], p, st))
+                    continue
+            family = messages[start - 4]
+            attrs = _attrs(messages, start, stop)
+            proto, named = _proto_and_state(messages, attrs)
+            total += 1
+            by_proto[proto] = by_proto.get(proto, 0) + 1
+            if named is not None:
+                table.by_tcp_state[named] += 1
+            if CTA_TUPLE_ORIG in attrs and wanted(raw_addresses(messages, attrs)):
+                table.matched += 1
+                if len(table.entries) < keep:
+                    table.entries.append(decode_entry(messages, attrs, family, proto, named))
+        return False
+    finally:
+        table.total += total
+        for p, n in by_proto.items():
+            table.by_protocol[PROTOCOLS.get(p, str(p))] += n
+        for number, n in by_state.items():
+            table.by_tcp_state[TCP_STATES.get(number, str(number))] += n
 
 
-def dump(wanted: Callable[[set[bytes]], bool], keep: int, deadline_s: float = 10.0) -> Table:
-    """One dump of the conntrack table of the current netns (both families)."""
+def dump(wanted: Callable[[set[bytes]], bool], keep: int, deadline_s: float = 10.0,
+         watch: frozenset[bytes] | None = None) -> Table:
+    """One dump of the conntrack table of the current netns (both families). `wanted` decides from an entry's
+    raw addresses whether to keep it; `watch`, when given, is the same decision as a set (the fast path)."""
     sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
     try:
         sock.settimeout(deadline_s)
@@ -199,7 +252,7 @@ def dump(wanted: Callable[[set[bytes]], bool], keep: int, deadline_s: float = 10
         view = memoryview(buf)
         while True:
             n = sock.recv_into(buf)
-            if n == 0 or walk(view[:n], table, wanted, keep):
+            if n == 0 or walk(view[:n], table, wanted, keep, watch):
                 return table
     except OSError as exc:
         if isinstance(exc, CtnetlinkError):
