@@ -214,15 +214,25 @@ def _walk(node: Any) -> list[Any]:
     return out
 
 
-def _nft_endpoints(chains: dict[str, list[list[Any]]], chain: str) -> list[DataplaneEndpoint]:
-    """A service chain's `numgen random mod N vmap { i : goto endpoint-… }` and each endpoint chain's dnat."""
-    targets: list[str] = []
+def _gotos(chains: dict[str, list[list[Any]]], chain: str) -> list[str]:
+    out: list[str] = []
     for expr in chains.get(chain, []):
         for n in _walk(expr):
-            if isinstance(n, dict) and "goto" in n and isinstance(n["goto"], dict):
-                name = n["goto"].get("target", "")
-                if name.startswith("endpoint-") and name not in targets:
-                    targets.append(name)
+            if isinstance(n, dict) and isinstance(n.get("goto"), dict):
+                name = str(n["goto"].get("target", ""))
+                if name not in out:
+                    out.append(name)
+    return out
+
+
+def _nft_endpoints(chains: dict[str, list[list[Any]]], chain: str) -> list[DataplaneEndpoint]:
+    """A service chain's `numgen random mod N vmap { i : goto endpoint-… }` and each endpoint chain's dnat;
+    an external- chain hands over to its service- chain first."""
+    targets = [t for t in _gotos(chains, chain) if t.startswith("endpoint-")]
+    if not targets:
+        service = next((t for t in _gotos(chains, chain) if t.startswith("service-")), None)
+        if service is not None and chain.startswith("external-"):
+            return _nft_endpoints(chains, service)
     out = []
     for name in targets:
         for expr in chains.get(name, []):
@@ -234,35 +244,49 @@ def _nft_endpoints(chains: dict[str, list[list[Any]]], chain: str) -> list[Datap
     return out
 
 
+def _service_name(chain: str) -> str:
+    """service-ULMVA6XW-ns1/svc1/tcp/p80 (or external-…) -> ns1/svc1:p80."""
+    bits = chain.split("-", 2)[-1].split("/")
+    return f"{bits[0]}/{bits[1]}:{bits[3]}" if len(bits) >= 4 else chain
+
+
 def services_from_nft(text: str, source: str = "nft table ip kube-proxy") -> list[ServiceEntry]:
-    """The nftables proxier's maps: service-ips (ClusterIP . proto . port : goto service-…), service-nodeports,
-    and no-endpoint-services (reject)."""
+    """The nftables proxier's maps: service-ips (ClusterIP, external and load-balancer IPs . proto . port :
+    goto service-… or external-…), service-nodeports, and no-endpoint-services / -nodeports, whose
+    `goto reject-chain` elements are the Services without endpoints (their `drop` elements are external
+    traffic without local endpoints, which is by design)."""
     try:
         doc = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ParseError(f"not nft JSON: {exc.msg}") from None
     chains, maps = _nft_rules(doc)
     out: list[ServiceEntry] = []
-    for map_name, kind in (("service-ips", "cluster IP"), ("service-nodeports", "nodeport"),
-                           ("no-endpoint-services", "cluster IP"), ("no-endpoint-nodeports", "nodeport")):
+    for map_name, nodeport in (("service-ips", False), ("service-nodeports", True),
+                               ("no-endpoint-services", False), ("no-endpoint-nodeports", True)):
+        reject = map_name.startswith("no-endpoint")
         for elem in maps.get(map_name, []):
-            key, verdict = (elem if isinstance(elem, list) and len(elem) == 2 else (None, None))
+            if not (isinstance(elem, list) and len(elem) == 2):
+                continue
+            key, verdict = elem
+            comment = ""
+            if isinstance(key, dict) and isinstance(key.get("elem"), dict):
+                comment = str(key["elem"].get("comment", ""))
+                key = key["elem"].get("val")
             parts = key.get("concat", []) if isinstance(key, dict) else []
-            if kind == "nodeport" and len(parts) == 2:
+            if nodeport and len(parts) == 2:
                 address, proto, port = None, parts[0], parts[1]
-            elif len(parts) == 3:
+            elif not nodeport and len(parts) == 3:
                 address, proto, port = parts
             else:
                 continue
-            target = verdict.get("goto", {}).get("target", "") if isinstance(verdict, dict) else ""
-            reject = map_name.startswith("no-endpoint")
-            service = ""
-            if target:  # service-ULMVA6XW-ns1/svc1/tcp/p80 -> ns1/svc1:p80
-                bits = target.split("-", 2)[-1].split("/")
-                service = f"{bits[0]}/{bits[1]}:{bits[3]}" if len(bits) >= 4 else target
-            out.append(ServiceEntry(service=service, kind=kind, protocol=str(proto), address=address,
-                                    port=int(port), endpoints=[] if reject else _nft_endpoints(chains, target),
-                                    reject=reject, source=source))
+            target = str(verdict.get("goto", {}).get("target", "")) if isinstance(verdict, dict) else ""
+            if reject and target != "reject-chain":
+                continue
+            kind = "nodeport" if nodeport else "external IP" if target.startswith("external-") else "cluster IP"
+            out.append(ServiceEntry(service=comment if reject else _service_name(target), kind=kind,
+                                    protocol=str(proto), address=address, port=int(port),
+                                    endpoints=[] if reject else _nft_endpoints(chains, target), reject=reject,
+                                    source=source))
     return out
 
 

@@ -292,7 +292,7 @@ def _stale_dnat(t: Topology) -> LabInfo:
     ClusterIP to the old one: connects to the ClusterIP hang, the new pod's IP answers."""
     _two_nodes(t, server_pod=True, node_link_mtu=1500)
     t.route("node", "10.244.2.0/24", gateway="10.244.0.2")  # node B's pod range; B no longer has that pod
-    t.route("node", "10.96.0.0/16", dev="eth0")  # the node's own route toward Service IPs, as a default route would
+    t.route("node", "10.96.0.0/16", gateway="10.244.0.2")  # the node's own route toward Service IPs, as a default route
     t.iptables_restore("node", _KUBE_PROXY_STALE)
     slices = t.run_dir() / "endpointslices.json"
     slices.write_text(json.dumps({"apiVersion": "v1", "kind": "List", "items": [_endpoint_slice("10.244.1.3")]},
@@ -308,6 +308,78 @@ def _stale_dnat(t: Topology) -> LabInfo:
         namespaces=dict(t.namespaces), targets=[f"{SERVICE_IP}:{SERVICE_PORT}", f"10.244.1.3:{LISTEN_PORT}"],
         vantages=["pod", "node"], files={"endpointslices": str(slices)},
         expect={"findings": ["service.stale_dnat"]},
+    )
+
+
+# What kube-proxy's nftables proxier writes (pkg/proxy/nftables: `table ip kube-proxy`, the service-ips verdict
+# map, one service- chain per Service port choosing an endpoint- chain with numgen, a reject for a Service
+# without endpoints), for three Services: payments (one endpoint), orders (two), legacy (none).
+_KUBE_PROXY_NFT = f"""
+add table ip kube-proxy {{ comment "rules for kube-proxy" ; }}
+add chain ip kube-proxy nat-prerouting {{ type nat hook prerouting priority -100 ; }}
+add chain ip kube-proxy nat-output {{ type nat hook output priority -100 ; }}
+add chain ip kube-proxy nat-postrouting {{ type nat hook postrouting priority 100 ; }}
+add chain ip kube-proxy filter-output {{ type filter hook output priority -110 ; }}
+add chain ip kube-proxy filter-forward {{ type filter hook forward priority -110 ; }}
+add chain ip kube-proxy mark-for-masquerade
+add chain ip kube-proxy masquerading
+add chain ip kube-proxy services
+add chain ip kube-proxy service-endpoints-check
+add chain ip kube-proxy reject-chain {{ comment "helper for @no-endpoint-services / @no-endpoint-nodeports" ; }}
+add chain ip kube-proxy service-NBPAYSVC-default/payments/tcp/https
+add chain ip kube-proxy endpoint-NBPAYEP3-default/payments/tcp/https__10.244.1.3/{LISTEN_PORT}
+add chain ip kube-proxy service-NBORDSVC-default/orders/tcp/http
+add chain ip kube-proxy endpoint-NBORDEP3-default/orders/tcp/http__10.244.1.3/{LISTEN_PORT}
+add chain ip kube-proxy endpoint-NBORDEP2-default/orders/tcp/http__10.244.0.2/{LISTEN_PORT}
+add map ip kube-proxy service-ips {{ type ipv4_addr . inet_proto . inet_service : verdict ; comment "ClusterIP, ExternalIP and LoadBalancer IP traffic" ; }}
+add map ip kube-proxy service-nodeports {{ type inet_proto . inet_service : verdict ; comment "NodePort traffic" ; }}
+add map ip kube-proxy no-endpoint-services {{ type ipv4_addr . inet_proto . inet_service : verdict ; comment "vmap to drop or reject packets to services with no endpoints" ; }}
+add rule ip kube-proxy mark-for-masquerade mark set mark or 0x4000
+add rule ip kube-proxy masquerading mark and 0x4000 == 0 return
+add rule ip kube-proxy masquerading mark set mark xor 0x4000
+add rule ip kube-proxy masquerading masquerade fully-random
+add rule ip kube-proxy nat-output jump services
+add rule ip kube-proxy nat-postrouting jump masquerading
+add rule ip kube-proxy nat-prerouting jump services
+add rule ip kube-proxy filter-output ct state new jump service-endpoints-check
+add rule ip kube-proxy filter-forward ct state new jump service-endpoints-check
+add rule ip kube-proxy reject-chain reject
+add rule ip kube-proxy service-endpoints-check ip daddr . meta l4proto . th dport vmap @no-endpoint-services
+add rule ip kube-proxy services ip daddr . meta l4proto . th dport vmap @service-ips
+add rule ip kube-proxy service-NBPAYSVC-default/payments/tcp/https ip daddr {SERVICE_IP} tcp dport {SERVICE_PORT} ip saddr != 10.244.0.0/16 jump mark-for-masquerade
+add rule ip kube-proxy service-NBPAYSVC-default/payments/tcp/https numgen random mod 1 vmap {{ 0 : goto endpoint-NBPAYEP3-default/payments/tcp/https__10.244.1.3/{LISTEN_PORT} }}
+add rule ip kube-proxy endpoint-NBPAYEP3-default/payments/tcp/https__10.244.1.3/{LISTEN_PORT} ip saddr 10.244.1.3 jump mark-for-masquerade
+add rule ip kube-proxy endpoint-NBPAYEP3-default/payments/tcp/https__10.244.1.3/{LISTEN_PORT} meta l4proto tcp dnat to 10.244.1.3:{LISTEN_PORT}
+add element ip kube-proxy service-ips {{ {SERVICE_IP} . tcp . {SERVICE_PORT} : goto service-NBPAYSVC-default/payments/tcp/https }}
+add rule ip kube-proxy service-NBORDSVC-default/orders/tcp/http ip daddr 10.96.0.21 tcp dport 80 ip saddr != 10.244.0.0/16 jump mark-for-masquerade
+add rule ip kube-proxy service-NBORDSVC-default/orders/tcp/http numgen random mod 2 vmap {{ 0 : goto endpoint-NBORDEP3-default/orders/tcp/http__10.244.1.3/{LISTEN_PORT} , 1 : goto endpoint-NBORDEP2-default/orders/tcp/http__10.244.0.2/{LISTEN_PORT} }}
+add rule ip kube-proxy endpoint-NBORDEP3-default/orders/tcp/http__10.244.1.3/{LISTEN_PORT} meta l4proto tcp dnat to 10.244.1.3:{LISTEN_PORT}
+add rule ip kube-proxy endpoint-NBORDEP2-default/orders/tcp/http__10.244.0.2/{LISTEN_PORT} meta l4proto tcp dnat to 10.244.0.2:{LISTEN_PORT}
+add element ip kube-proxy service-ips {{ 10.96.0.21 . tcp . 80 : goto service-NBORDSVC-default/orders/tcp/http }}
+add element ip kube-proxy no-endpoint-services {{ 10.96.0.22 . tcp . 80 comment "default/legacy:http" : goto reject-chain }}
+"""
+
+
+def _service_nft(t: Topology) -> LabInfo:
+    """Three Services programmed by kube-proxy's nftables proxier on the node, matching their EndpointSlices:
+    the ClusterIP answers through the DNAT (the control case for the nftables parser and mode detection)."""
+    _two_nodes(t, server_pod=True, node_link_mtu=1500)
+    t.route("node", "10.96.0.0/16", gateway="10.244.0.2")  # the node's own route toward Service IPs
+    t.nft("node", _KUBE_PROXY_NFT)
+    slices = t.run_dir() / "endpointslices.json"
+    orders = _endpoint_slice("10.244.1.3")
+    orders["metadata"] = {"name": "orders-k2j4d", "namespace": "default", "labels": {"kubernetes.io/service-name": "orders"}}
+    orders["ports"] = [{"name": "http", "port": LISTEN_PORT, "protocol": "TCP"}]
+    orders["endpoints"] = [{"addresses": [a], "conditions": {"ready": True}} for a in ("10.244.1.3", "10.244.0.2")]
+    slices.write_text(json.dumps({"apiVersion": "v1", "kind": "List", "items": [_endpoint_slice("10.244.1.3"), orders]},
+                                 indent=1))
+    return LabInfo(
+        scenario="service-nft",
+        description=f"kube-proxy in nftables mode on the node: {SERVICE_IP}:{SERVICE_PORT} (payments) -> 10.244.1.3, "
+                    f"10.96.0.21:80 (orders) -> two endpoints, 10.96.0.22:80 (legacy) rejected for having none; "
+                    f"the EndpointSlices agree",
+        namespaces=dict(t.namespaces), targets=[f"{SERVICE_IP}:{SERVICE_PORT}"], vantages=["pod", "node"],
+        files={"endpointslices": str(slices)}, expect={"findings": []},
     )
 
 
@@ -343,6 +415,7 @@ def _conntrack_full(t: Topology) -> LabInfo:
 
 SCENARIOS: dict[str, Callable[[Topology], LabInfo]] = {
     "conntrack-full": _conntrack_full,
+    "service-nft": _service_nft,
     "stale-dnat": _stale_dnat,
     "dns-ndots": lambda t: _dns(t, drop=False),
     "dns-drop": lambda t: _dns(t, drop=True),
