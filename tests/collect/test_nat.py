@@ -16,6 +16,7 @@ from bundle.lab import scenarios
 from bundle.lab.topology import Topology
 from bundle.models import NatSlice
 from bundle.netlink import ctnetlink
+from bundle.render import render_html
 from bundle.render.view import build_view
 from tests.conftest import corpus_file, netbundle
 
@@ -220,6 +221,10 @@ def test_stale_dnat_lab_yields_its_finding_and_collect_is_read_only(lab, tmp_pat
     assert scenarios.GONE_POD in stale[0].summary and "10.244.1.3" in stale[0].summary
     assert stale[0].next_command.startswith(f"ip netns exec {info.namespaces['node']} sh -c ")
     assert not [f for f in view.findings if f.id.startswith("service.conntrack")]
+    html = render_html(read_bundle(out))
+    section = html[html.index(f'id="nat-netns-{info.namespaces["node"]}"'):]
+    assert f"{scenarios.GONE_POD}:{scenarios.LISTEN_PORT} (100%) — not in the EndpointSlices" in section
+    assert "Proxy datapath: iptables (iptables-nft)" in section and "(DNAT)" in section
 
 
 @pytest.mark.privileged

@@ -56,6 +56,7 @@ def test_json_outcome(tmp_path, mtu_lab):
     doc = json.loads(proc.stdout)
     assert doc["bundle"] == str(out) and doc["exit_code"] == 0
     assert {s["slice"]: s["status"] for s in doc["slices"]} == {"route": "complete", "sockets": "complete",
-                                                                 "dns": "complete", "capture": "skipped"}
+                                                                 "dns": "complete", "nat": "complete",
+                                                                 "capture": "skipped"}
     capture = next(s for s in doc["slices"] if s["slice"] == "capture")
     assert "no target" in capture["reason"]  # nothing to filter on: not captured, and it says so

@@ -1,0 +1,125 @@
+"""Service-plane findings as pure functions of the NAT slice's model: each rule on a document that shows it,
+and on the same document without it. The labs (tests/collect/test_nat.py) show them from real collects; these
+cover the cases no lab builds (a REJECT with endpoints, a conntrack entry to a removed endpoint, two
+datapaths, a proxy that says another mode) and the /proc/net/ip_vs reader."""
+
+from __future__ import annotations
+
+from bundle.analyze.nat import nat_findings
+from bundle.collect.kubeproxy import endpoint_slices, services_from_ipvsadm
+from bundle.collect.nat import services_from_proc_ip_vs
+from bundle.models import (
+    ConntrackEntry,
+    ConntrackSample,
+    ConntrackSettings,
+    ConntrackTable,
+    ConntrackTuple,
+    Datapath,
+    DatapathCheck,
+    DataplaneEndpoint,
+    NatSlice,
+    ProxyMode,
+    ServiceEntry,
+    Vantage,
+    VantageKind,
+)
+from tests.conftest import corpus_file
+
+V = Vantage(id="netns-node", kind=VantageKind.NETNS_NAME, ref="node", entered=True)
+
+
+def _slice(ready: list[str], not_ready: list[str] = ()) -> list:
+    eps = [{"addresses": [a], "conditions": {"ready": True}} for a in ready]
+    eps += [{"addresses": [a], "conditions": {"ready": False}} for a in not_ready]
+    return endpoint_slices([{"kind": "EndpointSlice", "metadata": {"name": "pay-x", "namespace": "default",
+                                                                   "labels": {"kubernetes.io/service-name": "payments"}},
+                             "ports": [{"name": "https", "port": 8080}], "endpoints": eps}])
+
+
+def _doc(services=(), slices=None, entries=(), checks=None, reported="iptables", samples=None) -> NatSlice:
+    checks = checks or [DatapathCheck(datapath=Datapath.IPTABLES_NFT, command="iptables-nft-save", programmed=True)]
+    programmed = [c for c in checks if c.programmed]
+    mode = "ambiguous" if len(programmed) > 1 else "iptables"
+    table = ConntrackTable(total=len(entries), by_protocol={}, by_tcp_state={}, watched=[], matched=len(entries),
+                           entries=list(entries), truncated=False)
+    return NatSlice(settings=ConntrackSettings(max=1000, buckets=256), table=table,
+                    samples=samples or [ConntrackSample(monotonic_ns=0, count=10)],
+                    proxy=ProxyMode(mode=mode, checks=checks, reported=reported), services=list(services),
+                    endpoint_slices=slices)
+
+
+def _svc(endpoints: list[str], reject: bool = False) -> ServiceEntry:
+    return ServiceEntry(service="default/payments:https", kind="cluster IP", protocol="tcp", address="10.96.0.20",
+                        port=443, reject=reject, source="iptables-nft nat KUBE-SERVICES",
+                        endpoints=[DataplaneEndpoint(address=a, port=8080, share=1 / len(endpoints), chain="KUBE-SEP-X")
+                                   for a in endpoints])
+
+
+def _ids(doc: NatSlice) -> list[str]:
+    return sorted(f.id for f in nat_findings(V, doc))
+
+
+def test_service_map_against_endpoint_slices():
+    assert _ids(_doc([_svc(["10.244.1.3"])], _slice(["10.244.1.3"]))) == []
+    assert _ids(_doc([_svc(["10.244.1.3"])], None)) == []  # no slices given: agreement not judged
+    assert _ids(_doc([_svc(["10.244.2.9"])], _slice(["10.244.1.3"]))) == ["service.endpoint_not_programmed",
+                                                                           "service.stale_dnat"]
+    # an endpoint that is in the slice but not ready is stale in the dataplane too
+    assert _ids(_doc([_svc(["10.244.1.3", "10.244.1.4"])], _slice(["10.244.1.3"], ["10.244.1.4"]))) == \
+        ["service.stale_dnat"]
+    assert _ids(_doc([_svc([], reject=True)], _slice(["10.244.1.3"]))) == ["service.reject_with_endpoints"]
+    assert _ids(_doc([_svc([], reject=True)], _slice([], ["10.244.1.3"]))) == []
+
+
+def test_conntrack_entry_to_a_removed_endpoint():
+    def entry(backend: str) -> ConntrackEntry:
+        return ConntrackEntry(original=ConntrackTuple(proto="tcp", src="10.244.1.2", dst="10.96.0.20", sport=40000,
+                                                      dport=443),
+                              reply=ConntrackTuple(proto="tcp", src=backend, dst="10.244.1.2", sport=8080,
+                                                   dport=40000), tcp_state="ESTABLISHED", timeout_s=400, dnat=True)
+    ok = _doc([_svc(["10.244.1.3"])], _slice(["10.244.1.3"]), [entry("10.244.1.3")])
+    assert _ids(ok) == []
+    gone = _doc([_svc(["10.244.1.3"])], _slice(["10.244.1.3"]), [entry("10.244.1.7")])
+    [f] = nat_findings(V, gone)
+    assert f.id == "service.conntrack_stale_endpoint" and f.evidence[0].pointer == "table.entries[0]"
+    assert "10.244.1.7" in f.summary and f.next_command == "ip netns exec node conntrack -L -d 10.96.0.20 -p tcp"
+
+
+def test_conntrack_usage_and_drops():
+    s0 = ConntrackSample(monotonic_ns=0, count=950, totals={"drop": 5, "insert_failed": 0, "early_drop": 0})
+    s1 = ConntrackSample(monotonic_ns=2_000_000_000, count=990, totals={"drop": 9, "insert_failed": 2, "early_drop": 0})
+    ids = _ids(_doc(samples=[s0, s1]))
+    assert ids == ["service.conntrack_dropping", "service.conntrack_near_max"]
+    [drop] = [f for f in nat_findings(V, _doc(samples=[s0, s1])) if f.id == "service.conntrack_dropping"]
+    assert "drop +4" in drop.summary and "insert_failed +2" in drop.summary
+    assert drop.next_command == "ip netns exec node sh -c 'conntrack -S; cat /proc/net/stat/nf_conntrack'"
+    calm = ConntrackSample(monotonic_ns=2_000_000_000, count=100, totals={"drop": 5, "insert_failed": 0})
+    assert _ids(_doc(samples=[s0.model_copy(update={"count": 100}), calm])) == []
+
+
+def test_proxy_mode_checks():
+    both = [DatapathCheck(datapath=Datapath.IPTABLES_NFT, command="iptables-nft-save", programmed=True, detail="3 KUBE-SVC"),
+            DatapathCheck(datapath=Datapath.NFTABLES, command="nft -j list table ip kube-proxy", programmed=True)]
+    assert _ids(_doc(checks=both)) == ["service.proxy_ambiguous"]
+    assert _ids(_doc(reported="ipvs")) == ["service.proxy_mode_mismatch"]
+    assert _ids(_doc(reported="iptables")) == []
+
+
+def test_proc_ip_vs_reads_as_ipvsadm():
+    """The kernel's /proc/net/ip_vs (hex addresses and ports) for the corpus's `ipvsadm -Ln` sample reads as
+    the same service map."""
+    proc = ("IP Virtual Server version 1.2.1 (size=4096)\n"
+            "Prot LocalAddress:Port Scheduler Flags\n"
+            "  -> RemoteAddress:Port Forward Weight ActiveConn InActConn\n"
+            "TCP  0A000001:01BB rr persistent 10800\n"
+            "  -> C0A80001:192B      Masq    1      1          0\n"
+            "TCP  0A00000A:0035 rr \n"
+            "  -> AC110002:0035      Masq    1      0          0\n"
+            "UDP  0A00000A:0035 rr \n"
+            "  -> AC110002:0035      Masq    1      0          0\n")
+    text = corpus_file("kubeproxy/ipvs/k8s_ipvs_README_ipvsadm-ln_debug.txt").read_text()
+
+    def shape(entries):
+        return [(e.protocol, e.address, e.port, [(x.address, x.port, x.weight) for x in e.endpoints]) for e in entries]
+
+    assert shape(services_from_proc_ip_vs(proc)) == shape(services_from_ipvsadm(text))
