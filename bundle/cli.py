@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import signal
 import sys
 from collections.abc import Sequence
@@ -70,6 +71,13 @@ def _parser() -> argparse.ArgumentParser:
                    help="seconds between socket samples (default 1)")
     c.add_argument("--socket-rows", type=int, default=20000, metavar="N",
                    help="socket rows kept beyond those of the targets (default 20000; counts stay exact)")
+    c.add_argument("--service", action="append", default=[], dest="services", metavar="NS/NAME",
+                   help="a Kubernetes Service: its EndpointSlices and pods from the API, its ClusterIP ports, "
+                        "endpoints and DNS name as targets (repeatable)")
+    c.add_argument("--pod", action="append", default=[], dest="pods", metavar="NS/NAME",
+                   help="a Kubernetes pod: from the API, and its netns as a vantage when it runs here (repeatable)")
+    c.add_argument("--kubeconfig", metavar="FILE", help="default: $KUBECONFIG, ~/.kube/config, or in-cluster")
+    c.add_argument("--context", metavar="NAME", help="a kubeconfig context")
     c.add_argument("--endpointslices", type=Path, metavar="FILE",
                    help="EndpointSlices (JSON or YAML: one object, a List, or several documents) to judge the "
                         "dataplane's service map against, when the Kubernetes API is not asked")
@@ -180,7 +188,14 @@ def _cmd_collect(args: argparse.Namespace, argv: list[str]) -> int:
     for pcap in args.pcap:
         if not pcap.is_file():
             raise UsageError(f"--pcap {pcap}: no such file")
-    req = CollectRequest(pcaps=args.pcap, options=options, targets=targets, vantages=vantage.dedupe(specs), output=args.output, passive=args.passive,
+    kube_req = None
+    if args.services or args.pods:
+        from bundle.collect.kube import KubeRequest
+
+        kube_req = KubeRequest(services=tuple(_ns_name(v, "--service") for v in args.services),
+                               pods=tuple(_ns_name(v, "--pod") for v in args.pods), kubeconfig=args.kubeconfig,
+                               context=args.context, budget_s=max(2.0, min(20.0, args.timeout / 3)))
+    req = CollectRequest(kube=kube_req, pcaps=args.pcap, options=options, targets=targets, vantages=vantage.dedupe(specs), output=args.output, passive=args.passive,
                          timeout_s=args.timeout, ticket=args.ticket, note=args.note, argv=argv,
                          slices=args.slices, debug=args.debug)
     outcome = collect(req, progress)
@@ -258,6 +273,18 @@ def _cmd_lab(args: argparse.Namespace) -> int:
         for name, state in scenarios.status().items():
             print(f"{name:<12} {state}")
     return 0
+
+
+_DNS1123 = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
+
+
+def _ns_name(value: str, flag: str) -> tuple[str, str]:
+    """NS/NAME (NAME alone: the default namespace), both DNS-1123 names as the API requires."""
+    ns, _, name = value.rpartition("/")
+    ns = ns or "default"
+    if not _DNS1123.match(ns) or not _DNS1123.match(name):
+        raise UsageError(f"{flag} {value!r}: expected NAMESPACE/NAME")
+    return ns, name
 
 
 def main(argv: Sequence[str] | None = None) -> int:

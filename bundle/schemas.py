@@ -15,6 +15,7 @@ from bundle.models import (
     CaptureAnalysis,
     DnsSlice,
     Finding,
+    KubeSlice,
     Manifest,
     Model,
     NatSlice,
@@ -29,6 +30,7 @@ DOCUMENTS: dict[str, type[Model]] = {
     "dns": DnsSlice,
     "capture-analysis": CaptureAnalysis,
     "nat": NatSlice,
+    "kube": KubeSlice,
     "finding": Finding,
 }
 

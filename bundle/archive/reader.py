@@ -24,6 +24,7 @@ from bundle.models import (
     DOCUMENT_MODELS,
     FORMAT_NAME,
     FORMAT_VERSION,
+    KubeSlice,
     CaptureAnalysis,
     CaptureRun,
     DnsSlice,
@@ -83,6 +84,9 @@ class Bundle:
 
     def nat(self, vantage_id: str) -> NatSlice | None:
         return self.document(f"vantages/{vantage_id}/nat.json", NatSlice)
+
+    def kube(self) -> KubeSlice | None:
+        return self.document("vantages/kubernetes-api/kube.json", KubeSlice)
 
 
 def check_version(raw: dict[str, object]) -> None:

@@ -25,13 +25,16 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from bundle import __version__
 from bundle.archive import StagedBundle
+from bundle.collect import kube, podns
+from bundle.collect import vantage as vantage_mod
+from bundle.collect.kube import KubeRequest
 from bundle.collect.registry import collectors
 from bundle.collect.vantage import VantageSpec
 from bundle.errors import BundleWriteError, UsageError
@@ -49,12 +52,15 @@ from bundle.models import (
     SliceStatus,
     Target,
     Vantage,
+    VantageKind,
 )
+from bundle.models.kube import KubeSlice, PodVantage
 
 EXIT_OK = 0
 EXIT_INCOMPLETE = 5
 EXIT_INTERRUPTED = 130
 _GRACE_S = 1.5  # the agent's own deadline sits this much inside ours
+KUBE_VANTAGE = "kubernetes-api"
 
 
 @dataclass(frozen=True)
@@ -71,6 +77,7 @@ class CollectRequest:
     options: dict[str, str] = field(default_factory=dict)
     pcaps: list[Path] = field(default_factory=list)
     debug: bool = False
+    kube: KubeRequest | None = None  # --service / --pod: ask the Kubernetes API first
 
 
 @dataclass(frozen=True)
@@ -243,9 +250,113 @@ def collect(req: CollectRequest, progress: Callable[[Progress], None] | None = N
 
 def _collect(req: CollectRequest, progress: Callable[[Progress], None] | None, *, table_slices: list[str],
              staged: StagedBundle, created: datetime, host: HostFacts, out: Path) -> CollectOutcome:
-    run = _Run(req, staged, table_slices)
-    events: queue.Queue[tuple[str, dict[str, Any]]] = queue.Queue()
     deadline = time.monotonic() + req.timeout_s
+    kube_phase: _KubePhase | None = None
+    if req.kube is not None:
+        kube_phase = _kube_first(req, req.kube, staged, progress, host.hostname)
+        req = kube_phase.request
+    try:
+        return _collect_vantages(req, progress, table_slices=table_slices, staged=staged, out=out,
+                                 created=created, host=host, deadline=deadline, kube_phase=kube_phase)
+    finally:
+        if kube_phase is not None and kube_phase.slices_file is not None:
+            kube_phase.slices_file.unlink(missing_ok=True)
+
+
+@dataclass
+class _KubePhase:
+    request: CollectRequest
+    vantage: Vantage
+    run: SliceRun
+    slices_file: Path | None = None
+
+
+def _kube_first(req: CollectRequest, kreq: KubeRequest, staged: StagedBundle,
+                progress: Callable[[Progress], None] | None, hostname: str) -> _KubePhase:
+    """Ask the API before the netns vantages start: its Services become targets (ClusterIP:port, endpoints, the
+    Service's DNS name), its EndpointSlices the NAT slice's reference, and a named pod on this node a vantage."""
+    started_wall, started = datetime.now(UTC), time.monotonic()
+    vantage = Vantage(id=KUBE_VANTAGE, kind=VantageKind.KUBERNETES_API, entered=True)
+    run = SliceRun(slice="kube", vantage=KUBE_VANTAGE, status=SliceStatus.FAILED, started=started_wall)
+    phase = _KubePhase(request=req, vantage=vantage, run=run)
+    try:
+        client, server, context = kube.api_client(kreq.kubeconfig, kreq.context)
+    except kube.KubeConfigError as exc:
+        vantage.error = run.reason = str(exc)
+        run.finished, run.duration_s = datetime.now(UTC), round(time.monotonic() - started, 3)
+        return phase
+    vantage.ref = server
+    result = kube.collect_kube(kreq, client, server, context)
+    doc = result.doc
+    for path, data, media, source in result.members:
+        staged.add_bytes(path, data, media, Provenance(vantage=KUBE_VANTAGE, slice="kube", source=source))
+    addresses, names = kube.service_targets(doc)
+    have = {(t.address, t.port) for t in req.targets}
+    targets = list(req.targets) + [Target(spec=f"{a}:{p}", address=a, port=p) for a, p in addresses
+                                   if (a, p) not in have]
+    options = dict(req.options)
+    if names:
+        options["dns_names"] = ",".join(dict.fromkeys([n for n in options.get("dns_names", "").split(",") if n]
+                                                      + names))
+    raw = kube.raw_endpoint_slices(result.members)
+    if raw and "endpointslices" not in options:
+        fd, name = tempfile.mkstemp(prefix="netbundle-endpointslices-", suffix=".json")
+        with os.fdopen(fd, "w") as fh:
+            json.dump({"apiVersion": "v1", "kind": "List", "items": raw}, fh)
+        phase.slices_file = Path(name)
+        options["endpointslices"] = name
+    specs = list(req.vantages)
+    for ns, pod_name in kreq.pods:
+        pv, spec = pod_vantage(doc, ns, pod_name, hostname)
+        doc.pod_vantages.append(pv)
+        if spec is not None and all(s.ref != spec.ref for s in specs):
+            specs.append(spec)
+    staged.add_bytes(f"vantages/{KUBE_VANTAGE}/kube.json", doc.model_dump_json(indent=1).encode(), MediaType.KUBE,
+                     Provenance(vantage=KUBE_VANTAGE, slice="kube", source=f"kubernetes API at {server}",
+                                duration_s=round(time.monotonic() - started, 6)))
+    failed = [c for c in doc.calls if c.outcome != "ok"]
+    run.status = SliceStatus.PARTIAL if failed or doc.truncated else SliceStatus.COMPLETE
+    if failed:
+        what = sorted({f"{c.verb} {c.resource}: {c.outcome}" for c in failed})
+        run.reason = "; ".join(what[:6]) + (f" (+{len(what) - 6} more)" if len(what) > 6 else "")
+    run.finished, run.duration_s = datetime.now(UTC), round(time.monotonic() - started, 3)
+    if progress is not None:
+        progress(Progress(vantage=KUBE_VANTAGE, slice="kube", status=run.status, duration_s=run.duration_s,
+                          reason=run.reason))
+    phase.request = replace(req, targets=targets, options=options, vantages=vantage_mod.dedupe(specs))
+    return phase
+
+
+def pod_vantage(doc: KubeSlice, ns: str, name: str, hostname: str) -> tuple[PodVantage, VantageSpec | None]:
+    """A named pod as a vantage: found by its UID in /proc/*/cgroup when it runs here."""
+    label = f"{ns}/{name}"
+    pod = next((p for p in doc.pods if p.namespace == ns and p.name == name), None)
+    if pod is None or not pod.uid:
+        return PodVantage(pod=label, outcome="not_found", detail="the API did not return this pod"), None
+    if pod.host_network:
+        return PodVantage(pod=label, outcome="host_network",
+                          detail="hostNetwork: the pod uses its node's netns; collect from the node (--host)"), None
+    found = podns.find_pod_process(pod.uid)
+    if found is None:
+        if pod.node and pod.node != hostname:
+            return PodVantage(pod=label, outcome="other_node",
+                              detail=f"the pod runs on node {pod.node}, this is {hostname}: the API view only"), None
+        return PodVantage(pod=label, outcome="no_process",
+                          detail=f"no process in a cgroup of pod UID {pod.uid} is visible here"), None
+    spec = VantageSpec(id=vantage_mod.safe_id(f"pod-{ns}-{name}"), kind=VantageKind.NETNS_PID, ref=str(found.pid),
+                       path=Path(f"/proc/{found.pid}/ns/net"))
+    return PodVantage(pod=label, outcome="added", pid=found.pid, vantage=spec.id,
+                      detail=f"pid {found.pid} in cgroup {found.cgroup}"), spec
+
+
+def _collect_vantages(req: CollectRequest, progress: Callable[[Progress], None] | None, *, table_slices: list[str],
+                      staged: StagedBundle, out: Path, created: datetime, host: HostFacts, deadline: float,
+                      kube_phase: _KubePhase | None) -> CollectOutcome:
+    run = _Run(req, staged, table_slices)
+    if kube_phase is not None:
+        run.vantages[KUBE_VANTAGE] = kube_phase.vantage
+        run.runs[(KUBE_VANTAGE, "kube")] = kube_phase.run
+    events: queue.Queue[tuple[str, dict[str, Any]]] = queue.Queue()
     agents: dict[str, _Agent] = {}
     for spec in req.vantages:
         problem = spec.problem()

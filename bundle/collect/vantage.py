@@ -27,7 +27,8 @@ class VantageSpec:
         return None
 
 
-def _safe(text: str) -> str:
+def safe_id(text: str) -> str:
+    """A vantage id fit for member paths."""
     return re.sub(r"[^A-Za-z0-9._-]", "_", text)[:64]
 
 
@@ -40,7 +41,7 @@ def named(name: str) -> VantageSpec:
         path = named_netns_path(name)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    return VantageSpec(id=f"netns-{_safe(name)}", kind=VantageKind.NETNS_NAME, ref=name, path=path)
+    return VantageSpec(id=f"netns-{safe_id(name)}", kind=VantageKind.NETNS_NAME, ref=name, path=path)
 
 
 def pid(value: str) -> VantageSpec:
@@ -52,7 +53,7 @@ def pid(value: str) -> VantageSpec:
 
 def path(value: str) -> VantageSpec:
     p = Path(value)
-    return VantageSpec(id=f"path-{_safe(p.name or 'netns')}", kind=VantageKind.NETNS_PATH, ref=value, path=p)
+    return VantageSpec(id=f"path-{safe_id(p.name or 'netns')}", kind=VantageKind.NETNS_PATH, ref=value, path=p)
 
 
 def dedupe(specs: list[VantageSpec]) -> list[VantageSpec]:

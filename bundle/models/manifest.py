@@ -37,6 +37,7 @@ class MediaType(StrEnum):
     PCAPNG = "application/x-pcapng"
     CAPTURE_ANALYSIS = "application/vnd.netbundle.capture-analysis.v1+json"
     NAT = "application/vnd.netbundle.nat.v1+json"
+    KUBE = "application/vnd.netbundle.kube.v1+json"
     TRACEBACK = "text/vnd.netbundle.traceback"
     TEXT = "text/plain"
     JSON = "application/json"
@@ -54,6 +55,7 @@ class VantageKind(StrEnum):
     NETNS_NAME = "netns_name"
     NETNS_PID = "netns_pid"
     NETNS_PATH = "netns_path"
+    KUBERNETES_API = "kubernetes_api"
 
 
 class Provenance(Model):
