@@ -102,7 +102,7 @@ class _Handler(BaseHTTPRequestHandler):
         if rest[:1] == ["namespaces"] and len(rest) >= 3:
             ns, rest = rest[1], rest[2:]
         if not rest or rest[0] not in RESOURCES:
-            return self._send(404, _status(404, "NotFound", f"the server could not find the requested resource"))
+            return self._send(404, _status(404, "NotFound", "the server could not find the requested resource"))
         resource = rest[0]
         prefix, kind = RESOURCES[resource]
         group = prefix.split("/")[2] if prefix.startswith("/apis") else ""
