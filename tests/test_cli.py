@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -120,3 +121,24 @@ def test_sigint_leaves_a_valid_bundle_or_none(tmp_path, mtu_lab):
             assert proc.returncode in (130, -signal.SIGINT, -signal.SIGTERM), err
         assert not list(tmp_path.glob(".netbundle-stage-*")) and not list(tmp_path.glob(".*.part"))
     assert 130 in outcomes, outcomes  # at least one interruption landed mid-collect and wrote a bundle
+
+
+@pytest.mark.privileged
+def test_kubectl_plugin(tmp_path, healthy_lab):
+    """`kubectl netbundle collect …`: kubectl finds the kubectl-netbundle entry point on PATH and runs it."""
+    import os
+    import shutil
+
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl is not installed here")
+    venv_bin = str(Path(sys.executable).parent)
+    env = {**os.environ, "PATH": f"{venv_bin}:{os.environ.get('PATH', '')}"}
+    listed = subprocess.run([kubectl, "plugin", "list"], capture_output=True, text=True, env=env, timeout=30)
+    assert f"{venv_bin}/kubectl-netbundle" in listed.stdout
+    out = tmp_path / "b.tar.zst"
+    proc = subprocess.run([kubectl, "netbundle", "collect", "--passive", "--slice", "route", "--netns",
+                           healthy_lab.namespaces["node"], "-o", str(out)], capture_output=True, text=True, env=env,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert subprocess.run([kubectl, "netbundle", "validate", str(out)], env=env, timeout=60).returncode == 0
