@@ -215,13 +215,14 @@ table inet nb_lab {{
 """
 
 
-def _dns(t: Topology, *, drop: bool) -> LabInfo:
-    """pod (Kubernetes resolv.conf, ndots:5) -> node (DNATs the kube-dns ClusterIP) -> dnsmasq on the remote node."""
-    _two_nodes(t, server_pod=False, node_link_mtu=1500)
+def _cluster_dns(t: Topology, *, service_route: bool = True) -> Path:
+    """Kubernetes resolv.conf in the pod, the node resolving through the cluster DNS too (never through this
+    machine's own resolver), the kube-dns ClusterIP DNAT-ed on the node to dnsmasq on the remote node (its
+    query log on). Returns the log's path."""
     t.netns_file("pod", "resolv.conf", POD_RESOLV_CONF)
-    # the node resolves through the cluster DNS too (never through this machine's own resolver)
     t.netns_file("node", "resolv.conf", f"nameserver {CLUSTER_DNS}\noptions timeout:1 attempts:2\n")
-    t.route("node", "10.96.0.0/16", dev="eth0")  # the node's route toward Service IPs, as a default route would
+    if service_route:
+        t.route("node", "10.96.0.0/16", dev="eth0")  # the node's route toward Service IPs, as a default route would
     t.nft("node", _DNS_SERVICE)
     run = t.run_dir()
     log = run / "dnsmasq.log"
@@ -230,6 +231,13 @@ def _dns(t: Topology, *, drop: bool) -> LabInfo:
                        f"--pid-file={run / 'dnsmasq.pid'}", "--user=root", "--group=root",
                        *[f"--host-record={name},{ip}" for name, ip in ZONE.items()]])
     t.wait_listening("remote", 53)
+    return log
+
+
+def _dns(t: Topology, *, drop: bool) -> LabInfo:
+    """pod (Kubernetes resolv.conf, ndots:5) -> node (DNATs the kube-dns ClusterIP) -> dnsmasq on the remote node."""
+    _two_nodes(t, server_pod=False, node_link_mtu=1500)
+    log = _cluster_dns(t)
     if drop:
         t.nft("node", _DROP_DNS)
     names = ["payments", "doesnotexist", "payments.default.svc.cluster.local."]
@@ -293,6 +301,7 @@ def _stale_dnat(t: Topology) -> LabInfo:
     _two_nodes(t, server_pod=True, node_link_mtu=1500)
     t.route("node", "10.244.2.0/24", gateway="10.244.0.2")  # node B's pod range; B no longer has that pod
     t.route("node", "10.96.0.0/16", gateway="10.244.0.2")  # the node's own route toward Service IPs, as a default route
+    _cluster_dns(t, service_route=False)  # the name resolves: payments.default.svc.cluster.local -> 10.96.0.20
     t.iptables_restore("node", _KUBE_PROXY_STALE)
     slices = t.run_dir() / "endpointslices.json"
     slices.write_text(json.dumps({"apiVersion": "v1", "kind": "List", "items": [_endpoint_slice("10.244.1.3")]},

@@ -84,6 +84,13 @@ def summary(bundle: Bundle) -> str:
                 out.append(f"         dns {_clean(nr.name)}: {_clean(got)} after {len(r.queries)}/{r.expected_queries} "
                            f"queries, {r.total_ms:.1f} ms{fq}")
     out.append("")
+    for sh in view.hops:
+        first = sh.failing
+        out.append(f"service {_clean(sh.service)}: " + (f"first failing hop: {first}" if first else "no failing hop"))
+        for hop in sh.rows:
+            out.append(f"  {hop.hop:<24} {_clean(hop.vantage):<28} {hop.verdict:<6} {_clean(hop.detail)}")
+    if view.hops:
+        out.append("")
     if view.findings:
         out.append("findings")
         for f in view.findings:

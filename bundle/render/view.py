@@ -12,12 +12,14 @@ from bundle.analyze import (
     route_findings,
     transport_findings,
 )
+from bundle.analyze.hops import ServiceHops, VantageDocs, service_hops
 from bundle.archive import Bundle
 from bundle.models import (
     CaptureAnalysis,
     CaptureRun,
     DnsSlice,
     Finding,
+    KubeSlice,
     Manifest,
     NatSlice,
     NeighborState,
@@ -74,6 +76,8 @@ class View:
     # target -> vantage id -> lookup: "route get" side by side, host vs pod
     lookups: dict[str, dict[str, RouteLookup]] = field(default_factory=dict)
     operator_captures: list[CaptureAnalysis] = field(default_factory=list)
+    kube: KubeSlice | None = None
+    hops: list[ServiceHops] = field(default_factory=list)
 
 
 def build_view(bundle: Bundle) -> View:
@@ -106,4 +110,8 @@ def build_view(bundle: Bundle) -> View:
     for path, cdoc in operator:
         findings += capture_findings("operator capture", path, cdoc, None, path.rsplit("/", 1)[0] + "/" + cdoc.file)
     findings.sort(key=lambda f: (_LAYERS.get(f.layer, 9), _SEVERITY[f.severity.value]))
-    return View(manifest=m, vantages=vantages, findings=findings, lookups=lookups, operator_captures=[a for _, a in operator])
+    kube = bundle.kube()
+    hops = service_hops(kube, [VantageDocs(vv.vantage.id, vv.dns, vv.nat, vv.sockets) for vv in vantages]) \
+        if kube is not None else []
+    return View(manifest=m, vantages=vantages, findings=findings, lookups=lookups,
+                operator_captures=[a for _, a in operator], kube=kube, hops=hops)

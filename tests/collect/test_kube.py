@@ -270,6 +270,18 @@ def test_collect_with_service_and_pod_against_the_api(lab, tmp_path):
     assert [f for f in findings if f.id == "service.stale_dnat" and f.vantage == f"netns-{info.namespaces['node']}"]
     dns = b.dns(pv.vantage)
     assert dns is not None and [n.name for n in dns.names] == ["payments.default.svc.cluster.local"]
+    # the three-hop matrix: the name resolves, the pod IP answers, the ClusterIP's translation is the failing hop
+    view = build_view(b)
+    [hops] = [h for h in view.hops if h.service == "default/payments:https"]
+    verdicts = {(r.hop, r.vantage): r.verdict for r in hops.rows}
+    assert verdicts[("name -> ClusterIP", pv.vantage)] == "pass"
+    assert verdicts[("pod IP direct", pv.vantage)] == "pass"
+    assert verdicts[("ClusterIP -> endpoints", f"netns-{info.namespaces['node']}")] == "fail"
+    assert hops.failing == "ClusterIP -> endpoints"
+    from bundle.render import render_html
+    from bundle.render.text import summary
+    assert "first failing hop: ClusterIP -> endpoints" in summary(b)
+    assert "(first failing hop)" in render_html(b)
 
 
 @pytest.mark.privileged
