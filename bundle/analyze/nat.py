@@ -37,7 +37,9 @@ def _split(service: str) -> tuple[str, str | None]:
     return (name, port) if sep and "/" in name else (service, None)
 
 
-def nat_findings(vantage: Vantage, doc: NatSlice) -> list[Finding]:
+def nat_findings(vantage: Vantage, doc: NatSlice, configured_mode: str | None = None) -> list[Finding]:
+    """`configured_mode`: kube-proxy's ConfigMap `mode` from the Kubernetes slice ("" means the default,
+    iptables on Linux), when it was read."""
     found = FindingList("service", vantage, f"vantages/{vantage.id}/nat.json")
     add = found.add
 
@@ -75,6 +77,15 @@ def nat_findings(vantage: Vantage, doc: NatSlice) -> list[Finding]:
             f"kube-proxy in {vantage.id} says its mode is {reported!r} but the rules programmed are "
             f"{doc.proxy.mode}: it is not the proxier that wrote them, or it has not synced.",
             "proxy.reported", "curl -s 127.0.0.1:10249/proxyMode; iptables-save -t nat | head")
+
+    if configured_mode is not None and doc.proxy.mode not in ("ambiguous", "none"):
+        wanted = configured_mode or "iptables"
+        if wanted != doc.proxy.mode:
+            add("service.proxy_mode_configmap_mismatch", Severity.WARNING, None,
+                f"kube-proxy's ConfigMap asks for mode {wanted!r} but {vantage.id} is programmed in "
+                f"{doc.proxy.mode} mode: kube-proxy has not restarted since the change, or this node runs another "
+                f"proxy; the live rules are the {doc.proxy.mode} ones.", "proxy",
+                "kubectl -n kube-system get configmap kube-proxy -o yaml; curl -s 127.0.0.1:10249/proxyMode")
 
     slices = doc.endpoint_slices
     for i, entry in enumerate(doc.services):

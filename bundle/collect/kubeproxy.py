@@ -318,7 +318,8 @@ def endpoint_slices(objects: list[Any]) -> list[EndpointSliceView]:
             cond = e.get("conditions") or {}
             eps.append(SliceEndpoint(addresses=[str(a) for a in e.get("addresses") or []], ready=_bool(cond.get("ready")),
                                      serving=_bool(cond.get("serving")), terminating=_bool(cond.get("terminating")),
-                                     node=e.get("nodeName")))
+                                     node=e.get("nodeName") if isinstance(e.get("nodeName"), str) else None,
+                                     zone=e.get("zone") if isinstance(e.get("zone"), str) else None))
         ns = str(meta.get("namespace", "default"))
         out.append(EndpointSliceView(namespace=ns, name=str(meta.get("name", "")),
                                      service=f"{ns}/{labels.get('kubernetes.io/service-name', '')}", ports=ports,

@@ -111,6 +111,7 @@ class SliceEndpoint(Model):
     serving: bool | None = None
     terminating: bool | None = None
     node: str | None = None
+    zone: str | None = None
 
 
 class SlicePort(Model):

@@ -94,7 +94,9 @@ def build_view(bundle: Bundle) -> View:
         nat = bundle.nat(v.id)
         vantages.append(VantageView(v, doc, [s for s in m.slices if s.vantage == v.id], socks, dns, cap, nat))
         if nat is not None:
-            findings += nat_findings(v, nat)
+            kube_doc = bundle.kube()
+            configured = kube_doc.kube_proxy.mode if kube_doc is not None and kube_doc.kube_proxy else None
+            findings += nat_findings(v, nat, configured)
         if cap is not None and cap.analysis is not None:
             findings += capture_findings(v.id, f"vantages/{v.id}/capture.json", cap.analysis, cap,
                                          f"vantages/{v.id}/capture.pcapng")

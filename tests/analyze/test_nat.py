@@ -105,6 +105,13 @@ def test_proxy_mode_checks():
     assert _ids(_doc(reported="iptables")) == []
 
 
+def test_proxy_mode_against_the_configmap():
+    """kube-proxy's ConfigMap (from the Kubernetes slice) against the rules programmed: "" means iptables."""
+    doc = _doc()
+    assert [f.id for f in nat_findings(V, doc, "ipvs")] == ["service.proxy_mode_configmap_mismatch"]
+    assert nat_findings(V, doc, "") == nat_findings(V, doc, "iptables") == nat_findings(V, doc, None) == []
+
+
 def test_proc_ip_vs_reads_as_ipvsadm():
     """The kernel's /proc/net/ip_vs (hex addresses and ports) for the corpus's `ipvsadm -Ln` sample reads as
     the same service map."""
