@@ -12,9 +12,11 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 from bundle.models import MediaType, Model, Provenance, SliceStatus
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -89,6 +91,18 @@ class SliceContext:
 
     def remaining(self) -> float:
         return max(0.0, self.deadline - time.monotonic())
+
+    def trend(self, started: float, wanted: int, interval: float, take: Callable[[], T]) -> tuple[list[T], bool]:
+        """Samples 2..wanted of a trend (the caller took the first at `started`), one per interval, stopping
+        short of the deadline: (the samples, whether the deadline cut the trend)."""
+        out: list[T] = []
+        for i in range(1, wanted):
+            wake = started + i * interval
+            if wake > self.deadline - 0.5:
+                return out, True
+            time.sleep(max(0.0, wake - time.monotonic()))
+            out.append(take())
+        return out, False
 
 
 class Collector(ABC):

@@ -312,13 +312,10 @@ class NatCollector(Collector):
         if isinstance(table, Unavailable):
             reasons.append(f"conntrack table: {table.detail}")
         ctx.probe_gate()
-        for i in range(1, samples_wanted):
-            wake = started + i * interval
-            if wake > ctx.deadline - 0.5:
-                reasons.append(f"counter trend cut to {len(samples)} samples by the deadline")
-                break
-            time.sleep(max(0.0, wake - time.monotonic()))
-            samples.append(sample())
+        more, cut = ctx.trend(started, samples_wanted, interval, sample)
+        samples += more
+        if cut:
+            reasons.append(f"counter trend cut to {len(samples)} samples by the deadline")
         artifacts = []
         members: dict[str, str] = {}
         names = {"iptables-legacy": ("iptables-legacy-save.txt", MediaType.TEXT),

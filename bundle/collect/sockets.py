@@ -130,13 +130,11 @@ class SocketsCollector(Collector):
         first = dump_all()
         samples = [_sample(first, 0.0, ctx.targets)]
         ctx.probe_gate()  # the table above holds no other slice's probe sockets
-        for i in range(1, samples_wanted):
-            wake = started + i * interval
-            if wake > ctx.deadline - 0.5:
-                reasons.append(f"state trend cut to {len(samples)} samples by the deadline")
-                break
-            time.sleep(max(0.0, wake - time.monotonic()))
-            samples.append(_sample(dump_all(with_tcp_info=True), time.monotonic() - started, ctx.targets))
+        more, cut = ctx.trend(started, samples_wanted, interval,
+                              lambda: _sample(dump_all(with_tcp_info=True), time.monotonic() - started, ctx.targets))
+        samples += more
+        if cut:
+            reasons.append(f"state trend cut to {len(samples)} samples by the deadline")
 
         keep: list[DiagSocket] = []
         others: list[DiagSocket] = []
