@@ -184,6 +184,11 @@ class _PodCgroup:
             self.root = Path("/sys/fs/cgroup/pids")
             self.dirs = [self.root / "kubepods", self.root / "kubepods/besteffort",
                          self.root / f"kubepods/besteffort/pod{uid}", self.root / f"kubepods/besteffort/pod{uid}/{cid}"]
+        elif layout == "crio-systemd-v1":  # CRI-O with the systemd driver, guaranteed QoS (no QoS slice)
+            u = uid.replace("-", "_")
+            self.root = Path("/sys/fs/cgroup/pids")
+            self.dirs = [self.root / "kubepods.slice", self.root / f"kubepods.slice/kubepods-pod{u}.slice",
+                         self.root / f"kubepods.slice/kubepods-pod{u}.slice/crio-{cid}.scope"]
         else:  # systemd driver, cgroup v2, containerd
             u = uid.replace("-", "_")
             self.root = Path("/sys/fs/cgroup/unified")
@@ -210,7 +215,7 @@ class _PodCgroup:
 
 
 @pytest.mark.privileged
-@pytest.mark.parametrize("layout", ["cgroupfs-v1", "systemd-v2"])
+@pytest.mark.parametrize("layout", ["cgroupfs-v1", "systemd-v2", "crio-systemd-v1"])
 def test_pod_netns_is_found_by_its_uid(lab, layout):
     from bundle.collect.podns import find_pod_process
     from bundle.lab.topology import netns_pids
@@ -306,3 +311,18 @@ def test_rbac_denial_is_named_and_the_rest_is_collected(lab, tmp_path):
     denied = [c for c in b.kube().calls if c.outcome == "forbidden"]
     assert denied and all(c.status == 403 and 'cannot list resource "endpointslices"' in c.detail for c in denied)
     assert b.kube().services[0].name == "payments"  # what was allowed is there
+
+
+def test_pods_that_cannot_be_vantages_say_why():
+    from bundle.collect.engine import pod_vantage
+    from bundle.models.kube import KubeSlice, PodView
+
+    doc = KubeSlice(server="http://127.0.0.1:1", calls=[], pods=[
+        PodView(namespace="default", name="hostnet", uid="1b9a1b9a-0000-4000-8000-000000000001", host_network=True),
+        PodView(namespace="default", name="far", uid="1b9a1b9a-0000-4000-8000-000000000002", node="node-b"),
+        PodView(namespace="default", name="here", uid="1b9a1b9a-0000-4000-8000-000000000003", node="node-a")])
+    outcomes = {name: pod_vantage(doc, "default", name, "node-a") for name in ("hostnet", "far", "here", "absent")}
+    assert {n: (pv.outcome, spec) for n, (pv, spec) in outcomes.items()} == {
+        "hostnet": ("host_network", None), "far": ("other_node", None), "here": ("no_process", None),
+        "absent": ("not_found", None)}
+    assert "node node-b, this is node-a" in outcomes["far"][0].detail
