@@ -14,11 +14,14 @@ import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from bundle import __version__
 from bundle._entry import interrupt
 from bundle.errors import NetbundleError, UsageError
+
+if TYPE_CHECKING:
+    from bundle.archive import Bundle
 
 
 def _fatal(message: str, code: int) -> NoReturn:
@@ -99,6 +102,14 @@ def _parser() -> argparse.ArgumentParser:
     s = sub.add_parser("show", help="terminal summary of a bundle")
     s.add_argument("bundle", type=Path)
     s.add_argument("--json", action="store_true")
+
+    a = sub.add_parser("analyze", help="recompute findings.json (the ladder and findings) from a bundle's documents")
+    a.add_argument("bundle", type=Path)
+    a.add_argument("--json", action="store_true", help="print the whole report as JSON")
+
+    sm = sub.add_parser("summary", help="the ladder, five sentences and the findings, ready for a ticket")
+    sm.add_argument("bundle", type=Path)
+    sm.add_argument("--format", choices=("md", "text", "json"), default="md")
 
     r = sub.add_parser("render", help="write the self-contained HTML appendix")
     r.add_argument("bundle", type=Path)
@@ -195,7 +206,7 @@ def _cmd_collect(args: argparse.Namespace, argv: list[str]) -> int:
         kube_req = KubeRequest(services=tuple(_ns_name(v, "--service") for v in args.services),
                                pods=tuple(_ns_name(v, "--pod") for v in args.pods), kubeconfig=args.kubeconfig,
                                context=args.context, budget_s=max(2.0, min(20.0, args.timeout / 3)))
-    req = CollectRequest(kube=kube_req, pcaps=args.pcap, options=options, targets=targets, vantages=vantage.dedupe(specs), output=args.output, passive=args.passive,
+    req = CollectRequest(finalize=_findings_member, kube=kube_req, pcaps=args.pcap, options=options, targets=targets, vantages=vantage.dedupe(specs), output=args.output, passive=args.passive,
                          timeout_s=args.timeout, ticket=args.ticket, note=args.note, argv=argv,
                          slices=args.slices, debug=args.debug)
     outcome = collect(req, progress)
@@ -234,6 +245,50 @@ def _cmd_show(args: argparse.Namespace) -> int:
         print(b.manifest.model_dump_json(indent=2))
     else:
         sys.stdout.write(summary(b))
+    return 0
+
+
+def _findings_member(bundle: Bundle) -> list[tuple[str, bytes, str, str]]:
+    """findings.json for the collect: computed as `netbundle analyze` computes it."""
+    from bundle.models import MediaType
+    from bundle.render.view import build_view
+
+    report = build_view(bundle).report
+    assert report is not None
+    return [("findings.json", report.model_dump_json(indent=1).encode(), MediaType.FINDINGS,
+             "netbundle analyze: findings and the layer ladder from the collected documents")]
+
+
+def _cmd_analyze(args: argparse.Namespace) -> int:
+    from bundle.archive import read_bundle
+    from bundle.render.view import build_view
+
+    b = read_bundle(args.bundle)
+    report = build_view(b).report
+    assert report is not None
+    stored = b.findings()
+    if args.json:
+        print(report.model_dump_json(indent=1))
+        return 0
+    for lad in report.ladders:
+        print(f"{lad.target}: " + (f"owner {lad.owner}" if lad.owner else "no failing layer") + "  " +
+              "  ".join(f"{lv.layer}={lv.verdict.value}{'*' if lv.noise else ''}" for lv in lad.layers))
+    for sentence in report.summary:
+        print(f"  {sentence}")
+    if stored is None:
+        print("(the bundle has no findings.json: it was written before netbundle computed one at collect time)")
+    elif stored.model_dump(exclude={"findings"}) != report.model_dump(exclude={"findings"}) or \
+            [f.id for f in stored.findings] != [f.id for f in report.findings]:
+        print("(findings.json in the bundle differs from this netbundle's analysis: a newer analysis speaks here)")
+    return 0
+
+
+def _cmd_summary(args: argparse.Namespace) -> int:
+    from bundle.archive import read_bundle
+    from bundle.render.summary import ticket_summary
+
+    b = read_bundle(args.bundle)
+    sys.stdout.write(ticket_summary(b, args.bundle, args.format))
     return 0
 
 
@@ -301,6 +356,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             code = _cmd_validate(args)
         elif args.command == "show":
             code = _cmd_show(args)
+        elif args.command == "analyze":
+            code = _cmd_analyze(args)
+        elif args.command == "summary":
+            code = _cmd_summary(args)
         elif args.command == "render":
             code = _cmd_render(args)
         else:

@@ -15,6 +15,7 @@ from bundle.models import (
     CaptureAnalysis,
     DnsSlice,
     Finding,
+    FindingsReport,
     KubeSlice,
     Manifest,
     Model,
@@ -31,6 +32,7 @@ DOCUMENTS: dict[str, type[Model]] = {
     "capture-analysis": CaptureAnalysis,
     "nat": NatSlice,
     "kube": KubeSlice,
+    "findings": FindingsReport,
     "finding": Finding,
 }
 

@@ -1,6 +1,6 @@
 """The .tar.zst bundle: a staged writer and a bounded, verifying reader."""
 
-from bundle.archive.reader import Bundle, ReadLimits, check_version, read_bundle
+from bundle.archive.reader import Bundle, ReadLimits, check_version, read_bundle, staged_bundle
 from bundle.archive.writer import ZSTD_LEVEL, StagedBundle
 
 __all__ = [
@@ -10,4 +10,5 @@ __all__ = [
     "ZSTD_LEVEL",
     "check_version",
     "read_bundle",
+    "staged_bundle",
 ]

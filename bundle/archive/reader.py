@@ -19,11 +19,13 @@ from typing import Any, TypeVar
 import pyzstd
 from pydantic import ValidationError
 
+from bundle.archive.writer import StagedBundle
 from bundle.errors import InvalidBundle, UnsupportedFormatVersion
 from bundle.models import (
     DOCUMENT_MODELS,
     FORMAT_NAME,
     FORMAT_VERSION,
+    FindingsReport,
     KubeSlice,
     CaptureAnalysis,
     CaptureRun,
@@ -87,6 +89,20 @@ class Bundle:
 
     def kube(self) -> KubeSlice | None:
         return self.document("vantages/kubernetes-api/kube.json", KubeSlice)
+
+    def findings(self) -> FindingsReport | None:
+        """findings.json as written at collect time (recompute with `netbundle analyze`)."""
+        return self.document("findings.json", FindingsReport)
+
+
+def staged_bundle(manifest: Manifest, staged: StagedBundle) -> Bundle:
+    """The documents staged so far as a Bundle, validated as the reader validates them."""
+    bundle = Bundle(manifest=manifest)
+    for path, member in staged.members.items():
+        model = DOCUMENT_MODELS.get(member.media_type)
+        if model is not None:
+            bundle.documents[path] = _validate_doc(path, staged.read(path), model)
+    return bundle
 
 
 def check_version(raw: dict[str, object]) -> None:

@@ -45,6 +45,12 @@ class StagedBundle:
         self.members[path] = member
         return member
 
+    def read(self, path: str) -> bytes:
+        """A staged member's bytes (to analyse what was collected before the archive is written)."""
+        if path not in self.members:
+            raise KeyError(path)
+        return (self._dir / path).read_bytes()
+
     def cleanup(self) -> None:
         shutil.rmtree(self._dir, ignore_errors=True)
 

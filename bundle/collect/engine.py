@@ -24,6 +24,7 @@ import sys
 import tempfile
 import threading
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -31,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from bundle import __version__
-from bundle.archive import StagedBundle
+from bundle.archive import Bundle, StagedBundle, staged_bundle
 from bundle.collect import kube, podns
 from bundle.collect import vantage as vantage_mod
 from bundle.collect.kube import KubeRequest
@@ -78,6 +79,7 @@ class CollectRequest:
     pcaps: list[Path] = field(default_factory=list)
     debug: bool = False
     kube: KubeRequest | None = None  # --service / --pod: ask the Kubernetes API first
+    finalize: Finalizer | None = None  # members computed from what was collected (findings.json)
 
 
 @dataclass(frozen=True)
@@ -442,8 +444,28 @@ def _collect_vantages(req: CollectRequest, progress: Callable[[Progress], None] 
         targets=req.targets, vantages=list(run.vantages.values()), slices=list(run.runs.values()),
         members=list(staged.members.values()),
     )
+    if req.finalize is not None and not interrupted:
+        _finalize(req.finalize, manifest, staged)
+        manifest.members = list(staged.members.values())
     written = staged.write(manifest, out)
     return CollectOutcome(path=written, manifest=manifest, exit_code=code, interrupted=interrupted)
+
+
+# What the caller adds once everything is collected (the CLI: findings.json): (path, bytes, media, source).
+Finalizer = Callable[[Bundle], list[tuple[str, bytes, str, str]]]
+
+
+def _finalize(finalize: Finalizer, manifest: Manifest, staged: StagedBundle) -> None:
+    """Members computed from the collected documents. Failing here never costs the bundle: the error is kept."""
+    started = time.monotonic()
+    try:
+        extra = finalize(staged_bundle(manifest, staged))
+    except Exception:  # noqa: BLE001 - whatever analysis hits, the evidence is still written
+        staged.add_bytes("errors/finalize.txt", traceback.format_exc().encode(), MediaType.TRACEBACK,
+                         Provenance(source="analysis at collect time"))
+        return
+    for path, data, media, source in extra:
+        staged.add_bytes(path, data, media, Provenance(source=source, duration_s=round(time.monotonic() - started, 6)))
 
 
 MAX_PCAP_BYTES = 512 << 20

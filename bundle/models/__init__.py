@@ -25,7 +25,7 @@ from bundle.models.dns import (
     ResolvConf,
     ResolvOptions,
 )
-from bundle.models.findings import Evidence, Finding, Severity
+from bundle.models.findings import Evidence, Finding, FindingsReport, LayerVerdict, Severity, TargetLadder, Verdict
 from bundle.models.manifest import (
     FORMAT_NAME,
     FORMAT_VERSION,
@@ -114,6 +114,7 @@ DOCUMENT_MODELS: dict[str, type[Model]] = {
     MediaType.CAPTURE_ANALYSIS: CaptureAnalysis,
     MediaType.NAT: NatSlice,
     MediaType.KUBE: KubeSlice,
+    MediaType.FINDINGS: FindingsReport,
 }
 
 __all__ = [
@@ -150,6 +151,7 @@ __all__ = [
     "FORMAT_NAME",
     "FORMAT_VERSION",
     "Finding",
+    "FindingsReport",
     "Handshake",
     "HostFacts",
     "IcmpError",
@@ -158,6 +160,7 @@ __all__ = [
     "Invocation",
     "KubeProxyConfig",
     "KubeSlice",
+    "LayerVerdict",
     "Link",
     "LinkStats",
     "Listener",
@@ -207,9 +210,11 @@ __all__ = [
     "SweepStatus",
     "Sysctls",
     "Target",
+    "TargetLadder",
     "TcpFlow",
     "Unavailable",
     "Vantage",
     "VantageKind",
+    "Verdict",
     "parse_version",
 ]

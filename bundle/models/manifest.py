@@ -38,6 +38,7 @@ class MediaType(StrEnum):
     CAPTURE_ANALYSIS = "application/vnd.netbundle.capture-analysis.v1+json"
     NAT = "application/vnd.netbundle.nat.v1+json"
     KUBE = "application/vnd.netbundle.kube.v1+json"
+    FINDINGS = "application/vnd.netbundle.findings.v1+json"
     TRACEBACK = "text/vnd.netbundle.traceback"
     TEXT = "text/plain"
     JSON = "application/json"

@@ -13,12 +13,15 @@ from bundle.analyze import (
     transport_findings,
 )
 from bundle.analyze.hops import ServiceHops, VantageDocs, service_hops
+from bundle.analyze.ladder import LAYERS as _ORDER
+from bundle.analyze.ladder import LadderDocs, target_ladders
 from bundle.archive import Bundle
 from bundle.models import (
     CaptureAnalysis,
     CaptureRun,
     DnsSlice,
     Finding,
+    FindingsReport,
     KubeSlice,
     Manifest,
     NatSlice,
@@ -28,6 +31,7 @@ from bundle.models import (
     SliceRun,
     Socket,
     SocketsSlice,
+    TargetLadder,
     Vantage,
 )
 
@@ -78,6 +82,7 @@ class View:
     operator_captures: list[CaptureAnalysis] = field(default_factory=list)
     kube: KubeSlice | None = None
     hops: list[ServiceHops] = field(default_factory=list)
+    report: FindingsReport | None = None
 
 
 def build_view(bundle: Bundle) -> View:
@@ -115,5 +120,51 @@ def build_view(bundle: Bundle) -> View:
     kube = bundle.kube()
     hops = service_hops(kube, [VantageDocs(vv.vantage.id, vv.dns, vv.nat, vv.sockets) for vv in vantages]) \
         if kube is not None else []
+    docs = [LadderDocs(vv.vantage.id, vv.route, vv.sockets, vv.dns, vv.nat) for vv in vantages]
     return View(manifest=m, vantages=vantages, findings=findings, lookups=lookups,
-                operator_captures=[a for _, a in operator], kube=kube, hops=hops)
+                operator_captures=[a for _, a in operator], kube=kube, hops=hops,
+                report=make_report(m, findings, target_ladders(m, docs, findings)))
+
+
+def make_report(m: Manifest, findings: list[Finding], ladders: list[TargetLadder]) -> FindingsReport:
+    """The ladder, five sentences, the three members that prove it and the capture to open first."""
+    def cited(lad: TargetLadder) -> Finding | None:
+        ids = lad.layers[_ORDER.index(lad.owner or "")].finding_ids
+        mine = [f for f in findings if f.id in ids]
+        return next((f for f in mine if f.severity.value == "critical"), mine[0] if mine else None)
+
+    owned = [(lad, cited(lad)) for lad in ladders if lad.owner]
+    owned.sort(key=lambda pair: pair[0].layers[_ORDER.index(pair[0].owner or "")].verdict.value != "fail")
+    when = f"{m.created:%Y-%m-%d %H:%M}Z"
+    sentences = [f"Collected {when} from {len(m.vantages)} vantage(s) ({', '.join(v.id for v in m.vantages)}) "
+                 f"for {', '.join(t.spec for t in m.targets) or 'no target'}."]
+    proof: list[str] = []
+    capture = None
+    if owned:
+        lad, first = owned[0]
+        others = [o.target for o, _ in owned[1:]]
+        fails = lad.layers[_ORDER.index(lad.owner or "")].verdict.value == "fail"
+        sentences.append(f"For {lad.target} the {lad.owner} layer "
+                         + ("fails first" if fails else "is the first in trouble (nothing fails; it warns)")
+                         + (f" (also the owner for {', '.join(others)})" if others else "") + ".")
+        if first is not None:
+            sentences.append(first.summary)
+            proof = list(dict.fromkeys(e.member for e in first.evidence))
+            if first.next_command:
+                sentences.append(f"Next, read-only: {first.next_command}")
+        noise = [lv.layer for lv in lad.layers if lv.noise]
+        sentences.append(f"The {', '.join(noise)} layer(s) also show trouble: noise until the {lad.owner} "
+                         f"layer is explained." if noise else "No later layer disagrees.")
+        vantage = first.vantage if first is not None else None
+        capture = next((mem.path for mem in m.members if mem.path == f"vantages/{vantage}/capture.pcapng"), None)
+    else:
+        failing = [f for f in findings if f.severity.value == "critical"]
+        sentences.append("No layer fails for any target: every layer collected passes or only warns."
+                         if not failing else f"{len(failing)} critical finding(s), none tied to a target.")
+    for f in findings:
+        if len(proof) >= 3:
+            break
+        if f.severity.value == "critical":
+            proof += [e.member for e in f.evidence if e.member not in proof]
+    capture = capture or next((mem.path for mem in m.members if mem.path.endswith(".pcapng")), None)
+    return FindingsReport(findings=findings, ladders=ladders, summary=sentences[:5], proof=proof[:3], capture=capture)

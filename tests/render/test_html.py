@@ -53,22 +53,30 @@ def fetches(html: str) -> _Fetches:
     return p
 
 
-def browser_requests(page: Path, tmp_path: Path) -> list[str]:
+def browser_requests(page: Path, tmp_path: Path, screenshot: Path | None = None,
+                     console: list[str] | None = None) -> list[str]:
     """Open the page in headless Chromium inside an empty netns (only lo: nothing can leave this
-    machine) and return every URL the page itself asked for, from Chromium's own net log."""
+    machine) and return every URL the page itself asked for, from Chromium's own net log. With `screenshot`,
+    the top of the page (1280x1600) is saved there; `console` receives the page's console messages."""
     name = f"nbt-browser-{page.stem[:20]}"
     netns.create(name)
     try:
         with IPRoute(netns=name) as ipr:
             ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
         log = tmp_path / f"{page.stem}-netlog.json"
-        subprocess.run(
+        shot = [f"--screenshot={screenshot}", "--window-size=1280,1600"] if screenshot else ["--dump-dom"]
+        proc = subprocess.run(
             ["ip", "netns", "exec", name, "chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
              "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync",
              f"--user-data-dir={tmp_path / ('profile-' + page.stem)}", f"--log-net-log={log}",
-             "--net-log-capture-mode=Everything", "--virtual-time-budget=3000", "--dump-dom", page.as_uri()],
-            capture_output=True, timeout=120, check=True,
+             "--net-log-capture-mode=Everything", "--virtual-time-budget=3000", "--enable-logging=stderr", "--v=0",
+             *shot, page.as_uri()],
+            capture_output=True, timeout=120, check=True, text=True,
         )
+        if console is not None:
+            # the page's own messages (Chromium's internal pages log theirs too, with chrome:// sources)
+            console += [line for line in proc.stderr.splitlines()
+                        if ("CONSOLE" in line or "Uncaught" in line) and "source: file://" in line]
         events = json.loads(log.read_text())
     finally:
         netns.remove(name)
@@ -109,6 +117,11 @@ def test_browser_makes_no_external_request(rendered, tmp_path):
     control = tmp_path / "control.html"
     control.write_text('<html><body><img src="http://198.51.100.7/x.png">x</body></html>')
     assert browser_requests(control, tmp_path) == ["http://198.51.100.7/x.png"]  # the probe can see a fetch
+    noisy = tmp_path / "noisy.html"
+    noisy.write_text("<html><body><script>console.error('nbt-console-probe')</script>x</body></html>")
+    console: list[str] = []
+    browser_requests(noisy, tmp_path, console=console)
+    assert any("nbt-console-probe" in line for line in console)  # and a console message
     assert browser_requests(rendered, tmp_path) == []
 
 
@@ -116,20 +129,36 @@ def test_hostile_strings_are_escaped(tmp_path):
     """Interface names and operator text from the system under diagnosis never reach the HTML raw."""
     ns = "nbt-escape"
     netns.create(ns)
+    # an iptables comment and a DNS name carrying markup reach the NAT slice, the ladder and the summary
+    rules = ("*nat\n:KUBE-SERVICES - [0:0]\n:KUBE-SVC-NBTESCAPE0000001 - [0:0]\n:KUBE-SEP-NBTESCAPE0000001 - [0:0]\n"
+             '-A KUBE-SERVICES -d 10.96.0.99/32 -p tcp -m comment --comment "x/<svg onload=alert(1)>:p cluster IP" '
+             "-m tcp --dport 80 -j KUBE-SVC-NBTESCAPE0000001\n"
+             "-A KUBE-SVC-NBTESCAPE0000001 -j KUBE-SEP-NBTESCAPE0000001\n"
+             "-A KUBE-SEP-NBTESCAPE0000001 -p tcp -m tcp -j DNAT --to-destination 10.244.9.9:80\nCOMMIT\n")
     try:
         with IPRoute(netns=ns) as ipr:
             ipr.link("add", ifname="<script>", kind="veth", peer={"ifname": '"><i>x'})
+        subprocess.run(["ip", "netns", "exec", ns, "iptables-nft-restore"], input=rules, text=True, check=True)
         out = tmp_path / "b.tar.zst"
         proc = netbundle("collect", "--passive", "--netns", ns, "--ticket", "<script>alert(1)</script>",
-                         "--note", "a&b <img src=x onerror=alert(1)>", "-o", str(out))
-        assert proc.returncode == 0, proc.stderr
+                         "--note", "a&b <img src=x onerror=alert(1)>", "--target", "10.96.0.99:80",
+                         "--name", "x.<b>bold</b>.example", "-o", str(out))
+        assert proc.returncode in (0, 5, 2), proc.stderr
+        if proc.returncode == 2:  # the name is refused at the door: not a DNS name
+            assert "not a DNS name" in proc.stderr
+            proc = netbundle("collect", "--passive", "--netns", ns, "--ticket", "<script>alert(1)</script>",
+                             "--note", "a&b <img src=x onerror=alert(1)>", "--target", "10.96.0.99:80", "-o", str(out))
+        assert proc.returncode in (0, 5), proc.stderr
     finally:
         netns.remove(ns)
     b = read_bundle(out)
     assert {l.name for l in b.route(f"netns-{ns}").links} >= {"<script>", '"><i>x'}
+    assert any("<svg onload=alert(1)>" in s.service for s in b.nat(f"netns-{ns}").services)
     html = render_html(b)
-    assert "<script>" not in html and "<i>x" not in html and "<img" not in html
-    assert "&lt;script&gt;" in html and "&#34;&gt;&lt;i&gt;x" in html
+    assert "<script>" not in html and "<i>x" not in html and "<img" not in html and "<svg onload" not in html
+    assert "&lt;script&gt;" in html and "&#34;&gt;&lt;i&gt;x" in html and "&lt;svg onload=alert(1)&gt;" in html
     assert fetches(html).found == []
     show = netbundle("show", str(out)).stdout
     assert "<script>alert(1)</script>" in show  # the terminal shows text as text
+    md = netbundle("summary", str(out)).stdout
+    assert "<script>" not in md and "<img" not in md and "<svg onload" not in md  # Markdown shows it as text
