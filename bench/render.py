@@ -1,0 +1,98 @@
+"""Benchmark: rendering a large bundle — 50,000 sockets and 5,000 conntrack entries of the target — in one run.
+
+    sudo .venv/bin/python bench/render.py [--sockets 50000] [--entries 5000]
+
+A lab netns gets a socket farm (bundle.lab.socketfarm) and conntrack entries toward one target (UDP datagrams
+from distinct source ports, routed to a second netns, conntrack on through one nft rule, a 600 s UDP timeout:
+lab-only settings). `netbundle collect --passive` keeps every socket row and every target entry; then reading
+the bundle, `build_view` (findings, ladder) and the HTML are timed, and the page's size printed.
+Goal (issue 8): under 2 s to under 5 MB, tables summarised, full rows left in the bundle.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from bundle.lab.topology import Topology  # noqa: E402
+
+_FILL = """
+import socket, sys
+n = int(sys.argv[1])
+for i in range(n):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.sendto(b"x", ("10.99.0.1", 53))
+    s.close()
+"""
+
+
+def main() -> None:
+    if os.geteuid() != 0:
+        raise SystemExit("needs root (network namespaces)")
+    p = argparse.ArgumentParser()
+    p.add_argument("--sockets", type=int, default=50_000)
+    p.add_argument("--entries", type=int, default=5_000)
+    args = p.parse_args()
+    with Topology(f"nb-bench-render-{os.getpid()}") as t, tempfile.TemporaryDirectory() as tmp:
+        ns = t.add_netns("node")
+        t.add_netns("sink")
+        t.veth("node", "eth0", "sink", "eth0")
+        t.address("node", "eth0", "10.98.0.1/24")
+        t.address("sink", "eth0", "10.98.0.2/24")
+        t.route("node", "10.99.0.0/16", gateway="10.98.0.2")
+        t.nft("node", "table inet nb_bench {\n chain out {\n type filter hook output priority 0;\n ct state new counter\n }\n}\n")
+        t.sysctl("node", "net.netfilter.nf_conntrack_udp_timeout", "600")
+        ready = Path(tmp) / "ready"
+        farm = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-m", "bundle.lab.socketfarm",
+                                 "--total", str(args.sockets), "--ready", str(ready), "--lifetime", "600"], cwd=REPO)
+        try:
+            while not ready.exists():
+                if farm.poll() is not None:
+                    raise SystemExit("socket farm failed")
+                time.sleep(0.1)
+            subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-c", _FILL, str(args.entries)], check=True)
+            out = Path(tmp) / "big.tar.zst"
+            started = time.perf_counter()
+            subprocess.run([sys.executable, "-m", "bundle", "collect", "--passive", "--netns", ns, "--target",
+                            "10.99.0.1:53", "--socket-rows", str(args.sockets + 10_000), "--conntrack-rows",
+                            str(args.entries), "--capture-seconds", "2", "-o", str(out)], cwd=REPO, check=False,
+                           capture_output=True)
+            collect_s = time.perf_counter() - started
+            size_mb = out.stat().st_size / 1e6
+            keep = Path("/tmp/netbundle-bench-render.tar.zst")
+            keep.write_bytes(out.read_bytes())
+        finally:
+            farm.kill()
+            farm.wait()
+        from bundle.archive import read_bundle
+        from bundle.render.html import render_html
+        from bundle.render.view import build_view
+
+        t0 = time.perf_counter()
+        bundle = read_bundle(out)
+        t1 = time.perf_counter()
+        build_view(bundle)
+        t2 = time.perf_counter()
+        html = render_html(bundle)
+        t3 = time.perf_counter()
+        vid = bundle.manifest.vantages[0].id
+        socks, nat = bundle.sockets(vid), bundle.nat(vid)
+        rows = len(socks.sockets) if socks else 0
+        entries = len(nat.table.entries) if nat and not hasattr(nat.table, "unavailable") else 0
+    print(f"bundle: {size_mb:.1f} MB compressed, {rows} socket rows, "
+          f"{entries} conntrack entries of the target (collect took {collect_s:.1f} s)")
+    print(f"read + verify {t1 - t0:.2f} s, findings and ladder {t2 - t1:.2f} s, HTML {t3 - t2:.2f} s "
+          f"(render from a read bundle: {t3 - t1:.2f} s), page {len(html.encode()) / 1e6:.2f} MB")
+    print(f"goal: render < 2 s and page < 5 MB -> {'met' if t3 - t1 < 2 and len(html.encode()) < 5e6 else 'NOT met'}")
+
+
+if __name__ == "__main__":
+    main()
