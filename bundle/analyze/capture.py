@@ -40,12 +40,13 @@ def capture_findings(where: str, member: str, analysis: CaptureAnalysis, run: Ca
                 f"tcpdump -nn -r {file} 'tcp[tcpflags] & tcp-syn != 0'")
     for i, ev in enumerate(analysis.icmp):
         about = f" about {ev.quoted}" if ev.quoted else ""
+        quoted_dst = ev.quoted.rsplit(" > ", 1)[-1] if ev.quoted and " > " in ev.quoted else None
         if ev.mtu is not None:
-            add("capture.frag_needed", Severity.WARNING, "route", None,
+            add("capture.frag_needed", Severity.WARNING, "route", quoted_dst,
                 f"In the capture from {where}, {ev.source} said '{ev.description}' (next-hop MTU {ev.mtu}){about}.",
                 f"{prefix}icmp[{i}]", f"tcpdump -nn -v -r {file} icmp or icmp6")
         else:
-            add("capture.icmp_error", Severity.WARNING, "route", None,
+            add("capture.icmp_error", Severity.WARNING, "route", quoted_dst,
                 f"In the capture from {where}, {ev.source} answered '{ev.description}'{about}.",
                 f"{prefix}icmp[{i}]", f"tcpdump -nn -v -r {file} icmp or icmp6")
     if analysis.dns_unanswered:

@@ -112,10 +112,10 @@ def _ladder(manifest: Manifest, spec: str, addresses: set[str], names: set[str],
 def _layer(manifest: Manifest, layer: str, addresses: set[str], names: set[str], port: int | None,
            docs: list[LadderDocs], own: list[Finding], general: list[Finding]) -> LayerVerdict:
     v = LayerVerdict(layer=layer, verdict=Verdict.NOT_COLLECTED)
-    critical = [f for f in own + general if f.severity is Severity.CRITICAL]
-    warnings = [f for f in own + general if f.severity is Severity.WARNING]
     # general (target-less) findings decide a layer only where they are the service plane's or DNS's own
-    critical = [f for f in critical if f in own or layer in ("service", "dns")]
+    counted = own + (general if layer in ("service", "dns") else [])
+    critical = [f for f in counted if f.severity is Severity.CRITICAL]
+    warnings = [f for f in counted if f.severity is Severity.WARNING]
     for f in critical or warnings:
         v.reasons.append(f"{f.id}: {f.summary}")
         v.finding_ids.append(f.id)

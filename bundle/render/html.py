@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shlex
 
 import jinja2
@@ -41,13 +42,46 @@ def _environment() -> jinja2.Environment:
         lstrip_blocks=True,
     )
     env.filters["shjoin"] = shlex.join
+    env.filters["anchor"] = anchor
     return env
+
+
+_SECTIONS = {"route.json": "route", "sockets.json": "sockets", "dns.json": "dns", "nat.json": "nat",
+             "capture.json": "capture", "capture.pcapng": "capture", "kube.json": "kube"}
+
+
+def anchor(member: str) -> str:
+    """The section of the appendix that shows a member, as a fragment (#route-<vantage>), or "" when none does."""
+    parts = member.split("/")
+    if len(parts) >= 3 and parts[0] == "vantages":
+        if parts[1] == "kubernetes-api":
+            return "#kube"
+        section = _SECTIONS.get(parts[2])
+        if section:
+            return f"#{section}-{_fragment(parts[1])}" if section != "dns" else "#dns"
+    return "#findings.json" if member == "findings.json" else ""
+
+
+RAW_SHOWN = 200_000  # characters of a raw dump folded into the page; the whole file stays in the bundle
+
+
+def _raw(bundle: Bundle, path: str) -> str:
+    data = bundle.texts.get(path)
+    if data is None:
+        return ""
+    text = data[:RAW_SHOWN].decode(errors="replace")
+    return text + (f"\n… ({len(data) - RAW_SHOWN} more bytes in {path})" if len(data) > RAW_SHOWN else "")
+
+
+def _fragment(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]", "_", text)
 
 
 def render_html(bundle: Bundle) -> str:
     try:
         template = _environment().get_template(TEMPLATE)
         return template.render(view=build_view(bundle), bad_states=BAD_NEIGHBOR_STATES,
-                               missing_caps=missing_capabilities, sparkline=sparkline, trend_states=TREND_STATES)
+                               missing_caps=missing_capabilities, sparkline=sparkline, trend_states=TREND_STATES,
+                               raw=lambda path: _raw(bundle, path))
     except jinja2.TemplateError as exc:
         raise RenderError(f"template {TEMPLATE}: {exc}") from None

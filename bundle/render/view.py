@@ -83,6 +83,8 @@ class View:
     kube: KubeSlice | None = None
     hops: list[ServiceHops] = field(default_factory=list)
     report: FindingsReport | None = None
+    timeline: list[TimelineRow] = field(default_factory=list)
+    timeline_span_s: float = 0.0
 
 
 def build_view(bundle: Bundle) -> View:
@@ -121,9 +123,52 @@ def build_view(bundle: Bundle) -> View:
     hops = service_hops(kube, [VantageDocs(vv.vantage.id, vv.dns, vv.nat, vv.sockets) for vv in vantages]) \
         if kube is not None else []
     docs = [LadderDocs(vv.vantage.id, vv.route, vv.sockets, vv.dns, vv.nat) for vv in vantages]
+    rows = timeline(m, vantages)
+    span = max([b[1] for r in rows for b in r.bars] + [t for r in rows for t, _k, _l in r.marks] + [0.001])
     return View(manifest=m, vantages=vantages, findings=findings, lookups=lookups,
                 operator_captures=[a for _, a in operator], kube=kube, hops=hops,
-                report=make_report(m, findings, target_ladders(m, docs, findings)))
+                report=make_report(m, findings, target_ladders(m, docs, findings)), timeline=rows,
+                timeline_span_s=span)
+
+
+@dataclass
+class TimelineRow:
+    """One row of the collection's timeline: a slice's window (bars) and what happened in it (marks), in
+    seconds since the collection started."""
+
+    label: str
+    bars: list[tuple[float, float, str]] = field(default_factory=list)
+    marks: list[tuple[float, str, str]] = field(default_factory=list)  # (t, kind, title)
+
+
+MAX_MARKS = 400
+
+
+def timeline(m: Manifest, vantages: list[VantageView]) -> list[TimelineRow]:
+    """Slices, samples, capture events and DNS transactions on one time axis (wall clock from the manifest's
+    start; monotonic samples placed through their slice's monotonic start)."""
+    t0 = m.created.timestamp()
+    rows: list[TimelineRow] = []
+    for vv in vantages:
+        for run in vv.slices:
+            if run.started is None or run.finished is None:
+                continue
+            start, end = run.started.timestamp() - t0, run.finished.timestamp() - t0
+            row = TimelineRow(f"{vv.vantage.id} {run.slice}", [(start, max(end, start + 0.01), run.status.value)])
+            if run.slice == "sockets" and vv.sockets is not None:
+                row.marks += [(start + smp.at_s, "sample", f"socket states at +{smp.at_s:.1f} s")
+                              for smp in vv.sockets.samples]
+            if run.slice == "nat" and vv.nat is not None and run.monotonic_start_ns is not None:
+                row.marks += [(start + (smp.monotonic_ns - run.monotonic_start_ns) / 1e9, "sample",
+                               f"conntrack count {smp.count if isinstance(smp.count, int) else '?'}")
+                              for smp in vv.nat.samples]
+            if run.slice == "capture" and vv.capture is not None and vv.capture.analysis is not None:
+                a = vv.capture.analysis
+                row.marks += [(e.ts_ns / 1e9 - t0, e.kind, f"{e.kind} {e.flow}") for e in a.events[:MAX_MARKS]]
+                row.marks += [(d.query_ns / 1e9 - t0, "dns", f"DNS {d.qname} {d.qtype}: {d.rcode or 'no response'}")
+                              for d in a.dns[:MAX_MARKS]]
+            rows.append(row)
+    return rows
 
 
 def make_report(m: Manifest, findings: list[Finding], ladders: list[TargetLadder]) -> FindingsReport:

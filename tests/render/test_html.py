@@ -34,8 +34,8 @@ class _Fetches(HTMLParser):
         if tag in ("script", "iframe", "img", "object", "embed", "link", "video", "audio", "source", "base", "frame"):
             self.found.append(f"<{tag}>")
         for name, value in attrs:
-            if name in _FETCHING_ATTRS:
-                self.found.append(f"{tag}[{name}]={value}")
+            if name in _FETCHING_ATTRS and not (name == "href" and (value or "").startswith("#")):
+                self.found.append(f"{tag}[{name}]={value}")  # a link inside the page fetches nothing
             if name == "style" and value and "url(" in value:
                 self.found.append(f"{tag}[style]")
         if tag == "meta" and dict(attrs).get("http-equiv") == "Content-Security-Policy":
@@ -162,3 +162,18 @@ def test_hostile_strings_are_escaped(tmp_path):
     assert "<script>alert(1)</script>" in show  # the terminal shows text as text
     md = netbundle("summary", str(out)).stdout
     assert "<script>" not in md and "<img" not in md and "<svg onload" not in md  # Markdown shows it as text
+
+
+def test_evidence_links_land_on_sections_and_the_timeline_is_drawn(rendered):
+    """Every in-page link (findings -> the slice that holds their evidence) has its target; the timeline shows
+    each slice's window with its samples."""
+    import re
+
+    html = rendered.read_text()
+    ids = set(re.findall(r'id="([^"]+)"', html))
+    links = set(re.findall(r'href="#([^"]+)"', html))
+    assert links and links <= ids, links - ids
+    assert 'aria-label="collection timeline"' in html
+    timeline = html[html.index('aria-label="collection timeline"'):html.index("</svg>", html.index('aria-label="collection timeline"'))]
+    assert timeline.count("<rect") >= 8  # two vantages, their slices' windows
+    assert "socket states at +" in timeline and "conntrack count" in timeline
