@@ -248,6 +248,8 @@ def test_collect_with_service_and_pod_against_the_api(lab, tmp_path):
     uid = f"7a1b2c3d-0000-4000-8000-{pid:012d}"
     client = api.objects[("pods", "default", "client")]
     client["metadata"]["uid"] = uid
+    hostile = '[INFO] 10.244.1.2:41000 - 1 "A IN <script>alert(1)</script>.default.svc.cluster.local. udp 60" NXDOMAIN'
+    api.logs[("kube-system", "coredns-7db6d8ff4d-0x")].append((5, hostile))
     out = tmp_path / "b.tar.zst"
     with kubeapi.serve(api), _PodCgroup(pid, uid, "cgroupfs-v1"):
         proc = netbundle("collect", "--service", "default/payments", "--pod", "default/client",
@@ -286,7 +288,10 @@ def test_collect_with_service_and_pod_against_the_api(lab, tmp_path):
     from bundle.render import render_html
     from bundle.render.text import summary
     assert "first failing hop: ClusterIP -> endpoints" in summary(b)
-    assert "(first failing hop)" in render_html(b)
+    html = render_html(b)
+    assert "(first failing hop)" in html
+    # a log line carrying markup is folded into the page as text
+    assert "A IN &lt;script&gt;alert(1)&lt;/script&gt;.default.svc.cluster.local." in html and "<script>" not in html
 
 
 @pytest.mark.privileged
