@@ -111,6 +111,13 @@ def _parser() -> argparse.ArgumentParser:
     sm.add_argument("bundle", type=Path)
     sm.add_argument("--format", choices=("md", "text", "json"), default="md")
 
+    d = sub.add_parser("diff", help="compare a failing bundle with a healthy one, differences that matter first")
+    d.add_argument("failing", type=Path)
+    d.add_argument("healthy", type=Path)
+    d.add_argument("--format", choices=("text", "md", "json"), default="text")
+    d.add_argument("--pair", action="append", default=[], metavar="FAILING_VANTAGE=HEALTHY_VANTAGE",
+                   help="pair two vantages by hand (default: by role, the last word of the vantage id)")
+
     r = sub.add_parser("render", help="write the self-contained HTML appendix")
     r.add_argument("bundle", type=Path)
     r.add_argument("-o", "--output", type=Path)
@@ -292,6 +299,43 @@ def _cmd_summary(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_diff(args: argparse.Namespace) -> int:
+    from bundle.analyze.diff import VantageSide, diff
+    from bundle.archive import read_bundle
+
+    def sides(path: Path) -> list[VantageSide]:
+        b = read_bundle(path)
+        return [VantageSide(v.id, b.route(v.id), b.sockets(v.id), b.dns(v.id), b.nat(v.id))
+                for v in b.manifest.vantages if v.id != "kubernetes-api"]
+
+    overrides = {}
+    for item in args.pair:
+        f, sep, h = item.partition("=")
+        if not sep or not f or not h:
+            raise UsageError(f"--pair {item!r}: expected FAILING_VANTAGE=HEALTHY_VANTAGE")
+        overrides[f] = h
+    report = diff(sides(args.failing), sides(args.healthy), overrides)
+    if args.format == "json":
+        print(json.dumps({"pairs": report.pairs, "unpaired": report.unpaired,
+                          "leads": [d.__dict__ for d in report.leads],
+                          "expected": [d.__dict__ for d in report.expected]}, indent=1))
+        return 0
+    md = args.format == "md"
+    out = [f"{'### ' if md else ''}diff: {args.failing.name} (failing) vs {args.healthy.name} (healthy)"]
+    out += [f"{'- ' if md else '  '}pair {f} ~ {h}" for f, h in report.pairs]
+    out += [f"{'- ' if md else '  '}no partner: {v}" for v in report.unpaired]
+    out.append("")
+    out.append("differences that can explain the fault, most telling first:" if report.leads else
+               "no difference that could explain a fault")
+    for d in report.leads:
+        out.append(f"{'- ' if md else '  '}[{d.area}] {d.key}: {d.failing}  vs  {d.healthy}   ({d.pair})")
+    if report.expected:
+        out += ["", f"expected between any two machines ({len(report.expected)}): node addresses, MACs, counters"]
+        out += [f"{'- ' if md else '  '}[{d.area}] {d.key}: {d.failing}  vs  {d.healthy}" for d in report.expected[:40]]
+    print("\n".join(out))
+    return 0
+
+
 def _cmd_render(args: argparse.Namespace) -> int:
     from bundle.archive import read_bundle
     from bundle.render.html import render_html
@@ -360,6 +404,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             code = _cmd_analyze(args)
         elif args.command == "summary":
             code = _cmd_summary(args)
+        elif args.command == "diff":
+            code = _cmd_diff(args)
         elif args.command == "render":
             code = _cmd_render(args)
         else:

@@ -1,0 +1,41 @@
+"""`netbundle diff`: failing vs healthy, paired by role, the difference that explains the fault first."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from bundle.analyze.diff import pair_vantages
+from tests.conftest import netbundle
+
+
+def test_vantages_pair_by_role_or_by_hand():
+    pairs, unpaired = pair_vantages(["netns-nb-mtu-pod", "netns-nb-mtu-node", "host"],
+                                    ["netns-nb-healthy-node", "netns-nb-healthy-pod"])
+    assert pairs == [("netns-nb-mtu-pod", "netns-nb-healthy-pod"), ("netns-nb-mtu-node", "netns-nb-healthy-node")]
+    assert unpaired == ["host"]
+    pairs, _ = pair_vantages(["a-pod"], ["b-node", "b-pod"], {"a-pod": "b-node"})
+    assert pairs == [("a-pod", "b-node")]
+
+
+@pytest.mark.privileged
+def test_mtu_lab_against_the_healthy_lab(lab, healthy_lab, tmp_path):
+    mtu = lab("mtu")
+    bundles = {}
+    for name, info in (("mtu", mtu), ("healthy", healthy_lab)):
+        out = tmp_path / f"{name}.tar.zst"
+        proc = netbundle(*info.collect_argv()[1:], "--slice", "route", "--slice", "sockets", "-o", str(out))
+        assert proc.returncode in (0, 5), proc.stderr
+        bundles[name] = out
+    report = json.loads(netbundle("diff", str(bundles["mtu"]), str(bundles["healthy"]), "--format", "json",
+                                  check=True).stdout)
+    assert [(p[0].rsplit("-", 1)[-1], p[1].rsplit("-", 1)[-1]) for p in report["pairs"]] == [("pod", "pod"),
+                                                                                           ("node", "node")]
+    first = report["leads"][0]
+    assert (first["area"], first["key"], first["failing"], first["healthy"]) == ("links", "eth0 mtu", "1400", "1500")
+    assert first["pair"].startswith(f"netns-{mtu.namespaces['node']}")
+    assert {d["area"] for d in report["expected"]} <= {"links", "addresses", "routes"}  # MACs, link-local
+    text = netbundle("diff", str(bundles["mtu"]), str(bundles["healthy"]), check=True).stdout
+    lines = text.splitlines()
+    assert "[links] eth0 mtu: 1400  vs  1500" in lines[lines.index("differences that can explain the fault, most telling first:") + 1]
