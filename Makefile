@@ -44,6 +44,7 @@ demo: system-deps venv
 	      --ticket DEMO-1 --note "checkout latency up; large responses stall" -o $(DEMO_DIR)/incident-mtu.tar.zst; \
 	  $(PY) -m bundle validate $(DEMO_DIR)/incident-mtu.tar.zst; \
 	  $(PY) -m bundle show $(DEMO_DIR)/incident-mtu.tar.zst; \
+	  $(PY) -m bundle summary $(DEMO_DIR)/incident-mtu.tar.zst --format text; \
 	  $(PY) -m bundle render $(DEMO_DIR)/incident-mtu.tar.zst -o $(DEMO_DIR)/incident-mtu.html >/dev/null; \
 	  echo; echo "bundle:   $(DEMO_DIR)/incident-mtu.tar.zst"; echo "appendix: $(DEMO_DIR)/incident-mtu.html"'
 
