@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from bundle import __version__
+from bundle._netns import effective_caps
 from bundle.archive import Bundle, StagedBundle, staged_bundle
 from bundle.collect import kube, podns
 from bundle.collect import vantage as vantage_mod
@@ -278,7 +279,10 @@ def _kube_first(req: CollectRequest, kreq: KubeRequest, staged: StagedBundle,
     """Ask the API before the netns vantages start: its Services become targets (ClusterIP:port, endpoints, the
     Service's DNS name), its EndpointSlices the NAT slice's reference, and a named pod on this node a vantage."""
     started_wall, started = datetime.now(UTC), time.monotonic()
-    vantage = Vantage(id=KUBE_VANTAGE, kind=VantageKind.KUBERNETES_API, entered=True)
+    cap_hex, caps = effective_caps()  # the API is asked from this process: its own identity and privileges
+    vantage = Vantage(id=KUBE_VANTAGE, kind=VantageKind.KUBERNETES_API, entered=True,
+                      privileges=Privileges(uid=os.getuid(), euid=os.geteuid(), cap_effective=cap_hex,
+                                            capabilities=caps))
     run = SliceRun(slice="kube", vantage=KUBE_VANTAGE, status=SliceStatus.FAILED, started=started_wall)
     phase = _KubePhase(request=req, vantage=vantage, run=run)
     try:
