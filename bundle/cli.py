@@ -305,7 +305,11 @@ def _cmd_diff(args: argparse.Namespace) -> int:
 
     def sides(path: Path) -> list[VantageSide]:
         b = read_bundle(path)
-        return [VantageSide(v.id, b.route(v.id), b.sockets(v.id), b.dns(v.id), b.nat(v.id))
+        def ruleset(vid: str) -> str | None:
+            data = b.texts.get(f"vantages/{vid}/nft-ruleset.txt")
+            return data.decode(errors="replace") if data is not None else None
+
+        return [VantageSide(v.id, b.route(v.id), b.sockets(v.id), b.dns(v.id), b.nat(v.id), ruleset(v.id))
                 for v in b.manifest.vantages if v.id != "kubernetes-api"]
 
     overrides = {}

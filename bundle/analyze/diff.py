@@ -31,6 +31,7 @@ class VantageSide:
     sockets: SocketsSlice | None = None
     dns: DnsSlice | None = None
     nat: NatSlice | None = None
+    ruleset: str | None = None  # `nft list ruleset` as kept by the NAT slice
 
 
 @dataclass
@@ -98,7 +99,40 @@ def diff(failing: list[VantageSide], healthy: list[VantageSide], overrides: dict
             out += _sockets(f.sockets, h.sockets, label)
         if f.nat is not None and h.nat is not None:
             out += _nat(f.nat, h.nat, label)
+        if f.ruleset is not None and h.ruleset is not None:
+            out += _rules(f.ruleset, h.ruleset, label)
     return report
+
+
+def rules(text: str) -> set[str]:
+    """`table … chain …: rule` lines of an nft ruleset, without counters, handles or comments on tables."""
+    import re
+
+    out: set[str] = set()
+    table = chain = ""
+    for raw in text.splitlines():
+        line = re.sub(r"\s*counter packets \d+ bytes \d+", " counter", raw.strip())
+        line = re.sub(r"\s*# handle \d+$", "", line)
+        if not line or line.startswith("#") or line == "}":
+            continue
+        if line.startswith("table "):
+            table, chain = line.rstrip(" {"), ""
+        elif line.startswith("chain "):
+            chain = line.rstrip(" {")
+        elif chain and not line.startswith(("type ", "policy ", "comment ")):
+            out.add(f"{table} {chain}: {line}")
+    return out
+
+
+def _rules(f: str, h: str, pair: str) -> list[Difference]:
+    fr, hr = rules(f), rules(h)
+    out = []
+    for rule in sorted(fr - hr):
+        weight = 8 if rule.endswith(("drop", "reject")) or " drop" in rule or " reject" in rule else 5
+        out.append(Difference("nft rules", rule, "present", "absent", weight, pair=pair))
+    for rule in sorted(hr - fr):
+        out.append(Difference("nft rules", rule, "absent", "present", 4, pair=pair))
+    return out
 
 
 def _route(f: RouteSlice, h: RouteSlice, pair: str) -> list[Difference]:

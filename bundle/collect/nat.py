@@ -327,6 +327,15 @@ class NatCollector(Collector):
             artifacts.append(Artifact(name=member, data=text.encode(), media_type=media,
                                       provenance=Provenance(source=next(c.command for c in proxy.checks
                                                                         if c.datapath.value == key))))
+        # every netfilter rule of this netns as nft prints it: what a node-to-node diff compares, beyond
+        # kube-proxy's own tables (a filter that drops DNS, a stray NAT)
+        ruleset, why = _run(["nft", "list", "ruleset"], max(0.5, ctx.remaining() - 1))
+        if ruleset is not None:
+            members["ruleset"] = "nft-ruleset.txt"
+            artifacts.append(Artifact(name="nft-ruleset.txt", data=ruleset.encode(), media_type=MediaType.TEXT,
+                                      provenance=Provenance(source="nft list ruleset")))
+        elif why is not None:
+            reasons.append(f"nft list ruleset: {why.detail}")
         doc = NatSlice(settings=conf, samples=samples, table=table, proxy=proxy, services=services,
                        endpoint_slices=slices, endpoint_slices_source=slices_source, raw=members)
         artifacts.insert(0, Artifact.document(

@@ -39,3 +39,21 @@ def test_mtu_lab_against_the_healthy_lab(lab, healthy_lab, tmp_path):
     text = netbundle("diff", str(bundles["mtu"]), str(bundles["healthy"]), check=True).stdout
     lines = text.splitlines()
     assert "[links] eth0 mtu: 1400  vs  1500" in lines[lines.index("differences that can explain the fault, most telling first:") + 1]
+
+
+@pytest.mark.privileged
+def test_dns_drop_against_dns_ndots_leads_with_the_drop_rule(lab, tmp_path):
+    """The node's nft ruleset (kept by the NAT slice) differs by the rule that drops DNS: it leads the diff."""
+    bundles = {}
+    for name in ("dns-drop", "dns-ndots"):
+        info = lab(name)
+        out = tmp_path / f"{name}.tar.zst"
+        proc = netbundle(*info.collect_argv()[1:], "--slice", "nat", "-o", str(out))
+        assert proc.returncode in (0, 5), proc.stderr
+        bundles[name] = out
+    report = json.loads(netbundle("diff", str(bundles["dns-drop"]), str(bundles["dns-ndots"]), "--format", "json",
+                                  check=True).stdout)
+    first = report["leads"][0]
+    assert first["area"] == "nft rules" and first["failing"] == "present" and first["key"].endswith("drop")
+    assert "udp dport 53 drop" in first["key"] or "tcp dport 53 drop" in first["key"]
+    assert first["pair"].split(" ~ ")[0].endswith("-node")
