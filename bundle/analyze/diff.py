@@ -265,5 +265,7 @@ def _nat(f: NatSlice, h: NatSlice, pair: str) -> list[Difference]:
     fs, hs = services(f), services(h)
     for key in sorted(set(fs) | set(hs)):
         if fs.get(key) != hs.get(key):
-            out.append(Difference("services", key, fs.get(key, "absent"), hs.get(key, "absent"), 9, pair=pair))
+            # a frontend both nodes program, translated differently, is the likeliest lead (stale DNAT)
+            weight = 10 if key in fs and key in hs else 7
+            out.append(Difference("services", key, fs.get(key, "absent"), hs.get(key, "absent"), weight, pair=pair))
     return out

@@ -57,3 +57,49 @@ def test_dns_drop_against_dns_ndots_leads_with_the_drop_rule(lab, tmp_path):
     assert first["area"] == "nft rules" and first["failing"] == "present" and first["key"].endswith("drop")
     assert "udp dport 53 drop" in first["key"] or "tcp dport 53 drop" in first["key"]
     assert first["pair"].split(" ~ ")[0].endswith("-node")
+
+
+def _bundle(info, tmp_path, name, roles=None, *extra):
+    out = tmp_path / f"{name}.tar.zst"
+    argv = ["collect", "-o", str(out), *extra]
+    for t in info.targets:
+        argv += ["--target", t]
+    for role in roles or info.vantages:
+        argv += ["--netns", info.namespaces[role]]
+    if "endpointslices" in info.files:
+        argv += ["--endpointslices", info.files["endpointslices"]]
+    proc = netbundle(*argv)
+    assert proc.returncode in (0, 5), proc.stderr
+    return out
+
+
+def _lead(failing, healthy):
+    report = json.loads(netbundle("diff", str(failing), str(healthy), "--format", "json", check=True).stdout)
+    return report["leads"][0]
+
+
+@pytest.mark.privileged
+@pytest.mark.parametrize("scenario,control,area,needle", [
+    ("no-listener", "healthy", "listeners", "tcp port 8080"),
+    ("syn-drop", "healthy", "nft rules", "tcp flags syn"),
+    ("stale-dnat", "service-nft", "services", "default/payments:https"),
+])
+def test_each_fault_leads_its_diff(lab, tmp_path, scenario, control, area, needle):
+    roles = ["pod", "node", "server"]
+    failing = _bundle(lab(scenario), tmp_path, scenario, roles)
+    healthy = _bundle(lab(control), tmp_path, control, roles)
+    first = _lead(failing, healthy)
+    assert first["area"] == area and needle in first["key"], first
+
+
+@pytest.mark.privileged
+def test_conntrack_full_leads_with_conntrack(healthy_lab, tmp_path):
+    import os
+
+    from bundle.lab import scenarios
+
+    healthy = _bundle(healthy_lab, tmp_path, "healthy", ["pod", "node"], "--slice", "nat")
+    with scenarios.running("conntrack-full", f"nbt-diffcf-{os.getpid() % 100000}") as info:
+        failing = _bundle(info, tmp_path, "conntrack-full", ["pod", "node"], "--slice", "nat")
+    first = _lead(failing, healthy)
+    assert first["area"] == "conntrack", first
