@@ -118,6 +118,13 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--pair", action="append", default=[], metavar="FAILING_VANTAGE=HEALTHY_VANTAGE",
                    help="pair two vantages by hand (default: by role, the last word of the vantage id)")
 
+    rd = sub.add_parser("redact", help="a copy with IP addresses, MACs and hostnames replaced consistently")
+    rd.add_argument("bundle", type=Path)
+    rd.add_argument("-o", "--output", type=Path, required=True)
+    rd.add_argument("--map", type=Path, help="the mapping to use and update (default: OUTPUT.map.json, created); "
+                                              "reuse it so two redacted bundles stay comparable")
+    rd.add_argument("--keep-cidr", action="append", default=[], metavar="CIDR", help="leave these addresses as they are")
+
     r = sub.add_parser("render", help="write the self-contained HTML appendix")
     r.add_argument("bundle", type=Path)
     r.add_argument("-o", "--output", type=Path)
@@ -340,6 +347,20 @@ def _cmd_diff(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_redact(args: argparse.Namespace) -> int:
+    from bundle.redact import Redactor, redact_bundle
+
+    if args.output.resolve() == args.bundle.resolve():
+        raise UsageError("redact writes a new bundle: -o must differ from the input")
+    map_path: Path = args.map or args.output.with_name(args.output.name + ".map.json")
+    redactor = Redactor.load(map_path, args.keep_cidr)
+    written = redact_bundle(args.bundle, args.output, redactor)
+    redactor.save(map_path)
+    print(written)
+    print(f"map (keep it; it is not in the bundle): {map_path}", file=sys.stderr)
+    return 0
+
+
 def _cmd_render(args: argparse.Namespace) -> int:
     from bundle.archive import read_bundle
     from bundle.render.html import render_html
@@ -410,6 +431,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             code = _cmd_summary(args)
         elif args.command == "diff":
             code = _cmd_diff(args)
+        elif args.command == "redact":
+            code = _cmd_redact(args)
         elif args.command == "render":
             code = _cmd_render(args)
         else:
