@@ -114,7 +114,7 @@ def _parser() -> argparse.ArgumentParser:
     d = sub.add_parser("diff", help="compare a failing bundle with a healthy one, differences that matter first")
     d.add_argument("failing", type=Path)
     d.add_argument("healthy", type=Path)
-    d.add_argument("--format", choices=("text", "md", "json"), default="text")
+    d.add_argument("--format", choices=("text", "md", "json", "html"), default="text")
     d.add_argument("--pair", action="append", default=[], metavar="FAILING_VANTAGE=HEALTHY_VANTAGE",
                    help="pair two vantages by hand (default: by role, the last word of the vantage id)")
 
@@ -326,6 +326,11 @@ def _cmd_diff(args: argparse.Namespace) -> int:
             raise UsageError(f"--pair {item!r}: expected FAILING_VANTAGE=HEALTHY_VANTAGE")
         overrides[f] = h
     report = diff(sides(args.failing), sides(args.healthy), overrides)
+    if args.format == "html":
+        from bundle.render.html import render_diff_html
+
+        sys.stdout.write(render_diff_html(report, args.failing.name, args.healthy.name))
+        return 0
     if args.format == "json":
         print(json.dumps({"pairs": report.pairs, "unpaired": report.unpaired,
                           "leads": [d.__dict__ for d in report.leads],

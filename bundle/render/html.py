@@ -9,6 +9,7 @@ import jinja2
 from markupsafe import Markup
 
 from bundle._resources import data_dir
+from bundle.analyze.diff import DiffReport
 from bundle.archive import Bundle
 from bundle.errors import RenderError
 from bundle.models import StateSample
@@ -75,6 +76,14 @@ def _raw(bundle: Bundle, path: str) -> str:
 
 def _fragment(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "_", text)
+
+
+def render_diff_html(report: DiffReport, failing: str, healthy: str) -> str:
+    """`netbundle diff --format html`: the same escaping and no-fetch page as the appendix."""
+    try:
+        return _environment().get_template("diff.html.j2").render(report=report, failing=failing, healthy=healthy)
+    except jinja2.TemplateError as exc:
+        raise RenderError(f"template diff.html.j2: {exc}") from None
 
 
 def render_html(bundle: Bundle) -> str:

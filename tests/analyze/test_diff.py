@@ -37,6 +37,11 @@ def test_mtu_lab_against_the_healthy_lab(lab, healthy_lab, tmp_path):
     assert first["pair"].startswith(f"netns-{mtu.namespaces['node']}")
     assert {d["area"] for d in report["expected"]} <= {"links", "addresses", "routes"}  # MACs, link-local
     text = netbundle("diff", str(bundles["mtu"]), str(bundles["healthy"]), check=True).stdout
+    from tests.render.test_html import fetches
+
+    page = netbundle("diff", str(bundles["mtu"]), str(bundles["healthy"]), "--format", "html", check=True).stdout
+    assert '<td class="mono">eth0 mtu</td><td class="mono">1400</td><td class="mono">1500</td>' in page
+    assert fetches(page).found == [] and "default-src 'none'" in page
     lines = text.splitlines()
     assert "[links] eth0 mtu: 1400  vs  1500" in lines[lines.index("differences that can explain the fault, most telling first:") + 1]
 
