@@ -28,6 +28,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench._conntrack_lab import conntrack_netns  # noqa: E402
 from bundle.lab.topology import Topology  # noqa: E402
 
 _FILL = """
@@ -70,15 +71,7 @@ def main() -> None:
     p.add_argument("--runs", type=int, default=3)
     args = p.parse_args()
     with Topology(f"nb-bench-ct-{os.getpid()}") as t:
-        ns = t.add_netns("node")
-        t.add_netns("sink")  # the datagrams' next hop: resolved once, so every entry is confirmed at once
-        t.veth("node", "eth0", "sink", "eth0")
-        t.address("node", "eth0", "10.98.0.1/24")
-        t.address("sink", "eth0", "10.98.0.2/24")
-        t.route("node", "10.99.0.0/16", gateway="10.98.0.2")
-        t.nft("node", "table inet nb_bench {\n chain out {\n type filter hook output priority 0;\n ct state new counter\n }\n}\n")
-        t.sysctl("node", "net.netfilter.nf_conntrack_udp_timeout", "600")
-        t.sysctl("node", "net.netfilter.nf_conntrack_udp_timeout_stream", "600")
+        ns = conntrack_netns(t)
         fill = time.perf_counter()
         _in(ns, [sys.executable, "-c", _FILL, str(args.entries)])
         fill = time.perf_counter() - fill

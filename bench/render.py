@@ -22,6 +22,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench._conntrack_lab import conntrack_netns  # noqa: E402
 from bundle.lab.topology import Topology  # noqa: E402
 
 _FILL = """
@@ -42,14 +43,7 @@ def main() -> None:
     p.add_argument("--entries", type=int, default=5_000)
     args = p.parse_args()
     with Topology(f"nb-bench-render-{os.getpid()}") as t, tempfile.TemporaryDirectory() as tmp:
-        ns = t.add_netns("node")
-        t.add_netns("sink")
-        t.veth("node", "eth0", "sink", "eth0")
-        t.address("node", "eth0", "10.98.0.1/24")
-        t.address("sink", "eth0", "10.98.0.2/24")
-        t.route("node", "10.99.0.0/16", gateway="10.98.0.2")
-        t.nft("node", "table inet nb_bench {\n chain out {\n type filter hook output priority 0;\n ct state new counter\n }\n}\n")
-        t.sysctl("node", "net.netfilter.nf_conntrack_udp_timeout", "600")
+        ns = conntrack_netns(t)
         ready = Path(tmp) / "ready"
         farm = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-m", "bundle.lab.socketfarm",
                                  "--total", str(args.sockets), "--ready", str(ready), "--lifetime", "600"], cwd=REPO)

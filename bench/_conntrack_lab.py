@@ -1,0 +1,22 @@
+"""The benchmarks' lab netns with conntrack on: UDP sent from it to 10.99.0.0/16 goes to a second netns through
+a resolved next hop, so each datagram makes one confirmed entry; a 600 s UDP timeout keeps them (lab-only
+per-netns settings)."""
+
+from __future__ import annotations
+
+from bundle.lab.topology import Topology
+
+_CONNTRACK_ON = "table inet nb_bench {\n chain out {\n type filter hook output priority 0;\n ct state new counter\n }\n}\n"
+
+
+def conntrack_netns(t: Topology) -> str:
+    ns = t.add_netns("node")
+    t.add_netns("sink")  # the datagrams' next hop: resolved once, so every entry is confirmed at once
+    t.veth("node", "eth0", "sink", "eth0")
+    t.address("node", "eth0", "10.98.0.1/24")
+    t.address("sink", "eth0", "10.98.0.2/24")
+    t.route("node", "10.99.0.0/16", gateway="10.98.0.2")
+    t.nft("node", _CONNTRACK_ON)
+    t.sysctl("node", "net.netfilter.nf_conntrack_udp_timeout", "600")
+    t.sysctl("node", "net.netfilter.nf_conntrack_udp_timeout_stream", "600")
+    return ns
