@@ -307,16 +307,17 @@ def _cmd_summary(args: argparse.Namespace) -> int:
 
 
 def _cmd_diff(args: argparse.Namespace) -> int:
-    from bundle.analyze.diff import VantageSide, diff
+    from bundle.analyze._common import VantageDocs
+    from bundle.analyze.diff import diff
     from bundle.archive import read_bundle
 
-    def sides(path: Path) -> list[VantageSide]:
+    def sides(path: Path) -> list[VantageDocs]:
         b = read_bundle(path)
         def ruleset(vid: str) -> str | None:
             data = b.texts.get(f"vantages/{vid}/nft-ruleset.txt")
             return data.decode(errors="replace") if data is not None else None
 
-        return [VantageSide(v.id, b.route(v.id), b.sockets(v.id), b.dns(v.id), b.nat(v.id), ruleset(v.id))
+        return [VantageDocs(v.id, b.route(v.id), b.sockets(v.id), b.dns(v.id), b.nat(v.id), ruleset(v.id))
                 for v in b.manifest.vantages if v.id != "kubernetes-api"]
 
     overrides = {}

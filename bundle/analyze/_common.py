@@ -6,7 +6,17 @@ from __future__ import annotations
 import shlex
 from dataclasses import dataclass, field
 
-from bundle.models import Evidence, Finding, Severity, Vantage, VantageKind
+from bundle.models import (
+    DnsSlice,
+    Evidence,
+    Finding,
+    NatSlice,
+    RouteSlice,
+    Severity,
+    SocketsSlice,
+    Vantage,
+    VantageKind,
+)
 
 
 def in_vantage(vantage: Vantage, command: str) -> str:
@@ -19,6 +29,18 @@ def in_vantage(vantage: Vantage, command: str) -> str:
     if vantage.kind is VantageKind.NETNS_NAME:
         return f"ip netns exec {shlex.quote(vantage.ref)} {command}"
     return f"nsenter -t {shlex.quote(vantage.ref)} -n {command}"
+
+
+@dataclass
+class VantageDocs:
+    """One vantage's documents (any may be absent), as the cross-slice analyses read them."""
+
+    vantage: str
+    route: RouteSlice | None = None
+    sockets: SocketsSlice | None = None
+    dns: DnsSlice | None = None
+    nat: NatSlice | None = None
+    ruleset: str | None = None  # `nft list ruleset` as the NAT slice kept it
 
 
 @dataclass

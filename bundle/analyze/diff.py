@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from bundle.analyze._common import VantageDocs
 from bundle.models import DnsSlice, NatSlice, RouteSlice, SocketsSlice, Unavailable
 
 
@@ -20,18 +21,6 @@ class Difference:
     weight: int  # higher: more likely to explain the fault
     expected: bool = False  # differs between any two machines; not a lead
     pair: str = ""
-
-
-@dataclass
-class VantageSide:
-    """One vantage's documents in one bundle."""
-
-    vantage: str
-    route: RouteSlice | None = None
-    sockets: SocketsSlice | None = None
-    dns: DnsSlice | None = None
-    nat: NatSlice | None = None
-    ruleset: str | None = None  # `nft list ruleset` as kept by the NAT slice
 
 
 @dataclass
@@ -82,7 +71,7 @@ def _val(v: object) -> str:
     return "absent" if v is None else str(v)
 
 
-def diff(failing: list[VantageSide], healthy: list[VantageSide], overrides: dict[str, str] | None = None) -> DiffReport:
+def diff(failing: list[VantageDocs], healthy: list[VantageDocs], overrides: dict[str, str] | None = None) -> DiffReport:
     by_f = {s.vantage: s for s in failing}
     by_h = {s.vantage: s for s in healthy}
     pairs, unpaired = pair_vantages(list(by_f), list(by_h), overrides)

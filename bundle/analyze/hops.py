@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from bundle.models import DnsSlice, KubeSlice, NatSlice, Outcome, SocketsSlice
+from bundle.analyze._common import VantageDocs
+from bundle.models import KubeSlice, Outcome
 
 PASS, FAIL, WARN, NOT_COLLECTED = "pass", "fail", "warn", "not collected"
 
@@ -20,14 +21,6 @@ class Hop:
     verdict: str
     detail: str
     evidence: str  # member and field
-
-
-@dataclass
-class VantageDocs:
-    vantage: str
-    dns: DnsSlice | None = None
-    nat: NatSlice | None = None
-    sockets: SocketsSlice | None = None
 
 
 @dataclass

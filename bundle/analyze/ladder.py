@@ -13,31 +13,20 @@ from __future__ import annotations
 
 import ipaddress
 
+from bundle.analyze._common import VantageDocs
 from bundle.models import (
-    DnsSlice,
     Finding,
     LayerVerdict,
     Manifest,
-    NatSlice,
     Outcome,
-    RouteSlice,
     Severity,
     SliceStatus,
-    SocketsSlice,
     TargetLadder,
     Verdict,
 )
 
 LAYERS = ("route", "transport", "dns", "service")
 _SLICE_OF = {"route": "route", "transport": "sockets", "dns": "dns", "service": "nat"}
-
-
-class LadderDocs:
-    """One vantage's documents, as far as the ladder needs them."""
-
-    def __init__(self, vantage: str, route: RouteSlice | None = None, sockets: SocketsSlice | None = None,
-                 dns: DnsSlice | None = None, nat: NatSlice | None = None) -> None:
-        self.vantage, self.route, self.sockets, self.dns, self.nat = vantage, route, sockets, dns, nat
 
 
 def _address(target: str | None) -> str | None:
@@ -59,7 +48,7 @@ def _member(f: Finding) -> str:
     return f"{f.evidence[0].member} {f.evidence[0].pointer}" if f.evidence else f.id
 
 
-def target_ladders(manifest: Manifest, docs: list[LadderDocs], findings: list[Finding]) -> list[TargetLadder]:
+def target_ladders(manifest: Manifest, docs: list[VantageDocs], findings: list[Finding]) -> list[TargetLadder]:
     out = []
     for t in manifest.targets:
         addresses: set[str] = {t.address} if t.address else set()
@@ -80,7 +69,7 @@ def target_ladders(manifest: Manifest, docs: list[LadderDocs], findings: list[Fi
 
 
 def _ladder(manifest: Manifest, spec: str, addresses: set[str], names: set[str], port: int | None,
-            docs: list[LadderDocs], findings: list[Finding]) -> TargetLadder:
+            docs: list[VantageDocs], findings: list[Finding]) -> TargetLadder:
     mine = [f for f in findings if _address(f.target) in addresses or (f.target and f.target in names)]
     general = [f for f in findings if not f.target]
     verdicts: dict[str, LayerVerdict] = {}
@@ -110,7 +99,7 @@ def _ladder(manifest: Manifest, spec: str, addresses: set[str], names: set[str],
 
 
 def _layer(manifest: Manifest, layer: str, addresses: set[str], names: set[str], port: int | None,
-           docs: list[LadderDocs], own: list[Finding], general: list[Finding]) -> LayerVerdict:
+           docs: list[VantageDocs], own: list[Finding], general: list[Finding]) -> LayerVerdict:
     v = LayerVerdict(layer=layer, verdict=Verdict.NOT_COLLECTED)
     # general (target-less) findings decide a layer only where they are the service plane's or DNS's own
     counted = own + (general if layer in ("service", "dns") else [])
@@ -148,7 +137,7 @@ def _layer(manifest: Manifest, layer: str, addresses: set[str], names: set[str],
 
 
 def _positive(layer: str, addresses: set[str], names: set[str], port: int | None,
-              docs: list[LadderDocs]) -> tuple[list[str], bool]:
+              docs: list[VantageDocs]) -> tuple[list[str], bool]:
     """(evidence that the layer works for the target, whether the layer was collected at all)."""
     proof: list[str] = []
     collected = False

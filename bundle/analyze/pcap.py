@@ -112,7 +112,6 @@ class _Dir:
 
     from_client: bool
     flow: _Flow | None = None
-    peer: _Dir | None = None
     packets: int = 0
     bytes: int = 0
     last: int = 0
@@ -248,7 +247,6 @@ class _Analysis:
             c, s = _Dir(from_client=True), _Dir(from_client=False)
             new = _Flow(client, server, ts, (c, s))
             c.flow = s.flow = new
-            c.peer, s.peer = s, c
             self.flows.append(new)
             self.dirs[_key(*server, *client)] = s
             self.dirs[_key(*client, *server)] = c  # a flow to itself (same address and port) is the client's

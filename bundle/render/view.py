@@ -12,9 +12,10 @@ from bundle.analyze import (
     route_findings,
     transport_findings,
 )
-from bundle.analyze.hops import ServiceHops, VantageDocs, service_hops
+from bundle.analyze._common import VantageDocs
+from bundle.analyze.hops import ServiceHops, service_hops
 from bundle.analyze.ladder import LAYERS as _ORDER
-from bundle.analyze.ladder import LadderDocs, target_ladders
+from bundle.analyze.ladder import target_ladders
 from bundle.archive import Bundle
 from bundle.models import (
     CaptureAnalysis,
@@ -120,9 +121,8 @@ def build_view(bundle: Bundle) -> View:
         findings += capture_findings("operator capture", path, cdoc, None, path.rsplit("/", 1)[0] + "/" + cdoc.file)
     findings.sort(key=lambda f: (_LAYERS.get(f.layer, 9), _SEVERITY[f.severity.value]))
     kube = bundle.kube()
-    hops = service_hops(kube, [VantageDocs(vv.vantage.id, vv.dns, vv.nat, vv.sockets) for vv in vantages]) \
-        if kube is not None else []
-    docs = [LadderDocs(vv.vantage.id, vv.route, vv.sockets, vv.dns, vv.nat) for vv in vantages]
+    docs = [VantageDocs(vv.vantage.id, vv.route, vv.sockets, vv.dns, vv.nat) for vv in vantages]
+    hops = service_hops(kube, docs) if kube is not None else []
     rows = timeline(m, vantages)
     span = max([b[1] for r in rows for b in r.bars] + [t for r in rows for t, _k, _l in r.marks] + [0.001])
     return View(manifest=m, vantages=vantages, findings=findings, lookups=lookups,
