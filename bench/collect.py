@@ -1,0 +1,119 @@
+"""Benchmark: a whole collection at scale — a node with 50,000 sockets, 100,000 conntrack entries, 10,000 routes
+and 40 pod netns, collected from the node and every pod in one run.
+
+    sudo .venv/bin/python bench/collect.py [--sockets 50000] [--entries 100000] [--routes 10000] [--pods 40]
+
+Prints the collection's wall time against its deadline, the largest process's peak RSS (engine or an agent), the
+bundle's size with the default capture limits, and the node's route and sockets slices beside `ip -j route show
+table all` + `ip -j neigh` and `ss -tanp` + `ss -uanp` on the same state. Goals (issue 10): within the deadline,
+peak under 300 MB, bundle under 20 MB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from bench._conntrack_lab import conntrack_netns  # noqa: E402
+from bundle.lab.topology import Topology  # noqa: E402
+
+_FILL = """
+import socket, sys
+n = int(sys.argv[1])
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+for i in range(n):
+    s.sendto(b"x", (f"10.99.{(i >> 8) & 255}.{i & 255}", 1000 + (i >> 16)))
+"""
+
+
+def _timed(ns: str, argvs: list[list[str]]) -> float:
+    t = time.perf_counter()
+    for argv in argvs:
+        subprocess.run(["ip", "netns", "exec", ns, *argv], stdout=subprocess.DEVNULL, check=True)
+    return time.perf_counter() - t
+
+
+def main() -> None:
+    if os.geteuid() != 0:
+        raise SystemExit("needs root (network namespaces)")
+    p = argparse.ArgumentParser()
+    p.add_argument("--sockets", type=int, default=50_000)
+    p.add_argument("--entries", type=int, default=100_000)
+    p.add_argument("--routes", type=int, default=10_000)
+    p.add_argument("--pods", type=int, default=40)
+    p.add_argument("--timeout", type=float, default=60.0)
+    args = p.parse_args()
+    with Topology(f"nb-bench-scale-{os.getpid()}") as t, tempfile.TemporaryDirectory() as tmp:
+        node = conntrack_netns(t)
+        t.bridge("node", "cbr0")
+        t.address("node", "cbr0", "10.244.1.1/24")
+        pods = []
+        for i in range(args.pods):
+            role = f"pod{i}"
+            pods.append(t.add_netns(role))
+            t.veth("node", f"vp{i}", role, "eth0")
+            t.enslave("node", f"vp{i}", "cbr0")
+            t.address(role, "eth0", f"10.244.1.{10 + i}/24")
+            t.route(role, "0.0.0.0/0", gateway="10.244.1.1")
+        with t.ipr("node") as ipr:
+            for i in range(args.routes):
+                ipr.route("add", dst=f"172.16.{i >> 8}.{i & 255}/32", gateway="10.98.0.2")
+        ready = Path(tmp) / "ready"
+        farm = subprocess.Popen(["ip", "netns", "exec", node, sys.executable, "-m", "bundle.lab.socketfarm",
+                                 "--total", str(args.sockets), "--ready", str(ready), "--lifetime", "900"], cwd=REPO)
+        try:
+            while not ready.exists():
+                if farm.poll() is not None:
+                    raise SystemExit("socket farm failed")
+                time.sleep(0.2)
+            subprocess.run(["ip", "netns", "exec", node, sys.executable, "-c", _FILL, str(args.entries)], check=True)
+            count = subprocess.run(["ip", "netns", "exec", node, "conntrack", "-C"], capture_output=True,
+                                   text=True).stdout.strip()
+            out = Path(tmp) / "scale.tar.zst"
+            argv = [sys.executable, "-m", "bundle", "collect", "--passive", "--timeout", str(args.timeout),
+                    "--netns", node, "--target", "10.244.1.10:80", "-o", str(out)]
+            for ns in pods:
+                argv += ["--netns", ns]
+            started = time.perf_counter()
+            proc = subprocess.run(argv, cwd=REPO, capture_output=True, text=True)
+            wall = time.perf_counter() - started
+            peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+            ip_s = _timed(node, [["ip", "-j", "route", "show", "table", "all"], ["ip", "-j", "neigh"]])
+            ss_s = _timed(node, [["ss", "-tanp"], ["ss", "-uanp"]])
+            size_mb = out.stat().st_size / 1e6 if out.exists() else 0.0
+            from bundle.archive import read_bundle
+
+            b = read_bundle(out)
+            runs = {(r.vantage, r.slice): r for r in b.manifest.slices}
+            vid = f"netns-{node}"
+            statuses: dict[str, int] = {}
+            for r in b.manifest.slices:
+                statuses[r.status.value] = statuses.get(r.status.value, 0) + 1
+            socks, nat = b.sockets(vid), b.nat(vid)
+        finally:
+            farm.kill()
+            farm.wait()
+    print(f"state: {args.sockets} sockets asked ({socks.total if socks else '?'} seen), conntrack {count} entries, "
+          f"{args.routes} routes, {args.pods} pod netns + the node")
+    print(f"collect: exit {proc.returncode}, {wall:.1f} s (deadline {args.timeout:.0f} s), largest process peak "
+          f"{peak_mb:.0f} MB, bundle {size_mb:.1f} MB, slices {json.dumps(statuses)}")
+    print(f"node route slice {runs[(vid, 'route')].duration_s:.2f} s vs ip -j route show table all + ip -j neigh "
+          f"{ip_s:.2f} s; sockets slice {runs[(vid, 'sockets')].duration_s:.2f} s (3 samples) vs ss -tanp + ss -uanp "
+          f"{ss_s:.2f} s; nat slice {runs[(vid, 'nat')].duration_s:.2f} s"
+          + (f" (conntrack total {nat.table.total})" if nat and not hasattr(nat.table, 'unavailable') else ""))
+    goals = wall < args.timeout and peak_mb < 300 and size_mb < 20
+    print(f"goals (within the deadline, < 300 MB, < 20 MB): {'met' if goals else 'NOT met'}")
+
+
+if __name__ == "__main__":
+    main()
