@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 from bundle.analyze._common import VantageDocs
 from bundle.models import KubeSlice, Outcome
+from bundle.models.kube import target_port
 
 PASS, FAIL, WARN, NOT_COLLECTED = "pass", "fail", "warn", "not collected"
 
@@ -50,21 +51,19 @@ def service_hops(kube: KubeSlice, vantages: list[VantageDocs]) -> list[ServiceHo
     out = []
     for svc in kube.services:
         fqdn = f"{svc.name}.{svc.namespace}.svc.cluster.local"
-        ready = sorted({a for v in kube.endpoint_slices if v.service == f"{svc.namespace}/{svc.name}"
-                        for ep in v.endpoints if ep.ready is not False for a in ep.addresses})
+        own = [v for v in kube.endpoint_slices if v.service == f"{svc.namespace}/{svc.name}"]
+        ready = sorted({a for v in own for ep in v.endpoints if ep.ready is not False for a in ep.addresses})
         for port in svc.ports:
             label = f"{svc.namespace}/{svc.name}:{port.name or port.port}"
             sh = ServiceHops(label)
+            target = target_port(port, own)
             for docs in vantages:
                 _name_hop(sh, docs, fqdn, svc.cluster_ips)
                 for ip in svc.cluster_ips:
                     _cluster_ip_hop(sh, docs, ip, port.port, ready)
                 for ip in ready:
-                    target = int(port.target_port) if port.target_port and port.target_port.isdigit() else None
-                    target = target or next((sp.port for v in kube.endpoint_slices for sp in v.ports
-                                             if sp.name == port.name and sp.port), None)
                     if target is None:
-                        continue
+                        break
                     probe = _probe(docs, ip, target)
                     if probe is not None:
                         outcome, where = probe

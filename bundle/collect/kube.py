@@ -25,6 +25,7 @@ from bundle.models.kube import (
     PodView,
     ServicePortView,
     ServiceView,
+    target_port,
 )
 
 MAX_PAGES = 10
@@ -51,6 +52,7 @@ class KubeRequest:
 class KubeResult:
     doc: KubeSlice
     members: list[tuple[str, bytes, str, str]] = field(default_factory=list)  # path, data, media type, source
+    raw_endpoint_slices: list[dict[str, Any]] = field(default_factory=list)  # as the API sent them (for the NAT slice)
 
 
 class KubeConfigError(Exception):
@@ -355,6 +357,7 @@ def collect_kube(req: KubeRequest, client: Any, server: str, context: str | None
         if isinstance(items, dict):
             doc.network_policies[ns] = len(items.get("items") or [])
     doc.endpoint_slices = endpoint_slices(raw_slices)
+    result.raw_endpoint_slices = raw_slices
     doc.pods = list(pods.values())
     return result
 
@@ -375,8 +378,7 @@ def service_targets(doc: KubeSlice) -> tuple[list[tuple[str, int]], list[str]]:
         kept = 0
         for view in [v for v in doc.endpoint_slices if v.service == f"{svc.namespace}/{svc.name}"]:
             for port in svc.ports:
-                target = next((sp.port for sp in view.ports if sp.port and (sp.name or None) == port.name), None) or \
-                    (int(port.target_port) if port.target_port and port.target_port.isdigit() else None)
+                target = target_port(port, [view])
                 if target is None:
                     continue
                 for ep in view.endpoints:

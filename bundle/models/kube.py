@@ -94,6 +94,15 @@ class PodVantage(Model):
     vantage: str | None = None
 
 
+def target_port(port: ServicePortView, slices: list[EndpointSliceView]) -> int | None:
+    """The port a Service port reaches on its endpoints: the EndpointSlice's port of the same name (it resolves a
+    named targetPort), else a numeric targetPort. `slices` are that Service's own."""
+    named = next((sp.port for v in slices for sp in v.ports if sp.port and (sp.name or None) == port.name), None)
+    if named is not None:
+        return named
+    return int(port.target_port) if port.target_port and port.target_port.isdigit() else None
+
+
 class KubeSlice(Model):
     server: str
     context: str | None = None
