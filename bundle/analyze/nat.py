@@ -12,11 +12,10 @@ NEAR_MAX = 0.9
 DROP_COUNTERS = ("insert_failed", "drop", "early_drop")
 
 
-def _ready(slices: list[EndpointSliceView], service: str, port_name: str | None) -> tuple[set[str], set[str], bool]:
-    """(ready addresses, every address, found) of a Service in the EndpointSlices. Ports are matched by name
+def _ready(slices: list[EndpointSliceView], service: str, port_name: str | None) -> tuple[set[str], bool]:
+    """(ready addresses, found) of a Service in the EndpointSlices. Ports are matched by name
     (kube-proxy's comment carries the port name) when the slice names its ports."""
     ready: set[str] = set()
-    every: set[str] = set()
     found = False
     for s in slices:
         if s.service != service:
@@ -25,10 +24,9 @@ def _ready(slices: list[EndpointSliceView], service: str, port_name: str | None)
             continue
         found = True
         for ep in s.endpoints:
-            every.update(ep.addresses)
             if ep.ready is not False:  # absent means ready (the API's rule for v1 slices)
                 ready.update(ep.addresses)
-    return ready, every, found
+    return ready, found
 
 
 def _split(service: str) -> tuple[str, str | None]:
@@ -102,7 +100,7 @@ def nat_findings(vantage: Vantage, doc: NatSlice, configured_mode: str | None = 
             if front is None:
                 continue
             name, port_name = _split(front.service)
-            ready, _every, known = _ready(slices, name, port_name)
+            ready, known = _ready(slices, name, port_name)
             now = {(ep.address, ep.port) for ep in front.endpoints}
             if known and e.reply.src not in ready and (e.reply.src, e.reply.sport or 0) not in now:
                 add("service.conntrack_stale_endpoint", Severity.WARNING, front.address,
@@ -117,7 +115,7 @@ def nat_findings(vantage: Vantage, doc: NatSlice, configured_mode: str | None = 
 def _service_vs_slices(found: FindingList, vantage: Vantage, i: int, entry: ServiceEntry,
                        slices: list[EndpointSliceView]) -> None:
     name, port_name = _split(entry.service)
-    ready, _every, known = _ready(slices, name, port_name)
+    ready, known = _ready(slices, name, port_name)
     if not known:
         return
     front = f"{entry.address or '*'}:{entry.port}/{entry.protocol}"

@@ -304,7 +304,7 @@ def _kube_first(req: CollectRequest, kreq: KubeRequest, staged: StagedBundle,
     if names:
         options["dns_names"] = ",".join(dict.fromkeys([n for n in options.get("dns_names", "").split(",") if n]
                                                       + names))
-    raw = kube.raw_endpoint_slices(result.members)
+    raw = result.raw_endpoint_slices
     if raw and "endpointslices" not in options:
         fd, name = tempfile.mkstemp(prefix="netbundle-endpointslices-", suffix=".json")
         with os.fdopen(fd, "w") as fh:

@@ -389,17 +389,3 @@ def service_targets(doc: KubeSlice) -> tuple[list[tuple[str, int]], list[str]]:
                             addresses.append((a, target))
                             kept += 1
     return list(dict.fromkeys(addresses)), list(dict.fromkeys(names))
-
-
-def raw_endpoint_slices(members: list[tuple[str, bytes, str, str]]) -> list[dict[str, Any]]:
-    """The EndpointSlice objects as the API sent them (from the kept list pages), for the NAT slice."""
-    out: list[dict[str, Any]] = []
-    for path, data, _media, _source in members:
-        if "/objects/endpointslices.discovery.k8s.io/" not in path:
-            continue
-        try:
-            page = json.loads(data)
-        except ValueError:
-            continue
-        out += [i for i in page.get("items") or [] if isinstance(i, dict)]
-    return out

@@ -8,6 +8,7 @@ Each yields ServiceEntry models: frontend -> endpoints with the share of new con
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 import shlex
@@ -186,6 +187,23 @@ def services_from_ipvsadm(text: str, source: str = "ipvsadm -Ln") -> list[Servic
         for e in entry.endpoints:
             e.share = round((e.weight or 0) / total, 6) if total else 0.0
     return out
+
+
+def services_from_proc_ip_vs(text: str) -> list[ServiceEntry]:
+    """/proc/net/ip_vs prints addresses in hex (0A600014:01BB); turned into ipvsadm -Ln's form and parsed."""
+    def conv(hexaddr: str) -> str:
+        addr, _, port = hexaddr.partition(":")
+        ip = str(ipaddress.ip_address(int(addr, 16))) if len(addr) == 8 else f"[{ipaddress.ip_address(int(addr, 16))}]"
+        return f"{ip}:{int(port, 16)}"
+
+    lines = []
+    for line in text.splitlines():
+        parts = line.split()
+        if parts and parts[0] in ("TCP", "UDP", "SCTP") and len(parts) >= 3:
+            lines.append(f"{parts[0]}  {conv(parts[1])} {parts[2]}")
+        elif len(parts) >= 6 and parts[0] == "->" and ":" in parts[1] and parts[1][0] != "R":
+            lines.append(f"  -> {conv(parts[1])} {' '.join(parts[2:6])}")
+    return services_from_ipvsadm("\n".join(lines), source="/proc/net/ip_vs")
 
 
 def _nft_rules(doc: Any) -> tuple[dict[str, list[list[Any]]], dict[str, list[Any]]]:

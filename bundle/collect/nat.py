@@ -166,26 +166,9 @@ def _ipvs_services() -> tuple[list[ServiceEntry], DatapathCheck, str | None]:
     except OSError as exc:
         return [], DatapathCheck(datapath=Datapath.IPVS, command="cat /proc/net/ip_vs", programmed=None,
                                  unavailable=Unavailable(unavailable=MissingReason.ERROR, detail=str(exc))), None
-    services = services_from_proc_ip_vs(text)
+    services = kubeproxy.services_from_proc_ip_vs(text)
     return services, DatapathCheck(datapath=Datapath.IPVS, command="cat /proc/net/ip_vs", programmed=bool(services),
                                    detail=f"{len(services)} virtual services"), text
-
-
-def services_from_proc_ip_vs(text: str) -> list[ServiceEntry]:
-    """/proc/net/ip_vs prints addresses in hex (0A600014:01BB); turned into ipvsadm -Ln's form and parsed."""
-    def conv(hexaddr: str) -> str:
-        addr, _, port = hexaddr.partition(":")
-        ip = str(ipaddress.ip_address(int(addr, 16))) if len(addr) == 8 else f"[{ipaddress.ip_address(int(addr, 16))}]"
-        return f"{ip}:{int(port, 16)}"
-
-    lines = []
-    for line in text.splitlines():
-        parts = line.split()
-        if parts and parts[0] in ("TCP", "UDP", "SCTP") and len(parts) >= 3:
-            lines.append(f"{parts[0]}  {conv(parts[1])} {parts[2]}")
-        elif len(parts) >= 6 and parts[0] == "->" and ":" in parts[1] and parts[1][0] != "R":
-            lines.append(f"  -> {conv(parts[1])} {' '.join(parts[2:6])}")
-    return kubeproxy.services_from_ipvsadm("\n".join(lines), source="/proc/net/ip_vs")
 
 
 def proxy_dataplane(budget_s: float, active: bool) -> tuple[ProxyMode, list[ServiceEntry], dict[str, str]]:

@@ -94,6 +94,8 @@ def build_view(bundle: Bundle) -> View:
     findings: list[Finding] = []
     lookups: dict[str, dict[str, RouteLookup]] = {t.address: {} for t in m.targets if t.address}
     evidence = []
+    kube = bundle.kube()
+    configured_mode = kube.kube_proxy.mode if kube is not None and kube.kube_proxy else None
     for v in m.vantages:
         doc = bundle.route(v.id)
         socks = bundle.sockets(v.id)
@@ -102,9 +104,7 @@ def build_view(bundle: Bundle) -> View:
         nat = bundle.nat(v.id)
         vantages.append(VantageView(v, doc, [s for s in m.slices if s.vantage == v.id], socks, dns, cap, nat))
         if nat is not None:
-            kube_doc = bundle.kube()
-            configured = kube_doc.kube_proxy.mode if kube_doc is not None and kube_doc.kube_proxy else None
-            findings += nat_findings(v, nat, configured)
+            findings += nat_findings(v, nat, configured_mode)
         if cap is not None and cap.analysis is not None:
             findings += capture_findings(v.id, f"vantages/{v.id}/capture.json", cap.analysis, cap,
                                          f"vantages/{v.id}/capture.pcapng")
@@ -120,7 +120,6 @@ def build_view(bundle: Bundle) -> View:
     for path, cdoc in operator:
         findings += capture_findings("operator capture", path, cdoc, None, path.rsplit("/", 1)[0] + "/" + cdoc.file)
     findings.sort(key=lambda f: (_LAYERS.get(f.layer, 9), _SEVERITY[f.severity.value]))
-    kube = bundle.kube()
     docs = [VantageDocs(vv.vantage.id, vv.route, vv.sockets, vv.dns, vv.nat) for vv in vantages]
     hops = service_hops(kube, docs) if kube is not None else []
     rows = timeline(m, vantages)
