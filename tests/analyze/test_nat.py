@@ -6,8 +6,7 @@ datapaths, a proxy that says another mode) and the /proc/net/ip_vs reader."""
 from __future__ import annotations
 
 from bundle.analyze.nat import nat_findings
-from bundle.collect.kubeproxy import endpoint_slices, services_from_ipvsadm
-from bundle.collect.nat import services_from_proc_ip_vs
+from bundle.collect.kubeproxy import endpoint_slices, services_from_ipvsadm, services_from_proc_ip_vs
 from bundle.models import (
     ConntrackEntry,
     ConntrackSample,
