@@ -4,9 +4,26 @@ per-netns settings)."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 from bundle.lab.topology import Topology
 
 _CONNTRACK_ON = "table inet nb_bench {\n chain out {\n type filter hook output priority 0;\n ct state new counter\n }\n}\n"
+
+
+_FILL = """
+import socket, sys
+n = int(sys.argv[1])
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+for i in range(n):
+    s.sendto(b"x", (f"10.99.{(i >> 8) & 255}.{i & 255}", 1000 + (i >> 16)))
+"""
+
+
+def fill_udp(ns: str, n: int) -> None:
+    """n conntrack entries: one datagram to each of n distinct destinations behind the sink."""
+    subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-c", _FILL, str(n)], check=True)
 
 
 def conntrack_netns(t: Topology) -> str:

@@ -24,17 +24,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench._conntrack_lab import conntrack_netns  # noqa: E402
+from bench._conntrack_lab import conntrack_netns, fill_udp  # noqa: E402
 from bundle.lab.topology import Topology  # noqa: E402
-
-_FILL = """
-import socket, sys
-n = int(sys.argv[1])
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-for i in range(n):
-    s.sendto(b"x", (f"10.99.{(i >> 8) & 255}.{i & 255}", 1000 + (i >> 16)))
-"""
-
 
 def _timed(ns: str, argvs: list[list[str]]) -> float:
     t = time.perf_counter()
@@ -76,7 +67,7 @@ def main() -> None:
                 if farm.poll() is not None:
                     raise SystemExit("socket farm failed")
                 time.sleep(0.2)
-            subprocess.run(["ip", "netns", "exec", node, sys.executable, "-c", _FILL, str(args.entries)], check=True)
+            fill_udp(node, args.entries)
             count = subprocess.run(["ip", "netns", "exec", node, "conntrack", "-C"], capture_output=True,
                                    text=True).stdout.strip()
             out = Path(tmp) / "scale.tar.zst"

@@ -28,16 +28,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench._conntrack_lab import conntrack_netns  # noqa: E402
+from bench._conntrack_lab import conntrack_netns, fill_udp  # noqa: E402
 from bundle.lab.topology import Topology  # noqa: E402
-
-_FILL = """
-import socket, sys
-n = int(sys.argv[1])
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-for i in range(n):
-    s.sendto(b"x", (f"10.99.{(i >> 8) & 255}.{i & 255}", 1000 + (i >> 16)))
-"""
 
 _OURS = """
 import json, resource, socket, sys, time
@@ -73,7 +65,7 @@ def main() -> None:
     with Topology(f"nb-bench-ct-{os.getpid()}") as t:
         ns = conntrack_netns(t)
         fill = time.perf_counter()
-        _in(ns, [sys.executable, "-c", _FILL, str(args.entries)])
+        fill_udp(ns, args.entries)
         fill = time.perf_counter() - fill
         count = int(_in(ns, ["conntrack", "-C"]).stdout.strip())
         ours: list[dict[str, float]] = []
