@@ -254,7 +254,7 @@ def _cmd_show(args: argparse.Namespace) -> int:
     from bundle.archive import read_bundle
     from bundle.render.text import summary
 
-    b = read_bundle(args.bundle)
+    b = read_bundle(args.bundle, tables=False)
     if args.json:
         print(b.manifest.model_dump_json(indent=2))
     else:
@@ -277,7 +277,7 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     from bundle.archive import read_bundle
     from bundle.render.view import build_view
 
-    b = read_bundle(args.bundle)
+    b = read_bundle(args.bundle, tables=False)
     report = build_view(b).report
     assert report is not None
     stored = b.findings()
@@ -301,7 +301,7 @@ def _cmd_summary(args: argparse.Namespace) -> int:
     from bundle.archive import read_bundle
     from bundle.render.summary import ticket_summary
 
-    b = read_bundle(args.bundle)
+    b = read_bundle(args.bundle, tables=False)
     sys.stdout.write(ticket_summary(b, args.bundle, args.format))
     return 0
 
@@ -312,7 +312,8 @@ def _cmd_diff(args: argparse.Namespace) -> int:
     from bundle.archive import read_bundle
 
     def sides(path: Path) -> list[VantageDocs]:
-        b = read_bundle(path)
+        b = read_bundle(path, tables=False)
+
         def ruleset(vid: str) -> str | None:
             data = b.texts.get(f"vantages/{vid}/nft-ruleset.txt")
             return data.decode(errors="replace") if data is not None else None
@@ -371,7 +372,7 @@ def _cmd_render(args: argparse.Namespace) -> int:
     from bundle.archive import read_bundle
     from bundle.render.html import render_html
 
-    b = read_bundle(args.bundle)
+    b = read_bundle(args.bundle, tables=False)
     out: Path = args.output or args.bundle.with_name(args.bundle.name.removesuffix(".tar.zst") + ".html")
     html = render_html(b)
     tmp = out.with_name(f".{out.name}.part")

@@ -22,12 +22,14 @@ from bundle.models import (
     NatSlice,
     RouteSlice,
     SocketsSlice,
+    SocketTable,
 )
 
 DOCUMENTS: dict[str, type[Model]] = {
     "manifest": Manifest,
     "route": RouteSlice,
     "sockets": SocketsSlice,
+    "socket-table": SocketTable,
     "dns": DnsSlice,
     "capture-analysis": CaptureAnalysis,
     "nat": NatSlice,

@@ -128,14 +128,13 @@ def transport_findings(evidence: list[VantageEvidence], targets: list[Target]) -
                 "samples", "ss -tan state syn-sent")
         cw = last.tcp.get("CLOSE-WAIT", 0)
         if cw >= CLOSE_WAIT_THRESHOLD:
-            owners = Counter(o.command for sock in s.sockets if sock.state == "CLOSE-WAIT" for o in sock.owners)
+            owners = Counter(s.close_wait_owners)
             who = ", ".join(f"{c} ({n})" for c, n in owners.most_common(3)) or "owners unknown"
             trend = f"{first.tcp.get('CLOSE-WAIT', 0)} -> {cw}"
             add("transport.close_wait", Severity.WARNING, v, None,
                 f"In {v.id}, {cw} TCP sockets are in CLOSE-WAIT ({trend}): the peer closed and the application "
                 f"has not. Held by: {who}.", "samples", "ss -tanp state close-wait")
-        hidden = sum(1 for sock in s.sockets
-                     if sock.owner_unknown and sock.owner_unknown.unavailable.value == "not_permitted")
+        hidden = s.owners_hidden
         if hidden:
             add("transport.owners_hidden", Severity.INFO, v, None,
                 f"In {v.id}, the owners of {hidden} sockets are hidden: {s.owner_scan.denied} of "

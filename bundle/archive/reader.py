@@ -36,6 +36,8 @@ from bundle.models import (
     NatSlice,
     RouteSlice,
     SocketsSlice,
+    SocketTable,
+    TABLE_MEDIA_TYPES,
     parse_version,
 )
 
@@ -73,6 +75,10 @@ class Bundle:
     def sockets(self, vantage_id: str) -> SocketsSlice | None:
         return self.document(f"vantages/{vantage_id}/sockets.json", SocketsSlice)
 
+    def socket_table(self, vantage_id: str) -> SocketTable | None:
+        """Every kept socket row; None also when the bundle was read with tables=False."""
+        return self.document(f"vantages/{vantage_id}/socket-table.json", SocketTable)
+
     def capture(self, vantage_id: str) -> CaptureRun | None:
         return self.document(f"vantages/{vantage_id}/capture.json", CaptureRun)
 
@@ -96,11 +102,11 @@ class Bundle:
 
 
 def staged_bundle(manifest: Manifest, staged: StagedBundle) -> Bundle:
-    """The documents staged so far as a Bundle, validated as the reader validates them."""
+    """The documents staged so far (row tables aside) as a Bundle, validated as the reader validates them."""
     bundle = Bundle(manifest=manifest)
     for path, member in staged.members.items():
         model = DOCUMENT_MODELS.get(member.media_type)
-        if model is not None:
+        if model is not None and member.media_type not in TABLE_MEDIA_TYPES:
             bundle.documents[path] = _validate_doc(path, staged.read(path), model)
     return bundle
 
@@ -122,8 +128,14 @@ def check_version(raw: dict[str, object]) -> None:
         )
 
 
-def read_bundle(path: Path, limits: ReadLimits = ReadLimits(), extract_to: Path | None = None) -> Bundle:
-    """Verify and load a bundle. With extract_to, verified non-JSON members are written there."""
+def read_bundle(
+    path: Path, limits: ReadLimits = ReadLimits(), extract_to: Path | None = None, tables: bool = True
+) -> Bundle:
+    """Verify and load a bundle. With extract_to, verified non-JSON members are written there.
+
+    tables=False leaves the full row tables (socket-table.json) unparsed: their size and SHA-256 are still
+    checked, but the report and the analysis read only the summaries, so 50,000 rows cost a hash, not a parse.
+    """
     try:
         fh = open(path, "rb")
     except OSError as exc:
@@ -135,7 +147,7 @@ def read_bundle(path: Path, limits: ReadLimits = ReadLimits(), extract_to: Path 
         fh.seek(0)
         try:
             with pyzstd.ZstdFile(fh, "r") as zf:
-                return _read_tar(zf, limits, extract_to)
+                return _read_tar(zf, limits, extract_to, tables)
         except pyzstd.ZstdError as exc:
             raise InvalidBundle(f"corrupt zstd stream: {exc}") from None
         except tarfile.TarError as exc:
@@ -144,7 +156,7 @@ def read_bundle(path: Path, limits: ReadLimits = ReadLimits(), extract_to: Path 
             raise InvalidBundle("archive ends early (truncated)") from None
 
 
-def _read_tar(zf: Any, limits: ReadLimits, extract_to: Path | None) -> Bundle:
+def _read_tar(zf: Any, limits: ReadLimits, extract_to: Path | None, tables: bool) -> Bundle:
     bundle: Bundle | None = None
     expected: dict[str, Member] = {}
     seen: set[str] = set()
@@ -179,7 +191,7 @@ def _read_tar(zf: Any, limits: ReadLimits, extract_to: Path | None) -> Bundle:
             total += info.size
             if total > limits.max_total_bytes:
                 raise InvalidBundle(f"bundle unpacks to more than {limits.max_total_bytes} bytes", rel)
-            is_doc = member.media_type in DOCUMENT_MODELS
+            is_doc = member.media_type in DOCUMENT_MODELS and (tables or member.media_type not in TABLE_MEDIA_TYPES)
             if info.size > limits.max_member_bytes:
                 raise InvalidBundle(f"member larger than the {limits.max_member_bytes}-byte limit", rel)
             if is_doc and info.size > limits.max_document_bytes:

@@ -30,6 +30,9 @@ from bundle.models import (
 from bundle.netlink.sockdiag import TOTAL_RETRANS, DiagSocket, dump_all, tcp_info
 
 DEFAULT_ROWS = 20_000
+FOCUS_ROWS = 2_000
+# States that point at a fault: the rows of these (beside the targets') are what a reader of the report needs.
+_TROUBLE = frozenset({"SYN-SENT", "SYN-RECV", "CLOSE-WAIT", "LAST-ACK", "FIN-WAIT-1", "CLOSING"})
 DEFAULT_SAMPLES = 3
 DEFAULT_INTERVAL_S = 1.0
 _PROTO = {socket.IPPROTO_TCP: "tcp", socket.IPPROTO_UDP: "udp"}
@@ -176,19 +179,34 @@ class SocketsCollector(Collector):
                     futures = [pool.submit(connect.probe, spec, addr, port, 2, timeout) for spec, addr, port in jobs]
                     probes = [f.result() for f in futures]
 
+        hidden = 0
+        close_wait: Counter[str] = Counter()
+        for r in rows:
+            if r["owner_unknown"] is not None and r["owner_unknown"]["unavailable"] == "not_permitted":
+                hidden += 1
+            if r["state"] == "CLOSE-WAIT":
+                close_wait.update(o["command"] for o in r["owners"])
+        focus = rows[:len(keep)] + [r for r in rows[len(keep):] if r["state"] in _TROUBLE]
+        table = f"vantages/{ctx.vantage_id}/socket-table.json" if rows else None
         doc = SocketsSlice(
-            sockets=[], total=len(first), kept=len(rows), dropped=len(first) - len(rows),
-            row_limit=row_limit, counts=dict(sorted(counts.items())), listeners=listeners, samples=samples,
-            probes=probes, owner_scan=owners.scan,
-            active_probes=not ctx.passive,
+            sockets=[], focus_limit=FOCUS_ROWS, table=table, total=len(first), kept=len(rows),
+            dropped=len(first) - len(rows), row_limit=row_limit, counts=dict(sorted(counts.items())),
+            owners_hidden=hidden, close_wait_owners=dict(close_wait.most_common()), listeners=listeners,
+            samples=samples, probes=probes, owner_scan=owners.scan, active_probes=not ctx.passive,
         )
         data = doc.model_dump(mode="json")
-        data["sockets"] = rows
-        art = Artifact(name="sockets.json", data=pydantic_core.to_json(data),
-                       media_type=MediaType.SOCKETS,
-                       provenance=Provenance(source="sock_diag SOCK_DIAG_BY_FAMILY dumps (TCP/UDP, IPv4/IPv6, "
-                                                    "tcp_info), /proc/*/fd, TCP connect probes",
-                                             duration_s=round(time.monotonic() - started, 6)))
-        art.provenance.truncated = doc.dropped > 0
+        data["sockets"] = focus[:FOCUS_ROWS]
+        source = "sock_diag SOCK_DIAG_BY_FAMILY dumps (TCP/UDP, IPv4/IPv6, tcp_info), /proc/*/fd"
+        duration = round(time.monotonic() - started, 6)
+        art = Artifact(name="sockets.json", data=pydantic_core.to_json(data), media_type=MediaType.SOCKETS,
+                       provenance=Provenance(source=f"{source}, TCP connect probes", duration_s=duration))
+        art.provenance.truncated = doc.dropped > 0 or len(focus) > FOCUS_ROWS
+        arts = [art]
+        if rows:
+            # Rows go straight to JSON: the reader validates them against SocketTable when it loads the table.
+            arts.append(Artifact(name="socket-table.json", data=pydantic_core.to_json({"sockets": rows}),
+                                 media_type=MediaType.SOCKET_TABLE,
+                                 provenance=Provenance(source=source, duration_s=duration,
+                                                       truncated=doc.dropped > 0)))
         status = SliceStatus.PARTIAL if reasons else SliceStatus.COMPLETE
-        return SliceResult(status=status, artifacts=[art], reason="; ".join(reasons + notes) or None)
+        return SliceResult(status=status, artifacts=arts, reason="; ".join(reasons + notes) or None)

@@ -101,14 +101,19 @@ from bundle.models.sockets import (
     OwnerScan,
     Socket,
     SocketsSlice,
+    SocketTable,
     StateSample,
 )
 from bundle.models.sockets import TcpInfo as SocketTcpInfo
+
+# Full row tables: checksummed always, parsed only by readers that ask (render and analysis read the summaries).
+TABLE_MEDIA_TYPES = frozenset({MediaType.SOCKET_TABLE})
 
 # Which model validates a member of a given media type.
 DOCUMENT_MODELS: dict[str, type[Model]] = {
     MediaType.ROUTE: RouteSlice,
     MediaType.SOCKETS: SocketsSlice,
+    MediaType.SOCKET_TABLE: SocketTable,
     MediaType.DNS: DnsSlice,
     MediaType.CAPTURE: CaptureRun,
     MediaType.CAPTURE_ANALYSIS: CaptureAnalysis,
@@ -203,12 +208,14 @@ __all__ = [
     "SliceRun",
     "SliceStatus",
     "Socket",
+    "SocketTable",
     "SocketTcpInfo",
     "SocketsSlice",
     "StateSample",
     "StopReason",
     "SweepStatus",
     "Sysctls",
+    "TABLE_MEDIA_TYPES",
     "Target",
     "TargetLadder",
     "TcpFlow",

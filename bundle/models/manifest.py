@@ -11,9 +11,9 @@ from pydantic import Field, field_validator, model_validator
 from bundle.models._base import Model
 
 FORMAT_NAME = "netbundle"
-FORMAT_VERSION = "1.0"
+FORMAT_VERSION = "1.1"
 # The earliest format version this reader can read (plaso-style compatibility).
-READ_COMPATIBLE_FORMAT_VERSION = "1.0"
+READ_COMPATIBLE_FORMAT_VERSION = "1.1"
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _VERSION = re.compile(r"^(\d{1,4})\.(\d{1,4})$")
@@ -31,6 +31,7 @@ class MediaType(StrEnum):
     MANIFEST = "application/vnd.netbundle.manifest.v1+json"
     ROUTE = "application/vnd.netbundle.route.v1+json"
     SOCKETS = "application/vnd.netbundle.sockets.v1+json"
+    SOCKET_TABLE = "application/vnd.netbundle.socket-table.v1+json"
     DNS = "application/vnd.netbundle.dns.v1+json"
     RESOLV_CONF = "text/vnd.netbundle.resolv-conf"
     CAPTURE = "application/vnd.netbundle.capture.v1+json"

@@ -113,13 +113,28 @@ class OwnerScan(Model):
     complete: bool
 
 
-class SocketsSlice(Model):
+class SocketTable(Model):
+    """Every kept row of one vantage, in its own member so the report need not parse 50,000 rows."""
+
     sockets: list[Socket]
+
+
+class SocketsSlice(Model):
+    sockets: list[Socket] = Field(
+        description="the rows the analysis and the report read: rows of the targets first, then rows in states "
+                    "that point at a fault (SYN-SENT, SYN-RECV, CLOSE-WAIT, LAST-ACK, FIN-WAIT-1, CLOSING), "
+                    "at most focus_limit; every kept row is in the member named by table")
+    focus_limit: int = Field(description="the most rows this document keeps (the table keeps row_limit)")
+    table: str | None = Field(description="bundle member holding every kept row (socket-table.json); "
+                                          "null when no row was kept")
     total: int
-    kept: int
-    dropped: int = Field(description="rows left out past the row limit; counts stay exact")
+    kept: int = Field(description="rows in the table")
+    dropped: int = Field(description="rows left out of the table past the row limit; counts stay exact")
     row_limit: int
     counts: dict[str, int] = Field(description="exact '<proto> <state>' counts over all sockets")
+    owners_hidden: int = Field(description="rows of the table whose owner could not be read (not_permitted)")
+    close_wait_owners: dict[str, int] = Field(
+        description="command -> CLOSE-WAIT sockets it holds, over the rows of the table")
     listeners: list[Listener]
     samples: list[StateSample]
     probes: list[ConnectProbe] = []

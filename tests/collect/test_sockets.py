@@ -13,7 +13,7 @@ from pyroute2 import IPRoute, netns
 
 from bundle.archive import read_bundle
 from bundle.collect.sockets import bind_scope
-from bundle.models import BindScope, ConnectOutcome, SocketsSlice
+from bundle.models import BindScope, ConnectOutcome, SocketsSlice, SocketTable
 from tests.conftest import netbundle
 
 pytestmark = pytest.mark.privileged
@@ -45,7 +45,7 @@ def ss_rows(ns: str) -> Counter[tuple[object, ...]]:
     return rows
 
 
-def our_rows(doc: SocketsSlice) -> Counter[tuple[object, ...]]:
+def our_rows(doc: SocketTable) -> Counter[tuple[object, ...]]:
     return Counter((s.protocol, s.state, _norm(s.local), s.lport, _norm(s.remote), s.rport,
                     frozenset(o.pid for o in s.owners)) for s in doc.sockets)
 
@@ -73,50 +73,59 @@ def farm(tmp_path_factory):
         netns.remove(name)
 
 
-def _collect(tmp_path, ns: str, *extra: str) -> SocketsSlice:
+def _collect(tmp_path, ns: str, *extra: str) -> tuple[SocketsSlice, SocketTable]:
+    """The summary document and the full row table of one collect."""
     out = tmp_path / "b.tar.zst"
     proc = netbundle("collect", "--slice", "sockets", "--netns", ns, "-o", str(out), *extra)
     assert proc.returncode == 0, proc.stderr
-    doc = read_bundle(out).document(f"vantages/netns-{ns}/sockets.json", SocketsSlice)
-    assert doc is not None
-    return doc
+    b = read_bundle(out)
+    doc, table = b.sockets(f"netns-{ns}"), b.socket_table(f"netns-{ns}")
+    assert doc is not None and table is not None and doc.table == f"vantages/netns-{ns}/socket-table.json"
+    return doc, table
 
 
 def test_socket_table_equals_ss(tmp_path, farm):
     ns, _ = farm
     for _ in range(3):  # sockets change state on their own (FIN-WAIT-2 and TIME-WAIT expire): retry a race
-        doc = _collect(tmp_path, ns, "--passive", "--socket-samples", "1")
+        doc, table = _collect(tmp_path, ns, "--passive", "--socket-samples", "1")
         theirs = ss_rows(ns)
-        ours = our_rows(doc)
+        ours = our_rows(table)
         if ours == theirs:
             break
     assert ours == theirs, (ours - theirs, theirs - ours)
-    states = Counter(s.state for s in doc.sockets)
+    states = Counter(s.state for s in table.sockets)
     assert {"ESTAB", "TIME-WAIT", "CLOSE-WAIT", "FIN-WAIT-2", "LISTEN", "UNCONN"} <= set(states)
-    assert doc.total == sum(states.values()) > 2000 and doc.dropped == 0
+    assert doc.total == doc.kept == sum(states.values()) > 2000 and doc.dropped == 0
     # every socket with an inode is held by the farm (the scan may still meet an unreadable process elsewhere)
-    assert all(s.owners for s in doc.sockets if s.inode)
+    assert all(s.owners for s in table.sockets if s.inode)
+    # the summary keeps the rows in states that point at a fault, and counts owners over the whole table
+    assert Counter(s.state for s in doc.sockets) == {st: n for st, n in states.items()
+                                                       if st in ("SYN-SENT", "SYN-RECV", "CLOSE-WAIT", "LAST-ACK",
+                                                                 "FIN-WAIT-1", "CLOSING")}
+    assert sum(doc.close_wait_owners.values()) == sum(len(s.owners) for s in table.sockets if s.state == "CLOSE-WAIT")
+    assert doc.owners_hidden == 0
 
 
 def test_row_limit_keeps_counts_exact_and_target_rows(tmp_path, farm):
     ns, _ = farm
-    doc = _collect(tmp_path, ns, "--passive", "--socket-samples", "1", "--socket-rows", "100",
-                   "--target", "127.0.0.1:20003")
-    assert doc.total > 2000 and doc.kept >= 100 and doc.dropped == doc.total - doc.kept
+    doc, table = _collect(tmp_path, ns, "--passive", "--socket-samples", "1", "--socket-rows", "100",
+                          "--target", "127.0.0.1:20003")
+    assert doc.total > 2000 and doc.kept == len(table.sockets) >= 100 and doc.dropped == doc.total - doc.kept
     assert sum(doc.counts.values()) == doc.total
-    to_target = [s for s in doc.sockets if s.lport == 20003 or (s.remote == "127.0.0.1" and s.rport == 20003)]
+    to_target = [s for s in table.sockets if s.lport == 20003 or (s.remote == "127.0.0.1" and s.rport == 20003)]
     assert len(to_target) > 50  # every row of the target is kept
     assert doc.kept == max(100, len(to_target))
-    full = _collect(tmp_path, ns, "--passive", "--socket-samples", "1", "--target", "127.0.0.1:20003")
+    assert doc.sockets[:len(to_target)] == to_target  # the summary's rows start with the target's
+    _, full = _collect(tmp_path, ns, "--passive", "--socket-samples", "1", "--target", "127.0.0.1:20003")
     assert len([s for s in full.sockets if s.lport == 20003 or s.rport == 20003]) == len(to_target)
 
 
 def test_owners_and_tcp_info(tmp_path, farm):
     ns, pid = farm
-    doc = _collect(tmp_path, ns, "--passive", "--socket-samples", "1")
-    estab = [s for s in doc.sockets if s.state == "ESTAB" and s.protocol == "tcp"]
+    doc, table = _collect(tmp_path, ns, "--passive", "--socket-samples", "1")
+    estab = [s for s in table.sockets if s.state == "ESTAB" and s.protocol == "tcp"]
     assert estab and all(s.tcp is not None and s.tcp.snd_mss > 0 for s in estab)
-    tw = [s for s in doc.sockets if s.state == "TIME-WAIT"]
+    tw = [s for s in table.sockets if s.state == "TIME-WAIT"]
     assert tw and all(s.owner_unknown and s.owner_unknown.unavailable.value == "not_applicable" for s in tw)
     listeners = {(l.local, l.lport): l for l in doc.listeners}
     assert listeners[("127.0.0.1", 20000)].scope is BindScope.LOOPBACK
