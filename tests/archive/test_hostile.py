@@ -53,3 +53,37 @@ def test_total_size_limit():
 def test_missing_file_is_clear(tmp_path):
     proc = netbundle("validate", str(tmp_path / "nope.tar.zst"))
     assert proc.returncode == 3 and "cannot open" in proc.stderr
+
+
+def _with_table(tmp_path, listed: bytes, stored: bytes):
+    """A valid bundle plus a socket table: `listed` is what the manifest hashes, `stored` what the tar holds."""
+    from bundle.models import MediaType
+
+    path = "vantages/host/socket-table.json"
+    members = [hostile.member("vantages/host/route.json", hostile.ROUTE_DOC, MediaType.ROUTE),
+               hostile.member(path, listed, MediaType.SOCKET_TABLE)]
+    out = tmp_path / "t.tar.zst"
+    out.write_bytes(hostile._with_manifest(members, [
+        hostile.reg(f"{hostile.BUNDLE_ID}/vantages/host/route.json", hostile.ROUTE_DOC),
+        hostile.reg(f"{hostile.BUNDLE_ID}/{path}", stored)]))
+    return out
+
+
+def test_row_table_is_hashed_always_and_parsed_when_asked(tmp_path):
+    """render/summary skip parsing the row table, never its checksum; validate parses every row."""
+    bad_rows = b'{"sockets": [{"protocol": "tcp", "state": "<script>"}]}'
+    out = _with_table(tmp_path, bad_rows, bad_rows)
+    b = read_bundle(out, tables=False)
+    assert b.socket_table("host") is None and b.member("vantages/host/socket-table.json") is not None
+    with pytest.raises(bundle.InvalidBundle, match="socket-table.json.*schema violation|schema violation"):
+        read_bundle(out)
+    proc = netbundle("validate", str(out))
+    assert proc.returncode == 3 and "socket-table.json" in proc.stderr, proc.stderr
+    assert netbundle("summary", str(out)).returncode == 0
+
+    good = b'{"sockets": []}'
+    tampered = _with_table(tmp_path, good, b'{"sockets":[] }')
+    with pytest.raises(bundle.InvalidBundle, match="SHA-256"):
+        read_bundle(tampered, tables=False)
+    proc = netbundle("render", str(tampered), "-o", str(tmp_path / "x.html"))
+    assert proc.returncode == 3 and "SHA-256" in proc.stderr and not (tmp_path / "x.html").exists()
