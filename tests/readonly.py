@@ -1,0 +1,143 @@
+"""What a collect must leave as it found it in a netns: rules, routes, rules, neighbors, links, addresses,
+sysctls and the conntrack table — read with the system's own tools, so our decoders are not judging
+themselves."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from dataclasses import dataclass
+
+from bundle.netlink import ctnetlink
+
+# Sysctls the kernel moves by itself (counts, not settings).
+_VOLATILE_SYSCTLS = re.compile(r"^net\.netfilter\.nf_conntrack_count\b|\.stable_secret\b")
+# Machine-wide settings a collect could be tempted to touch.
+MACHINE_SYSCTLS = ("/proc/sys/net/netfilter/nf_conntrack_max", "/proc/sys/net/nf_conntrack_max",
+                   "/proc/sys/net/ipv4/ip_forward")
+
+
+def in_netns(ns: str, *argv: str) -> str:
+    return subprocess.run(["ip", "netns", "exec", ns, *argv], capture_output=True, text=True, check=True).stdout
+
+
+def _plain_rules(text: str) -> str:
+    text = re.sub(r"counter packets \d+ bytes \d+", "counter", text)
+    return "\n".join(re.sub(r"\[\d+:\d+\]", "", line) for line in text.splitlines() if not line.startswith("#"))
+
+
+def state(ns: str) -> dict[str, str]:
+    """Settings of one netns as text: anything here that differs after a collect is a mutation."""
+    sysctls = in_netns(ns, "sysctl", "-a", "--ignore", "--pattern", r"^net\.")  # the rest is not per-netns
+    return {
+        "nft": _plain_rules(in_netns(ns, "nft", "list", "ruleset")),
+        "iptables-nft": _plain_rules(in_netns(ns, "iptables-nft-save")),
+        "iptables-legacy": _plain_rules(in_netns(ns, "iptables-legacy-save")),
+        # IPv6 link-local routes appear by themselves once DAD ends on a new link: not ours, left out
+        "routes": "\n".join(r for r in in_netns(ns, "ip", "-d", "route", "show", "table", "all").splitlines()
+                             if "fe80:" not in r),
+        "rules": in_netns(ns, "ip", "rule") + in_netns(ns, "ip", "-6", "rule"),
+        "links": "\n".join(re.sub(r"\s+", " ", line) for line in in_netns(ns, "ip", "-o", "link").splitlines()),
+        "addresses": "\n".join(line for line in in_netns(ns, "ip", "-br", "addr").splitlines()),
+        "sysctls": "\n".join(line for line in sysctls.splitlines() if not _VOLATILE_SYSCTLS.search(line)),
+    }
+
+
+@dataclass(frozen=True)
+class Neighbor:
+    dst: str
+    dev: str
+    lladdr: str | None
+    permanent: bool
+
+
+def neighbors(ns: str) -> set[Neighbor]:
+    out = set()
+    for line in in_netns(ns, "ip", "neigh", "show").splitlines():
+        parts = line.split()
+        if len(parts) < 3 or "dev" not in parts:
+            continue
+        lladdr = parts[parts.index("lladdr") + 1] if "lladdr" in parts else None
+        out.add(Neighbor(parts[0], parts[parts.index("dev") + 1], lladdr, "PERMANENT" in parts))
+    return out
+
+
+ConnKey = tuple[int, str, int | None, str, int | None]
+
+
+def conntrack(ns: str) -> dict[ConnKey, int]:
+    """Conntrack entries of a netns (by original tuple) with their remaining timeout."""
+    table = ctnetlink.parse_listing(in_netns(ns, "conntrack", "-L"))
+    return {(e.original.proto, e.original.src, e.original.sport, e.original.dst, e.original.dport): e.timeout or 0
+            for e in table}
+
+
+def machine() -> dict[str, str]:
+    out = {}
+    for path in MACHINE_SYSCTLS:
+        try:
+            with open(path) as fh:
+                out[path] = fh.read().strip()
+        except OSError:
+            pass
+    return out
+
+
+@dataclass
+class Snapshot:
+    states: dict[str, dict[str, str]]
+    neighbors: dict[str, set[Neighbor]]
+    conntrack: dict[str, dict[ConnKey, int]]
+    machine: dict[str, str]
+
+
+def snapshot(namespaces: list[str]) -> Snapshot:
+    return Snapshot({ns: state(ns) for ns in namespaces}, {ns: neighbors(ns) for ns in namespaces},
+                    {ns: conntrack(ns) for ns in namespaces}, machine())
+
+
+@dataclass
+class Changes:
+    """What differs, split into mutations (a failure) and the entries our own probes are allowed to make."""
+
+    mutations: list[str]
+    probe_made: list[str]
+
+
+def compare(before: Snapshot, after: Snapshot, lab_prefixes: tuple[str, ...] = ("10.244.", "10.96.")) -> Changes:
+    """Probes may add neighbor and conntrack entries between lab (or loopback) addresses; nothing else may
+    appear, change or go."""
+    mutations: list[str] = []
+    probe_made: list[str] = []
+    if before.machine != after.machine:
+        mutations.append(f"machine sysctls: {before.machine} -> {after.machine}")
+    for ns, was in before.states.items():
+        now = after.states[ns]
+        for key in was:
+            if was[key] != now[key]:
+                old, new = set(was[key].splitlines()), set(now[key].splitlines())
+                mutations.append(f"{ns} {key}: -{sorted(old - new)[:5]} +{sorted(new - old)[:5]}")
+    for ns, was_n in before.neighbors.items():
+        now_n = after.neighbors[ns]
+        # no entry removed or rewritten; new resolved entries for lab addresses are what probes cause
+        for n in sorted(was_n - now_n, key=str):
+            if n.lladdr is not None or n.permanent:
+                if not any(m.dst == n.dst and m.dev == n.dev and m.lladdr == n.lladdr for m in now_n):
+                    mutations.append(f"{ns} neighbor gone or changed: {n}")
+        for n in sorted(now_n - was_n, key=str):
+            if any(m.dst == n.dst and m.dev == n.dev for m in was_n):
+                continue
+            (probe_made if n.dst.startswith(lab_prefixes) or n.dst.startswith("fe80:") else mutations).append(
+                f"{ns} new neighbor {n.dst} dev {n.dev}")
+    for ns, was_c in before.conntrack.items():
+        now_c = after.conntrack[ns]
+        # an entry with a long timeout left must still be there: nothing deleted or flushed
+        for key, timeout in was_c.items():
+            if timeout > 60 and key not in now_c:
+                mutations.append(f"{ns} conntrack entry gone: {key}")
+        for key in now_c.keys() - was_c.keys():
+            proto, src, _, dst, _ = key
+            lab = all(a.startswith((*lab_prefixes, "127.")) or a == "::1" for a in (src, dst))
+            kernel = proto == 2 or dst.startswith(("224.", "ff02:"))  # IGMP membership reports the kernel sends
+            (probe_made if lab or kernel else mutations).append(f"{ns} new conntrack entry {key}")
+    return Changes(mutations, probe_made)
