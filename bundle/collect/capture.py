@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import os
 import select
-import shutil
 import socket
 import struct
-import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -39,6 +37,8 @@ DEFAULT_PACKETS = 10_000
 DEFAULT_BYTES = 8 << 20
 DEFAULT_SECONDS = 10.0
 DEFAULT_SNAPLEN = 128
+PACKET_OUTGOING = 4  # sockaddr_ll.sll_pkttype of a frame this host sent
+ARPHRD_LOOPBACK = 772
 DISK_FLOOR = 64 << 20
 _ARPHRD_LINKTYPE = {1: 1, 772: 1, 65534: 101, 776: 101}  # ethernet, loopback (ethernet framing), none/tun, sit
 
@@ -216,6 +216,8 @@ class CaptureCollector(Collector):
                     origlen, ancdata, _flags, addr = sock.recvmsg_into([view], anc, socket.MSG_TRUNC)
                 except BlockingIOError:
                     break
+                if addr[2] == PACKET_OUTGOING and addr[3] == ARPHRD_LOOPBACK:
+                    continue  # loopback hands every packet over twice, sent and received: keep it once (as libpcap)
                 ts = _timestamp(ancdata)
                 data = bytes(view[: min(origlen, limits.snaplen)])
                 if cooked:  # the Linux cooked (SLL) header, from the packet's sockaddr_ll
@@ -240,10 +242,11 @@ def _timestamp(ancdata: list[tuple[int, int, bytes]]) -> int:
 
 
 def _analyse(data: bytes) -> CaptureAnalysis:
-    folder = Path(tempfile.mkdtemp(prefix="netbundle-capture-"))
+    """Analyse the capture from memory (a memfd): a full or read-only TMPDIR must not cost the analysis."""
+    fd = os.memfd_create("netbundle-capture", os.MFD_CLOEXEC)
     try:
-        path = folder / "capture.pcapng"
-        path.write_bytes(data)
-        return analyze_capture(path, "capture.pcapng")
+        with os.fdopen(os.dup(fd), "wb") as fh:
+            fh.write(data)
+        return analyze_capture(Path(f"/proc/self/fd/{fd}"), "capture.pcapng")
     finally:
-        shutil.rmtree(folder, ignore_errors=True)
+        os.close(fd)
