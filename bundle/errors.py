@@ -11,6 +11,7 @@
     │   ├── InvalidBundle                        hostile or corrupt bundle
     │   ├── UnsupportedFormatVersion    exit 4
     │   └── BundleWriteError            exit 6
+    │       └── StagingError                     one member not staged (the collect goes on)
     ├── LabError                        exit 7
     └── RenderError                     exit 8
 
@@ -71,6 +72,14 @@ class UnsupportedFormatVersion(ArchiveError):
 
 class BundleWriteError(ArchiveError):
     exit_code = 6
+
+
+class StagingError(BundleWriteError):
+    """One member could not be staged (a full disk, mostly): the collect drops it and says so."""
+
+    def __init__(self, message: str, errno: int | None = None) -> None:
+        self.errno = errno
+        super().__init__(message)
 
 
 class LabError(NetbundleError):

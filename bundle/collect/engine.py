@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
+import errno
 import getpass
 import json
 import os
@@ -39,7 +41,7 @@ from bundle.collect import vantage as vantage_mod
 from bundle.collect.kube import KubeRequest
 from bundle.collect.registry import collectors
 from bundle.collect.vantage import VantageSpec
-from bundle.errors import BundleWriteError, UsageError
+from bundle.errors import BundleWriteError, StagingError, UsageError
 from bundle.models import (
     FORMAT_NAME,
     FORMAT_VERSION,
@@ -212,14 +214,33 @@ class _Run:
             except (binascii.Error, ValueError):
                 run.status, run.reason = SliceStatus.FAILED, f"agent sent a corrupt artifact {art['name']!r}"
                 continue
-            self.staged.add_bytes(path, data, art["media_type"], prov)
-            run.members.append(path)
+            self._stage(run, path, data, art["media_type"], prov)
         if event.get("traceback"):
-            path = f"errors/{vid}-{name}.txt"
-            self.staged.add_bytes(path, str(event["traceback"]).encode(), MediaType.TRACEBACK,
-                                  Provenance(slice=name, vantage=vid, source="collector exception"))
-            run.members.append(path)
+            self._stage(run, f"errors/{vid}-{name}.txt", str(event["traceback"]).encode(), MediaType.TRACEBACK,
+                        Provenance(slice=name, vantage=vid, source="collector exception"))
         return run
+
+    def _stage(self, run: SliceRun, path: str, data: bytes, media: str, prov: Provenance) -> None:
+        """Stage one member of a slice; one that cannot be (a full disk) makes the slice partial, not the run fail."""
+        try:
+            self.staged.add_bytes(path, data, media, prov)
+        except StagingError as exc:
+            run.status = SliceStatus.PARTIAL if run.status is SliceStatus.COMPLETE else run.status
+            run.reason = "; ".join(filter(None, [run.reason, str(exc)]))
+            return
+        run.members.append(path)
+
+    def drop_bulk(self, media_types: frozenset[str], why: str) -> list[str]:
+        """Drop the staged members of these media types, marking their slices partial; the paths dropped."""
+        dropped = [p for p, m in self.staged.members.items() if m.media_type in media_types]
+        for path in dropped:
+            self.staged.drop(path)
+            for run in self.runs.values():
+                if path in run.members:
+                    run.members.remove(path)
+                    run.status = SliceStatus.PARTIAL if run.status is SliceStatus.COMPLETE else run.status
+                    run.reason = "; ".join(filter(None, [run.reason, f"{path} dropped: {why}"]))
+        return dropped
 
     def close_pending(self, reason_for: Callable[[str], str]) -> None:
         for (vid, _), run in self.runs.items():
@@ -429,16 +450,18 @@ def _collect_vantages(req: CollectRequest, progress: Callable[[Progress], None] 
     for vid, agent in agents.items():
         tail = agent.stderr_tail()
         if tail.strip():
-            path = f"errors/{vid}-agent.txt"
-            staged.add_bytes(path, tail.encode(), MediaType.TEXT,
-                             Provenance(vantage=vid, source="agent stderr", truncated=len(tail) >= 2000))
-    statuses = {r.status for r in run.runs.values()}
-    if interrupted:
-        code = EXIT_INTERRUPTED
-    elif statuses <= {SliceStatus.COMPLETE, SliceStatus.SKIPPED}:
-        code = EXIT_OK
-    else:
-        code = EXIT_INCOMPLETE
+            with contextlib.suppress(StagingError):  # a diagnostic only: a full disk may cost it
+                staged.add_bytes(f"errors/{vid}-agent.txt", tail.encode(), MediaType.TEXT,
+                                 Provenance(vantage=vid, source="agent stderr", truncated=len(tail) >= 2000))
+
+    def exit_code() -> int:
+        if interrupted:
+            return EXIT_INTERRUPTED
+        if {r.status for r in run.runs.values()} <= {SliceStatus.COMPLETE, SliceStatus.SKIPPED}:
+            return EXIT_OK
+        return EXIT_INCOMPLETE
+
+    code = exit_code()
     manifest = Manifest(
         format=FORMAT_NAME, format_version=FORMAT_VERSION, read_compatible_version=READ_COMPATIBLE_FORMAT_VERSION,
         bundle_id=f"netbundle-{created:%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}",
@@ -451,8 +474,30 @@ def _collect_vantages(req: CollectRequest, progress: Callable[[Progress], None] 
     if req.finalize is not None and not interrupted:
         _finalize(req.finalize, manifest, staged)
         manifest.members = list(staged.members.values())
-    written = staged.write(manifest, out)
+    tiers = iter(_BULK)
+    while True:
+        try:
+            written = staged.write(manifest, out)
+            break
+        except BundleWriteError as exc:
+            if not (isinstance(exc.__cause__, OSError) and exc.__cause__.errno == errno.ENOSPC):
+                raise
+            # The bundle does not fit: give up the bulk, tier by tier; the documents that explain it stay.
+            for what, media in tiers:
+                if run.drop_bulk(media, f"no space left on the device to write the bundle ({what} go first)"):
+                    break
+            else:
+                raise
+            manifest.members = list(staged.members.values())
+            manifest.invocation.exit_code = code = exit_code()
     return CollectOutcome(path=written, manifest=manifest, exit_code=code, interrupted=interrupted)
+
+
+# What a full disk costs first when the bundle does not fit: captures, then full row tables (their summaries stay).
+_BULK: tuple[tuple[str, frozenset[str]], ...] = (
+    ("captures", frozenset({MediaType.PCAPNG, "application/vnd.tcpdump.pcap"})),
+    ("row tables", frozenset({MediaType.SOCKET_TABLE})),
+)
 
 
 # What the caller adds once everything is collected (the CLI: findings.json): (path, bytes, media, source).
@@ -465,11 +510,14 @@ def _finalize(finalize: Finalizer, manifest: Manifest, staged: StagedBundle) -> 
     try:
         extra = finalize(staged_bundle(manifest, staged))
     except Exception:  # noqa: BLE001 - whatever analysis hits, the evidence is still written
-        staged.add_bytes("errors/finalize.txt", traceback.format_exc().encode(), MediaType.TRACEBACK,
-                         Provenance(source="analysis at collect time"))
+        with contextlib.suppress(StagingError):
+            staged.add_bytes("errors/finalize.txt", traceback.format_exc().encode(), MediaType.TRACEBACK,
+                             Provenance(source="analysis at collect time"))
         return
     for path, data, media, source in extra:
-        staged.add_bytes(path, data, media, Provenance(source=source, duration_s=round(time.monotonic() - started, 6)))
+        with contextlib.suppress(StagingError):  # recomputable: `netbundle analyze` gives the same result
+            staged.add_bytes(path, data, media,
+                             Provenance(source=source, duration_s=round(time.monotonic() - started, 6)))
 
 
 MAX_PCAP_BYTES = 512 << 20

@@ -7,7 +7,10 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -119,3 +122,100 @@ def test_a_slice_that_hangs_is_cut_at_the_deadline(tmp_path, healthy_lab):
     assert runs["route"].status.value == "complete"
     assert runs["dns"].status.value in ("partial", "failed")
     assert any(w in (runs["dns"].reason or "") for w in ("deadline", "timeout", "no nameserver answered"))
+
+
+@contextmanager
+def _udp_flood_netns(name: str) -> Iterator[str]:
+    """A netns whose loopback carries incompressible UDP to 127.0.0.1:9999 for a while."""
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    sender = None
+    try:
+        subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True)
+        sender = subprocess.Popen(["ip", "netns", "exec", name, sys.executable, "-c", _FLOOD])
+        yield name
+    finally:
+        if sender is not None:
+            sender.kill()
+            sender.wait()
+        subprocess.run(["ip", "netns", "del", name], check=False)
+
+
+_FLOOD = """
+import os, socket, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+end = time.time() + 30
+while time.time() < end:
+    s.sendto(os.urandom(1200), ("127.0.0.1", 9999))
+"""
+
+
+@contextmanager
+def _small_disk(tmp_path: Path, megabytes: int = 80) -> Iterator[Path]:
+    mnt = tmp_path / "nbt-disk"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={megabytes}m", "nbt-disk", str(mnt)], check=True)
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def _fill_once_collecting(folder: Path, leave: int) -> threading.Thread:
+    """Another process fills the disk once the collect has started (after its free-space check)."""
+    def fill() -> None:
+        deadline = time.monotonic() + 30
+        while not list(folder.glob(".netbundle-stage-*")) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        time.sleep(0.5)
+        with open(folder / "filler", "wb") as fh:
+            os.posix_fallocate(fh.fileno(), 0, max(0, shutil.disk_usage(folder).free - leave))
+
+    t = threading.Thread(target=fill, daemon=True)
+    t.start()
+    return t
+
+
+def _collect_on_small_disk(tmp_path: Path, leave: int):
+    with _udp_flood_netns(f"nbt-flood-{os.getpid() % 100000}") as ns, _small_disk(tmp_path) as disk:
+        filler = _fill_once_collecting(disk, leave)
+        out = disk / "b.tar.zst"
+        proc = _run(["collect", "--netns", ns, "--target", "127.0.0.1:9999", "--slice", "capture", "--slice", "route",
+                     "--capture-seconds", "3", "--capture-bytes", "1000000", "--snaplen", "2000", "-o", str(out)])
+        filler.join()
+        assert "Traceback" not in proc.stderr, proc.stderr
+        b = read_bundle(out) if out.exists() else None
+        left = [p.name for p in disk.iterdir() if p.name not in ("b.tar.zst", "filler")]
+        return proc, b, left
+
+
+def test_disk_fills_during_the_capture(tmp_path):
+    """The disk is full by the time the capture is handed over: the capture is not kept and says why; the rest
+    of the bundle is written and valid."""
+    proc, b, left = _collect_on_small_disk(tmp_path, leave=200_000)
+    assert proc.returncode == 5, proc.stderr
+    assert b is not None and left == []  # no staging folder or part file left behind
+    runs = {s.slice: s for s in b.manifest.slices}
+    assert runs["route"].status.value == "complete"
+    assert runs["capture"].status.value == "partial"
+    assert "capture.pcapng" in runs["capture"].reason and "No space left on device" in runs["capture"].reason
+    assert not any(m.path.endswith(".pcapng") for m in b.manifest.members)
+    assert b.manifest.invocation.exit_code == 5
+
+
+def test_bundle_that_does_not_fit_drops_the_capture_first(tmp_path):
+    """Room to stage the capture but not to write the archive beside it: the capture goes, the documents stay."""
+    proc, b, left = _collect_on_small_disk(tmp_path, leave=1_700_000)
+    assert proc.returncode == 5, proc.stderr
+    assert b is not None and left == []
+    run = next(s for s in b.manifest.slices if s.slice == "capture")
+    assert "capture.pcapng dropped: no space left on the device to write the bundle" in run.reason, run.reason
+    assert b.capture(b.manifest.vantages[0].id) is not None  # the capture's analysis stayed
+    assert not any(m.path.endswith(".pcapng") for m in b.manifest.members)
+
+
+def test_disk_full_from_the_start_is_one_clear_line(tmp_path):
+    """Nothing fits, not even the manifest: exit 6 with one line, and nothing left behind."""
+    proc, b, left = _collect_on_small_disk(tmp_path, leave=0)
+    assert b is None and left == []
+    assert proc.returncode == 6 and proc.stderr.count("\n") == 1 and "No space left on device" in proc.stderr, \
+        proc.stderr
