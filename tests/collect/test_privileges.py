@@ -60,3 +60,49 @@ def test_json_outcome(tmp_path, mtu_lab):
                                                                  "capture": "skipped"}
     capture = next(s for s in doc["slices"] if s["slice"] == "capture")
     assert "no target" in capture["reason"]  # nothing to filter on: not captured, and it says so
+
+
+def _bounding_set() -> list[str]:
+    """The capabilities this test process may drop: its bounding set, by name."""
+    from bundle._netns import CAP_NAMES
+
+    with open("/proc/self/status") as fh:
+        bits = int(next(line for line in fh if line.startswith("CapBnd:")).split()[1], 16)
+    return [name.removeprefix("CAP_").lower() for i, name in enumerate(CAP_NAMES) if bits >> i & 1]
+
+
+# What losing a capability costs, where it costs anything: (slice, status, a fragment of its reason).
+CAP_EFFECTS = {
+    "net_admin": ("nat", "partial", "conntrack table"),
+    "net_raw": ("capture", "skipped", "CAP_NET_RAW"),
+    "sys_admin": ("route", "failed", "cannot enter netns"),
+    "sys_ptrace": ("sockets", "complete", "owners hidden"),
+}
+
+
+@pytest.mark.parametrize("cap", _bounding_set())
+def test_each_capability_dropped(tmp_path, healthy_lab, cap):
+    """Every capability of the bounding set dropped in turn: the bundle is written and valid, each vantage
+    records that it ran without it, and the slices it costs say so; without a known use, nothing is lost."""
+    out = tmp_path / "b.tar.zst"
+    server, pod = healthy_lab.namespaces["server"], healthy_lab.namespaces["pod"]
+    proc = subprocess.run(
+        ["setpriv", f"--bounding-set=-{cap}", sys.executable, "-m", "bundle", "collect", "--target",
+         healthy_lab.targets[0], "--netns", pod, "--netns", server, "--socket-samples", "1", "--nat-samples", "1",
+         "-o", str(out)], capture_output=True, text=True, timeout=120)
+    assert "Traceback" not in proc.stderr and proc.returncode in (0, 5), proc.stderr
+    b = read_bundle(out)
+    name = f"CAP_{cap.upper()}"
+    for v in b.manifest.vantages:
+        assert v.entered is False or name not in v.privileges.capabilities, v
+    assert all(s.reason for s in b.manifest.slices if s.status.value != "complete")
+    assert b.findings() is not None
+    if cap not in CAP_EFFECTS:
+        assert proc.returncode == 0, [(s.vantage, s.slice, s.reason) for s in b.manifest.slices]
+        return
+    slice_name, status, fragment = CAP_EFFECTS[cap]
+    run = next(s for s in b.manifest.slices if s.slice == slice_name and s.vantage == f"netns-{server}")
+    assert run.status.value == status and fragment in (run.reason or ""), run
+    if cap == "sys_ptrace":
+        [listener] = [lst for lst in b.sockets(f"netns-{server}").listeners if lst.lport == 8080]
+        assert listener.owners == [] and listener.owner_unknown.unavailable.value == "not_permitted"
