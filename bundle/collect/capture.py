@@ -176,16 +176,20 @@ class CaptureCollector(Collector):
             out += stats
         run.bytes_written = len(out)
         run.analysis = _analyse(bytes(out))
-        reason = None
+        reasons = []
         if dropped:
-            reason = f"the kernel dropped {dropped} packets (receive buffer full)"
+            reasons.append(f"the kernel dropped {dropped} packets (receive buffer full)")
+        if run.stopped_by is StopReason.INTERFACE_GONE:
+            reasons.append(f"{iface} went down or away during the capture ({run.interface_error}); "
+                           f"the {run.packets_written} packets before are kept")
         art = Artifact(name="capture.pcapng", data=bytes(out), media_type=MediaType.PCAPNG,
                        provenance=Provenance(source=f"AF_PACKET on {iface}, snaplen {limits.snaplen}, "
                                                     f"{limits.packets} packets / {limits.bytes} bytes / "
                                                     f"{limits.seconds:g} s at most, BPF: {expr}",
                                              truncated=run.stopped_by in (StopReason.PACKETS, StopReason.BYTES),
                                              duration_s=round(time.monotonic() - started, 6)))
-        return SliceResult(status=SliceStatus.PARTIAL if dropped else SliceStatus.COMPLETE, reason=reason,
+        return SliceResult(status=SliceStatus.PARTIAL if reasons else SliceStatus.COMPLETE,
+                           reason="; ".join(reasons) or None,
                            artifacts=[art, Artifact.document("capture.json", run, MediaType.CAPTURE,
                                                              "capture window, limits, kernel statistics, analysis",
                                                              started)])
@@ -216,6 +220,9 @@ class CaptureCollector(Collector):
                     origlen, ancdata, _flags, addr = sock.recvmsg_into([view], anc, socket.MSG_TRUNC)
                 except BlockingIOError:
                     break
+                except OSError as exc:  # ENETDOWN, ENXIO: the interface went down or away; keep what we have
+                    run.interface_error = exc.strerror or str(exc)
+                    return StopReason.INTERFACE_GONE
                 if addr[2] == PACKET_OUTGOING and addr[3] == ARPHRD_LOOPBACK:
                     continue  # loopback hands every packet over twice, sent and received: keep it once (as libpcap)
                 ts = _timestamp(ancdata)

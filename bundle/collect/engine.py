@@ -445,6 +445,10 @@ def _collect_vantages(req: CollectRequest, progress: Callable[[Progress], None] 
         return "agent exited before this slice ran" + (f": {tail[0]}" if tail else "")
 
     run.close_pending(reason_for)
+    for spec in req.vantages:  # a pod deleted mid-collect: later evidence may show its teardown, not the incident
+        v = run.vantages[spec.id]
+        if v.entered:
+            v.lost = spec.fate(v.netns_inode)
     for i, pcap in enumerate(req.pcaps):
         _add_pcap(staged, pcap, i)
     for vid, agent in agents.items():

@@ -18,6 +18,18 @@ class VantageSpec:
     ref: str | None
     path: Path | None  # None: stay in the collector's own netns
 
+    def fate(self, inode: int | None) -> str | None:
+        """What became of the netns entered as `inode` by now: removed, replaced, or None when still there."""
+        if self.path is None or inode is None:
+            return None
+        try:
+            now = self.path.stat().st_ino
+        except OSError:
+            return f"{self.path} no longer exists: the netns was removed during the collection"
+        if now != inode:
+            return f"{self.path} now names another netns (inode {now}, was {inode}): replaced during the collection"
+        return None
+
     def problem(self) -> str | None:
         """Why this vantage cannot be entered, checked before any agent starts."""
         if self.path is None:

@@ -98,6 +98,7 @@ class StopReason(StrEnum):
     DURATION = "time_limit"
     SLICES_DONE = "other_slices_done"
     DEADLINE = "deadline"
+    INTERFACE_GONE = "interface_gone"  # the interface went down or away (a pod deleted mid-collect)
 
 
 class CaptureLimits(Model):
@@ -116,6 +117,7 @@ class CaptureRun(Model):
     filter_source: str = Field(description="default (built from the targets) or operator (--capture-filter)")
     limits: CaptureLimits
     stopped_by: StopReason | None = None
+    interface_error: str | None = Field(default=None, description="with interface_gone: the error the socket gave")
     started: datetime | None = None
     finished: datetime | None = None
     monotonic_start_ns: int | None = None

@@ -124,6 +124,9 @@ class Vantage(Model):
     resolved: dict[str, list[str]] = Field(
         default_factory=dict, description="name targets as this vantage's resolver answered them (empty: no answer)"
     )
+    lost: str | None = Field(
+        default=None, description="the netns was removed or replaced before the collection ended (a pod deleted?): "
+                                  "evidence taken after that may show the teardown, not the incident")
 
 
 class Target(Model):

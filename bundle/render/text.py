@@ -33,6 +33,8 @@ def summary(bundle: Bundle) -> str:
         out.append(f"vantage  {_clean(v.id)}  [{where}, netns {v.netns_inode or '?'}, uid {uid}, {caps}]")
         if v.error:
             out.append(f"         error: {_clean(v.error)}")
+        if v.lost:
+            out.append(f"         lost: {_clean(v.lost)}")
         for s in vv.slices:
             why = f"  {_clean(s.reason)}" if s.reason else ""
             out.append(f"         {s.slice:<8} {s.status.value:<8} {s.duration_s:5.1f}s{why}")

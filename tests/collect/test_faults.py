@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes.util
 import os
 import shutil
 import subprocess
@@ -219,3 +220,67 @@ def test_disk_full_from_the_start_is_one_clear_line(tmp_path):
     assert b is None and left == []
     assert proc.returncode == 6 and proc.stderr.count("\n") == 1 and "No space left on device" in proc.stderr, \
         proc.stderr
+
+
+def test_libpcap_missing_costs_only_the_capture(tmp_path, healthy_lab):
+    """libpcap hidden (a private mount namespace binds /dev/null over it): the capture says why; the rest runs."""
+    name = ctypes.util.find_library("pcap")  # e.g. libpcap.so.0.8, found through the ldconfig cache
+    listing = subprocess.run(["ldconfig", "-p"], capture_output=True, text=True).stdout
+    lib = next((os.path.realpath(line.split("=>")[1].strip()) for line in listing.splitlines()
+                if name and line.strip().startswith(name) and "=>" in line), "")
+    assert os.path.exists(lib), "libpcap not found (make test installs it)"
+    out = tmp_path / "b.tar.zst"
+    pod = healthy_lab.namespaces["pod"]
+    script = (f"mount --bind /dev/null {lib} && exec {sys.executable} -m bundle collect --netns {pod} "
+              f"--target {healthy_lab.targets[0]} --socket-samples 1 --nat-samples 1 -o {out}")
+    proc = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", script],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 5 and "Traceback" not in proc.stderr, proc.stderr
+    b = read_bundle(out)
+    runs = {s.slice: s for s in b.manifest.slices}
+    assert runs["capture"].status.value == "failed" and "libpcap is not installed" in runs["capture"].reason
+    assert all(runs[s].status.value == "complete" for s in ("route", "sockets", "dns", "nat"))
+
+
+def test_netns_removed_mid_collect(tmp_path):
+    """A pod deleted while we look: its link and netns go away mid-capture. The capture keeps what it had and
+    says why; the vantage says its netns was removed, so later evidence is read as teardown."""
+    a, b_ns = f"nbt-gone-{os.getpid() % 100000}", f"nbt-peer-{os.getpid() % 100000}"
+    for ns in (a, b_ns):
+        subprocess.run(["ip", "netns", "add", ns], check=True)
+    try:
+        subprocess.run(["ip", "link", "add", "nbtgone0", "netns", a, "type", "veth", "peer", "name", "nbtpeer0",
+                        "netns", b_ns], check=True)
+        for ns, dev, addr in ((a, "nbtgone0", "10.244.7.1/24"), (b_ns, "nbtpeer0", "10.244.7.2/24")):
+            subprocess.run(["ip", "-n", ns, "addr", "add", addr, "dev", dev], check=True)
+            subprocess.run(["ip", "-n", ns, "link", "set", dev, "up"], check=True)
+        folder = tmp_path / "out"
+        folder.mkdir()
+
+        def remove() -> None:
+            deadline = time.monotonic() + 30
+            while not list(folder.glob(".netbundle-stage-*")) and time.monotonic() < deadline:
+                time.sleep(0.02)
+            time.sleep(1.5)  # agents are in, the capture is running
+            subprocess.run(["ip", "-n", b_ns, "link", "del", "nbtpeer0"], check=False)
+            subprocess.run(["ip", "netns", "del", a], check=False)
+
+        remover = threading.Thread(target=remove, daemon=True)
+        remover.start()
+        out = folder / "b.tar.zst"
+        proc = _run(["collect", "--netns", a, "--target", "10.244.7.2:8080", "--capture-seconds", "4",
+                     "-o", str(out)])
+        remover.join()
+    finally:
+        for ns in (a, b_ns):
+            subprocess.run(["ip", "netns", "del", ns], check=False, capture_output=True)
+    assert proc.returncode == 5 and "Traceback" not in proc.stderr, proc.stderr
+    bundle = read_bundle(out)
+    [v] = bundle.manifest.vantages
+    assert v.entered and "was removed during the collection" in (v.lost or "")
+    run = next(s for s in bundle.manifest.slices if s.slice == "capture")
+    assert run.status.value == "partial" and "went down or away during the capture" in run.reason, run
+    cap = bundle.capture(v.id)
+    assert cap.stopped_by.value == "interface_gone" and cap.interface_error
+    assert bundle.member(f"vantages/{v.id}/capture.pcapng") is not None  # what was captured before is kept
+    assert "lost: " in netbundle("show", str(out)).stdout
