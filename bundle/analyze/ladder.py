@@ -6,7 +6,8 @@ Verdicts come from the findings (a critical one fails the layer, a warning warns
 route lookup that worked, a connect that connected, a name that resolved, a service map that agrees). Special
 cases: ICMP fails but TCP connects -> route is inconclusive (ICMP filtered), not failed; a ClusterIP that hangs
 while its endpoints answer -> the service plane owns it, the transport failure is its symptom; a slice cut by
-missing privileges -> inconclusive, never pass.
+missing privileges -> inconclusive, never pass; a layer that fails from one vantage (a pod) but works from another
+(the node) -> the failing vantage's own path (its netns, CNI) is named, not the target.
 """
 
 from __future__ import annotations
@@ -89,6 +90,9 @@ def _ladder(manifest: Manifest, spec: str, addresses: set[str], names: set[str],
             all(r.startswith("icmp.no_reply") for r in route.finding_ids):
         route.verdict = Verdict.INCONCLUSIVE
         route.reasons.append("ICMP gets no reply but TCP connects: ICMP is filtered, the route works")
+    if owner in ("route", "transport"):
+        _split_paths(verdicts[owner], [f for f in mine if f.layer == owner], spec,
+                     _positive(owner, addresses, names, port, docs)[0])
     if owner is not None:
         seen = False
         for layer in LAYERS:
@@ -96,6 +100,16 @@ def _ladder(manifest: Manifest, spec: str, addresses: set[str], names: set[str],
                 verdicts[layer].noise = True
             seen = seen or layer == owner
     return TargetLadder(target=spec, layers=[verdicts[layer] for layer in LAYERS], owner=owner)
+
+
+def _split_paths(verdict: LayerVerdict, failing: list[Finding], spec: str, proof: list[str]) -> None:
+    """Fails from one vantage, works from another (the host path fine, the pod path not): the failing vantage's
+    own path owns it — its netns, routes, CNI attachment — not the target."""
+    bad = sorted({f.vantage for f in failing if f.severity is Severity.CRITICAL})
+    good = sorted({p.split("/")[1] for p in proof if p.startswith("vantages/")} - set(bad))
+    if bad and good:
+        verdict.reasons.append(f"fails from {', '.join(bad)} but works from {', '.join(good)}: the path from "
+                               f"{', '.join(bad)} (its netns, routes, CNI attachment) owns it, not {spec} itself")
 
 
 def _layer(manifest: Manifest, layer: str, addresses: set[str], names: set[str], port: int | None,

@@ -56,6 +56,12 @@ def test_scenario_owner(lab, tmp_path, scenario):
     # an earlier layer may fail only as the owner's symptom (a ClusterIP that hangs because of its DNAT)
     assert all(lv.verdict.value != "fail" or any("symptom" in r for r in lv.reasons) for lv in before)
     assert report.summary and len(report.summary) <= 5 and report.proof
+    info = lab(scenario)
+    if scenario == "syn-drop":  # the host path fine, the pod path not: the pod's own path is named
+        pod, node = f"netns-{info.namespaces['pod']}", f"netns-{info.namespaces['node']}"
+        assert any(r.startswith(f"fails from {pod} but works from {node}") for r in owner.reasons), owner.reasons
+    elif scenario in ("no-listener", "loopback-listener"):  # refused from everywhere: no path to blame
+        assert not any(r.startswith("fails from ") for r in owner.reasons), owner.reasons
     _browse(out, tmp_path, scenario)
 
 
