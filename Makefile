@@ -7,9 +7,11 @@ PY     := $(VENV)/bin/python
 # kube-proxy's recent rule sets name, created in lab namespaces so the corpus rules load).
 APT_PACKAGES := iproute2 iptables nftables conntrack tcpdump tshark dnsmasq libpcap0.8 iputils-ping \
                 util-linux zstd tar chromium nfacct
+# Only the benchmarks need these: the reference tools they compare against (bench/collect.py runs sos).
+BENCH_PACKAGES := sosreport
 DEMO_DIR := demo
 
-.PHONY: demo test system-deps venv schemas typecheck clean
+.PHONY: demo test system-deps bench-deps venv schemas typecheck clean
 
 system-deps:
 	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
@@ -19,6 +21,15 @@ system-deps:
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	  fi; \
 	else echo "not root or no apt-get: skipping Debian packages ($(APT_PACKAGES))"; fi
+
+bench-deps: system-deps venv
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  missing=""; for p in $(BENCH_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	  if [ -n "$$missing" ]; then \
+	    echo "installing Debian packages:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	  fi; \
+	else echo "not root or no apt-get: skipping Debian packages ($(BENCH_PACKAGES))"; fi
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
