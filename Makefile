@@ -13,23 +13,22 @@ DEMO_DIR := demo
 
 .PHONY: demo test system-deps bench-deps venv schemas typecheck clean
 
-system-deps:
+# Install whichever of the Debian packages in $(1) are missing (as root, where apt-get exists).
+define apt_install
 	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	  missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	  missing=""; for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	  if [ -n "$$missing" ]; then \
 	    echo "installing Debian packages:$$missing"; \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	  fi; \
-	else echo "not root or no apt-get: skipping Debian packages ($(APT_PACKAGES))"; fi
+	else echo "not root or no apt-get: skipping Debian packages ($(1))"; fi
+endef
+
+system-deps:
+	$(call apt_install,$(APT_PACKAGES))
 
 bench-deps: system-deps venv
-	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	  missing=""; for p in $(BENCH_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
-	  if [ -n "$$missing" ]; then \
-	    echo "installing Debian packages:$$missing"; \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
-	  fi; \
-	else echo "not root or no apt-get: skipping Debian packages ($(BENCH_PACKAGES))"; fi
+	$(call apt_install,$(BENCH_PACKAGES))
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
