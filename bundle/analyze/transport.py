@@ -128,13 +128,15 @@ def transport_findings(evidence: list[VantageEvidence], targets: list[Target]) -
                 "samples", "ss -tan state syn-sent")
         cw = last.tcp.get("CLOSE-WAIT", 0)
         if cw >= CLOSE_WAIT_THRESHOLD:
-            owners = Counter(s.close_wait_owners)
+            owners = Counter(s.close_wait_owners) if s.close_wait_owners is not None else Counter(  # 1.0: rows
+                o.command for sock in s.sockets if sock.state == "CLOSE-WAIT" for o in sock.owners)
             who = ", ".join(f"{c} ({n})" for c, n in owners.most_common(3)) or "owners unknown"
             trend = f"{first.tcp.get('CLOSE-WAIT', 0)} -> {cw}"
             add("transport.close_wait", Severity.WARNING, v, None,
                 f"In {v.id}, {cw} TCP sockets are in CLOSE-WAIT ({trend}): the peer closed and the application "
                 f"has not. Held by: {who}.", "samples", "ss -tanp state close-wait")
-        hidden = s.owners_hidden
+        hidden = s.owners_hidden if s.owners_hidden is not None else sum(  # a 1.0 bundle: count its rows
+            1 for sock in s.sockets if sock.owner_unknown and sock.owner_unknown.unavailable.value == "not_permitted")
         if hidden:
             add("transport.owners_hidden", Severity.INFO, v, None,
                 f"In {v.id}, the owners of {hidden} sockets are hidden: {s.owner_scan.denied} of "

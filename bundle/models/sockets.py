@@ -124,17 +124,20 @@ class SocketsSlice(Model):
         description="the rows the analysis and the report read: rows of the targets first, then rows in states "
                     "that point at a fault (SYN-SENT, SYN-RECV, CLOSE-WAIT, LAST-ACK, FIN-WAIT-1, CLOSING), "
                     "at most focus_limit; every kept row is in the member named by table")
-    focus_limit: int = Field(description="the most rows this document keeps (the table keeps row_limit)")
-    table: str | None = Field(description="bundle member holding every kept row (socket-table.json); "
-                                          "null when no row was kept")
+    focus_limit: int | None = Field(
+        default=None, description="the most rows this document keeps (the table keeps row_limit); null in a 1.0 "
+                                  "bundle, whose sockets holds every kept row")
+    table: str | None = Field(default=None, description="bundle member holding every kept row "
+                                                        "(socket-table.json); null when no row was kept, or in 1.0")
     total: int
     kept: int = Field(description="rows in the table")
     dropped: int = Field(description="rows left out of the table past the row limit; counts stay exact")
     row_limit: int
     counts: dict[str, int] = Field(description="exact '<proto> <state>' counts over all sockets")
-    owners_hidden: int = Field(description="rows of the table whose owner could not be read (not_permitted)")
-    close_wait_owners: dict[str, int] = Field(
-        description="command -> CLOSE-WAIT sockets it holds, over the rows of the table")
+    owners_hidden: int | None = Field(
+        default=None, description="rows of the table whose owner could not be read (not_permitted); null in 1.0")
+    close_wait_owners: dict[str, int] | None = Field(
+        default=None, description="command -> CLOSE-WAIT sockets it holds, over the rows of the table; null in 1.0")
     listeners: list[Listener]
     samples: list[StateSample]
     probes: list[ConnectProbe] = []

@@ -87,3 +87,32 @@ def test_row_table_is_hashed_always_and_parsed_when_asked(tmp_path):
         read_bundle(tampered, tables=False)
     proc = netbundle("render", str(tampered), "-o", str(tmp_path / "x.html"))
     assert proc.returncode == 3 and "SHA-256" in proc.stderr and not (tmp_path / "x.html").exists()
+
+
+def test_a_format_1_0_bundle_still_reads_and_analyses(tmp_path):
+    """1.0 kept every socket row in sockets.json and had no summary counts: a 1.1 reader reads it, and the
+    analysis counts hidden owners from its rows."""
+    from bundle.models import MediaType
+
+    row = {"protocol": "tcp", "family": 4, "state": "ESTAB", "local": "10.244.1.2", "lport": 40000,
+           "remote": "10.244.1.3", "rport": 8080, "recv_q": 0, "send_q": 0, "timer": "off", "timer_expires_ms": 0,
+           "retransmits": 0, "uid": 0, "inode": 7, "cookie": 1, "interface": None, "owners": [],
+           "owner_unknown": {"unavailable": "not_permitted", "detail": "owner unknown: not permitted"}, "tcp": None}
+    doc = json.dumps({
+        "sockets": [row], "total": 1, "kept": 1, "dropped": 0, "row_limit": 20000, "counts": {"tcp ESTAB": 1},
+        "listeners": [], "samples": [{"at_s": 0.0, "tcp": {"ESTAB": 1}, "udp": {}, "retransmits": 0}],
+        "probes": [], "owner_scan": {"processes": 9, "denied": 2, "uid": 65534, "complete": False},
+        "active_probes": False}).encode()
+    members = [hostile.member("vantages/host/route.json", hostile.ROUTE_DOC, MediaType.ROUTE),
+               hostile.member("vantages/host/sockets.json", doc, MediaType.SOCKETS)]
+    out = tmp_path / "old.tar.zst"
+    out.write_bytes(hostile._with_manifest(members, [
+        hostile.reg(f"{hostile.BUNDLE_ID}/vantages/host/route.json", hostile.ROUTE_DOC),
+        hostile.reg(f"{hostile.BUNDLE_ID}/vantages/host/sockets.json", doc)],
+        format_version="1.0", read_compatible_version="1.0"))
+    b = read_bundle(out)
+    assert b.manifest.format_version == "1.0"
+    s = b.sockets("host")
+    assert s.table is None and s.owners_hidden is None and len(s.sockets) == 1
+    assert netbundle("validate", str(out)).returncode == 0
+    assert "owners of 1 sockets are hidden" in netbundle("show", str(out)).stdout  # counted over the 1.0 rows
