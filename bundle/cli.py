@@ -146,6 +146,7 @@ def _cmd_collect(args: argparse.Namespace, argv: list[str]) -> int:
     from bundle.collect import vantage
     from bundle.collect.engine import CollectRequest, Progress, collect
     from bundle.collect.targets import parse_address, parse_target, valid_name
+    from bundle.collect.sockets import MAX_TABLE_ROWS
 
     if args.timeout <= 0:
         raise UsageError("--timeout must be positive")
@@ -161,8 +162,9 @@ def _cmd_collect(args: argparse.Namespace, argv: list[str]) -> int:
             why = f"  ({ev.reason})" if ev.reason else ""
             sys.stderr.write(f"  {ev.vantage:<24} {ev.slice:<8} {ev.status.value:<8} {ev.duration_s:6.1f}s{why}\n")
 
-    if args.socket_samples < 1 or args.socket_interval < 0 or args.socket_rows < 0:
-        raise UsageError("--socket-samples must be >= 1, --socket-interval and --socket-rows >= 0")
+    if args.socket_samples < 1 or args.socket_interval < 0 or not 0 <= args.socket_rows <= MAX_TABLE_ROWS:
+        raise UsageError(f"--socket-samples must be >= 1, --socket-interval >= 0 and --socket-rows 0 to "
+                         f"{MAX_TABLE_ROWS}")
     options = {"socket_samples": str(args.socket_samples), "socket_interval": str(args.socket_interval),
                "socket_rows": str(args.socket_rows)}
     if args.capture_packets < 1 or args.capture_bytes < 4096 or args.capture_seconds <= 0:

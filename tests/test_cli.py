@@ -69,6 +69,7 @@ def test_unroutable_target_is_recorded(tmp_path, mtu_lab):
     (["collect", "--target", "10.0.0.1:99999"], "port must be"),
     (["collect", "--netns", "../etc"], "not a netns name"),
     (["collect", "--timeout", "0"], "--timeout"),
+    (["collect", "--socket-rows", "100001"], "--socket-rows 0 to 100000"),
     (["frobnicate"], "invalid choice"),
     (["lab", "up", "nope"], "unknown scenario"),
 ])

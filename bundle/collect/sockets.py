@@ -30,6 +30,9 @@ from bundle.models import (
 from bundle.netlink.sockdiag import TOTAL_RETRANS, DiagSocket, dump_all, tcp_info
 
 DEFAULT_ROWS = 20_000
+# ~450 bytes a row in JSON: 100,000 rows stay well under the reader's 64 MiB document limit, so `validate`
+# can always parse the table it is given.
+MAX_TABLE_ROWS = 100_000
 FOCUS_ROWS = 2_000
 # States that point at a fault: the rows of these (beside the targets') are what a reader of the report needs.
 _TROUBLE = frozenset({"SYN-SENT", "SYN-RECV", "CLOSE-WAIT", "LAST-ACK", "FIN-WAIT-1", "CLOSING"})
@@ -147,7 +150,8 @@ class SocketsCollector(Collector):
             if (s.protocol == socket.IPPROTO_TCP and s.state == "LISTEN") or (
                     s.protocol == socket.IPPROTO_UDP and s.state == "UNCONN" and s.rport == 0):
                 bound.append(s)
-        kept = keep + others[: max(0, row_limit - len(keep))]
+        keep = keep[:MAX_TABLE_ROWS]  # even the targets' rows: the table must stay readable (see MAX_TABLE_ROWS)
+        kept = keep + others[: max(0, min(row_limit, MAX_TABLE_ROWS) - len(keep))]
         owners = scan_owners({s.inode for s in kept + bound if s.inode})
         ifnames = _ifnames()
         rows = [_row(s, owners, ifnames) for s in kept]
