@@ -200,8 +200,10 @@ def _cmd_collect(args: argparse.Namespace, argv: list[str]) -> int:
         options["route_from"] = parse_address(args.route_from)
     if args.route_iif:
         options["route_iif"] = args.route_iif
-    if args.conntrack_rows < 0 or args.nat_samples < 1:
-        raise UsageError("--conntrack-rows must be >= 0 and --nat-samples >= 1")
+    from bundle.collect.nat import MAX_KEEP
+
+    if not 0 <= args.conntrack_rows <= MAX_KEEP or args.nat_samples < 1:
+        raise UsageError(f"--conntrack-rows must be 0 to {MAX_KEEP} and --nat-samples >= 1")
     options.update(nat_keep=str(args.conntrack_rows), nat_samples=str(args.nat_samples),
                    nat_interval=str(args.socket_interval))
     if args.endpointslices is not None:

@@ -70,6 +70,7 @@ def test_unroutable_target_is_recorded(tmp_path, mtu_lab):
     (["collect", "--netns", "../etc"], "not a netns name"),
     (["collect", "--timeout", "0"], "--timeout"),
     (["collect", "--socket-rows", "100001"], "--socket-rows 0 to 100000"),
+    (["collect", "--conntrack-rows", "100001"], "--conntrack-rows must be 0 to 100000"),
     (["frobnicate"], "invalid choice"),
     (["lab", "up", "nope"], "unknown scenario"),
 ])

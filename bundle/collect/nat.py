@@ -37,6 +37,8 @@ from bundle.netlink import ctnetlink
 DEFAULT_SAMPLES = 3
 DEFAULT_INTERVAL_S = 1.0
 DEFAULT_KEEP = 5000
+# ~400 bytes an entry in nat.json: 100,000 stay under the reader's 64 MiB document limit.
+MAX_KEEP = 100_000
 COMMAND_TIMEOUT_S = 10.0
 MAX_DUMP = 64 << 20  # bytes of one raw dump kept
 _NETFILTER = Path("/proc/sys/net/netfilter")
@@ -291,7 +293,7 @@ class NatCollector(Collector):
                 reasons.append(f"EndpointSlices: {exc}")
         proxy, services, raw = proxy_dataplane(min(20.0, ctx.remaining() / 2), active=not ctx.passive)
         watch = watched_addresses([t.address for t in ctx.targets], services, slices)
-        table = conntrack_table(watch, int(ctx.option("nat_keep") or DEFAULT_KEEP), max(1.0, ctx.remaining() / 2))
+        table = conntrack_table(watch, min(MAX_KEEP, int(ctx.option("nat_keep") or DEFAULT_KEEP)), max(1.0, ctx.remaining() / 2))
         if isinstance(table, Unavailable):
             reasons.append(f"conntrack table: {table.detail}")
         ctx.probe_gate()
