@@ -197,7 +197,12 @@ def route_get(ipr: Any, target: str, names: dict[int, str], links: dict[str, Lin
     )
 
 
-def snapshot() -> tuple[list[Link], list[Address], list[Rule], list[Route], list[Neighbor], Sysctls, Any, dict[int, str]]:
+# A node fed a full BGP table holds ~1M routes: keep the first of them, count them all (per table).
+MAX_ROUTES = 50_000
+
+
+def snapshot() -> tuple[list[Link], list[Address], list[Rule], tuple[list[Route], dict[str, int]], list[Neighbor],
+                        Sysctls, Any, dict[int, str]]:
     """Read the passive tables; returns the open IPRoute for lookups (caller closes it)."""
     ipr = IPRoute()
     link_msgs = list(ipr.get_links())
@@ -210,7 +215,8 @@ def snapshot() -> tuple[list[Link], list[Address], list[Rule], list[Route], list
                              family=_FAMILY.get(m["family"], 0), address=addr, prefixlen=m["prefixlen"],
                              scope=_scope_name(m["scope"])))
     rules = [_rule(m) for fam in (2, 10) for m in ipr.get_rules(family=fam)]
-    routes = [_route(r, names) for r in dump_routes()]
+    raw, per_table = dump_routes(MAX_ROUTES)
+    routes = ([_route(r, names) for r in raw], {str(t): n for t, n in sorted(per_table.items())})
     neighbors = [_neighbor(m, names) for m in ipr.get_neighbours() if m["family"] in (2, 10)]
     all_rp = _read_sysctl("/proc/sys/net/ipv4/conf/all/rp_filter")
     sysctls = Sysctls(
@@ -228,7 +234,7 @@ class RouteCollector(Collector):
 
     def collect(self, ctx: SliceContext) -> SliceResult:
         started = time.monotonic()
-        links, addrs, rules, routes, neighbors, sysctls, ipr, names = snapshot()
+        links, addrs, rules, (routes, per_table), neighbors, sysctls, ipr, names = snapshot()
         by_name = {link.name: link for link in links}
         source, iif = ctx.option("route_from"), ctx.option("route_iif")
         addresses = list(dict.fromkeys(t.address for t in ctx.targets))  # one lookup per address, in order
@@ -257,11 +263,13 @@ class RouteCollector(Collector):
                                                  budget_s=min(12.0, ctx.remaining() - 0.5), rtt_ms=rtt))
                     if sweeps[-1].status.value == "cut":
                         reasons.append(f"MTU sweep to {lookup.target} cut by its budget")
-        doc = RouteSlice(links=links, addresses=addrs, rules=rules, routes=routes, neighbors=neighbors,
+        doc = RouteSlice(links=links, addresses=addrs, rules=rules, routes=routes, route_limit=MAX_ROUTES,
+                         routes_per_table=per_table, neighbors=neighbors,
                          lookups=lookups, sysctls=sysctls, pings=pings, mtu_sweeps=sweeps,
                          active_probes=not ctx.passive)
         art = Artifact.document("route.json", doc, MediaType.ROUTE,
                                 "netlink RTM_GETLINK/GETADDR/GETRULE/GETROUTE/GETNEIGH dumps, RTM_GETROUTE per target, "
                                 "/proc/sys/net/ipv4, raw ICMP probes", started)
+        art.provenance.truncated = sum(per_table.values()) > len(routes)
         status = SliceStatus.PARTIAL if reasons else SliceStatus.COMPLETE
         return SliceResult(status=status, artifacts=[art], reason="; ".join(reasons) or None)

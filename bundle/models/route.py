@@ -183,7 +183,10 @@ class RouteSlice(Model):
     links: list[Link]
     addresses: list[Address]
     rules: list[Rule]
-    routes: list[Route]
+    routes: list[Route] = Field(description="in the kernel's dump order, at most route_limit")
+    route_limit: int | None = Field(default=None, description="the most routes kept (null in 1.0: all were)")
+    routes_per_table: dict[str, int] = Field(
+        default_factory=dict, description="table id -> routes it holds, exact over all (also past route_limit)")
     neighbors: list[Neighbor]
     lookups: list[RouteLookup]
     sysctls: Sysctls

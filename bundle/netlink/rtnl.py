@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import socket
 import struct
+from collections import Counter
 from collections.abc import Iterator
 from typing import NamedTuple
 
@@ -132,10 +133,12 @@ def decode_route(buf: bytes | bytearray | memoryview, start: int, end: int) -> R
                     tuple(hops))
 
 
-def dump_routes(bufsize: int = 1 << 20) -> list[RawRoute]:
-    """Every IPv4 and IPv6 route of every table in the current netns (as `ip route show table all`)."""
+def dump_routes(keep: int | None = None, bufsize: int = 1 << 20) -> tuple[list[RawRoute], Counter[int]]:
+    """The IPv4 and IPv6 routes of every table in the current netns (as `ip route show table all`): the first
+    `keep` of them (all when None), and how many each table holds, counted over all."""
     sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_ROUTE)
     out: list[RawRoute] = []
+    per_table: Counter[int] = Counter()
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, bufsize)
         seq = int.from_bytes(os.urandom(3), "little")
@@ -146,24 +149,26 @@ def dump_routes(bufsize: int = 1 << 20) -> list[RawRoute]:
         while True:
             n = sock.recv_into(buf)
             if n == 0:
-                return out
+                return out, per_table
             off = 0
             while off + _NLMSGHDR.size <= n:
                 length, mtype, _flags, mseq, _pid = _NLMSGHDR.unpack_from(buf, off)
                 if length < _NLMSGHDR.size or off + length > n:
-                    return out
+                    return out, per_table
                 if mseq == seq:
                     if mtype == NLMSG_DONE:
-                        return out
+                        return out, per_table
                     if mtype == NLMSG_ERROR:
                         code = -struct.unpack_from("=i", buf, off + _NLMSGHDR.size)[0]
                         if code:
                             raise OSError(code, os.strerror(code))
-                        return out
+                        return out, per_table
                     if mtype == RTM_NEWROUTE:
                         route = decode_route(buf, off + _NLMSGHDR.size, off + length)
                         if route is not None:
-                            out.append(route)
+                            per_table[route.table] += 1
+                            if keep is None or len(out) < keep:
+                                out.append(route)
                 off += (length + 3) & ~3
     finally:
         sock.close()

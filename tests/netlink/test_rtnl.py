@@ -68,7 +68,7 @@ def routes_netns():
 def _ours(ns: str) -> list[RawRoute]:
     """dump_routes() run inside the netns (a child process: the test process stays where it is)."""
     code = ("import json; from bundle.netlink.rtnl import dump_routes; "
-            "print(json.dumps([list(r) for r in dump_routes()]))")
+            "print(json.dumps([list(r) for r in dump_routes()[0]]))")
     out = subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout
     return [RawRoute(*r[:-1], tuple(tuple(h) for h in r[-1])) for r in json.loads(out)]
@@ -97,6 +97,16 @@ def test_every_route_equals_pyroute2(routes_netns):
     assert by_dst[("fd00:96::", 64, 254)].priority == 9
 
 
+def test_keep_bounds_the_rows_and_counts_them_all(routes_netns):
+    code = ("import json; from bundle.netlink.rtnl import dump_routes; kept, per = dump_routes(100); "
+            "full, _ = dump_routes(); print(json.dumps([len(kept), len(full), per]))")
+    out = subprocess.run(["ip", "netns", "exec", routes_netns, sys.executable, "-c", code], capture_output=True,
+                         text=True, check=True).stdout
+    kept, full, per_table = json.loads(out)
+    assert kept == 100 and sum(per_table.values()) == full > 3000
+    assert per_table["254"] > 3000 and per_table["100"] == 1 and per_table["4000000"] == 1
+
+
 def test_decoder_survives_truncated_messages():
     """A message cut anywhere decodes to a shorter route or None, never an exception."""
     body = struct.pack("=BBBBBBBBI", socket.AF_INET, 24, 0, 0, 254, 4, 0, 1, 0)
@@ -106,3 +116,21 @@ def test_decoder_survives_truncated_messages():
     for cut in range(len(msg)):
         route = decode_route(msg, 0, cut)
         assert route is None or route.dst in (None, "10.244.40.0")
+
+
+def test_route_slice_counts_every_table_and_the_page_summarises(routes_netns, tmp_path):
+    """Through the CLI: route.json keeps the routes and exact per-table counts; the appendix shows 300 rows and
+    says where the rest are."""
+    from bundle.archive import read_bundle
+    from tests.conftest import netbundle
+
+    out = tmp_path / "r.tar.zst"
+    netbundle("collect", "--passive", "--slice", "route", "--netns", routes_netns, "-o", str(out), check=True)
+    doc = read_bundle(out).route(f"netns-{routes_netns}")
+    assert doc.route_limit == 50_000 and sum(doc.routes_per_table.values()) == len(doc.routes) > 3000
+    assert doc.routes_per_table["100"] == 1
+    page = tmp_path / "r.html"
+    netbundle("render", str(out), "-o", str(page), check=True)
+    html = page.read_text()
+    assert f"<h3>Routes ({len(doc.routes)})</h3>" in html and "the first 300 outside the local table are shown" in html
+    assert html.count("172.16.") < 400  # 300 rows, not 3,000
