@@ -12,7 +12,7 @@ from bundle._resources import data_dir
 from bundle.analyze.diff import DiffReport
 from bundle.archive import Bundle
 from bundle.errors import RenderError
-from bundle.models import StateSample
+from bundle.models import Neighbor, StateSample
 from bundle.render.view import BAD_NEIGHBOR_STATES, TREND_STATES, build_view, missing_capabilities
 
 TEMPLATE = "appendix.html.j2"
@@ -44,7 +44,16 @@ def _environment() -> jinja2.Environment:
     )
     env.filters["shjoin"] = shlex.join
     env.filters["anchor"] = anchor
+    env.filters["worst_first"] = worst_first
     return env
+
+
+_NEIGHBOR_RANK = {"FAILED": 0, "INCOMPLETE": 1, "STALE": 2, "PROBE": 3, "DELAY": 4}
+
+
+def worst_first(neighbors: list[Neighbor]) -> list[Neighbor]:
+    """FAILED and INCOMPLETE entries first, then STALE: what a long table must not hide below its fold."""
+    return sorted(neighbors, key=lambda n: min((_NEIGHBOR_RANK.get(s.value, 9) for s in n.states), default=9))
 
 
 _SECTIONS = {"route.json": "route", "sockets.json": "sockets", "dns.json": "dns", "nat.json": "nat",

@@ -177,3 +177,17 @@ def test_evidence_links_land_on_sections_and_the_timeline_is_drawn(rendered):
     timeline = html[html.index('aria-label="collection timeline"'):html.index("</svg>", html.index('aria-label="collection timeline"'))]
     assert timeline.count("<rect") >= 8  # two vantages, their slices' windows
     assert "socket states at +" in timeline and "conntrack count" in timeline
+
+
+def test_long_neighbor_tables_show_the_worst_first():
+    from bundle.models import Neighbor, NeighborState
+    from bundle.render.html import worst_first
+
+    ok = [Neighbor(family=4, dev="eth0", dst=f"10.244.1.{i}", lladdr="02:00:00:00:00:01",
+                   states=[NeighborState.REACHABLE], router=False) for i in range(2, 250)]
+    stale = Neighbor(family=4, dev="eth0", dst="10.244.2.1", lladdr="02:00:00:00:00:02",
+                     states=[NeighborState.STALE], router=False)
+    failed = Neighbor(family=4, dev="eth0", dst="10.244.2.2", lladdr=None, states=[NeighborState.FAILED],
+                      router=False)
+    ordered = worst_first([*ok, stale, failed])
+    assert ordered[:2] == [failed, stale] and ordered[2:] == ok  # stable among equals
