@@ -65,11 +65,14 @@ def neighbors(ns: str) -> set[Neighbor]:
 ConnKey = tuple[int, str, int | None, str, int | None]
 
 
-def conntrack(ns: str) -> dict[ConnKey, int]:
-    """Conntrack entries of a netns (by original tuple) with their remaining timeout."""
+IPS_ASSURED = 1 << 2
+
+
+def conntrack(ns: str) -> dict[ConnKey, tuple[int, bool]]:
+    """Conntrack entries of a netns (by original tuple): remaining timeout, and whether the entry is assured."""
     table = ctnetlink.parse_listing(in_netns(ns, "conntrack", "-L"))
-    return {(e.original.proto, e.original.src, e.original.sport, e.original.dst, e.original.dport): e.timeout or 0
-            for e in table}
+    return {(e.original.proto, e.original.src, e.original.sport, e.original.dst, e.original.dport):
+            (e.timeout or 0, bool(e.status & IPS_ASSURED)) for e in table}
 
 
 def machine() -> dict[str, str]:
@@ -83,17 +86,26 @@ def machine() -> dict[str, str]:
     return out
 
 
+def conntrack_full(ns: str) -> bool:
+    """Whether the table is near its max, where the kernel evicts unassured entries itself (early_drop)."""
+    out = subprocess.run(["ip", "netns", "exec", ns, "sysctl", "-n", "net.netfilter.nf_conntrack_count",
+                          "net.netfilter.nf_conntrack_max"], capture_output=True, text=True).stdout.split()
+    return len(out) == 2 and int(out[0]) >= 0.9 * int(out[1])
+
+
 @dataclass
 class Snapshot:
     states: dict[str, dict[str, str]]
     neighbors: dict[str, set[Neighbor]]
-    conntrack: dict[str, dict[ConnKey, int]]
+    conntrack: dict[str, dict[ConnKey, tuple[int, bool]]]
+    conntrack_full: dict[str, bool]
     machine: dict[str, str]
 
 
 def snapshot(namespaces: list[str]) -> Snapshot:
     return Snapshot({ns: state(ns) for ns in namespaces}, {ns: neighbors(ns) for ns in namespaces},
-                    {ns: conntrack(ns) for ns in namespaces}, machine())
+                    {ns: conntrack(ns) for ns in namespaces}, {ns: conntrack_full(ns) for ns in namespaces},
+                    machine())
 
 
 @dataclass
@@ -102,6 +114,11 @@ class Changes:
 
     mutations: list[str]
     probe_made: list[str]
+
+
+def _kernel_own(key: ConnKey) -> bool:
+    """The multicast membership reports (IGMP) the kernel sends by itself."""
+    return key[0] == 2 or key[3].startswith(("224.", "ff02:"))
 
 
 def compare(before: Snapshot, after: Snapshot, lab_prefixes: tuple[str, ...] = ("10.244.", "10.96.")) -> Changes:
@@ -131,13 +148,14 @@ def compare(before: Snapshot, after: Snapshot, lab_prefixes: tuple[str, ...] = (
                 f"{ns} new neighbor {n.dst} dev {n.dev}")
     for ns, was_c in before.conntrack.items():
         now_c = after.conntrack[ns]
-        # an entry with a long timeout left must still be there: nothing deleted or flushed
-        for key, timeout in was_c.items():
-            if timeout > 60 and key not in now_c:
+        # an entry with a long timeout left must still be there: nothing deleted or flushed. (Where the table
+        # is full the kernel evicts unassured entries itself, early_drop, as in conntrack-full.)
+        full = before.conntrack_full[ns] or after.conntrack_full[ns]
+        for key, (timeout, assured) in was_c.items():
+            if timeout > 60 and key not in now_c and not _kernel_own(key) and (assured or not full):
                 mutations.append(f"{ns} conntrack entry gone: {key}")
         for key in now_c.keys() - was_c.keys():
-            proto, src, _, dst, _ = key
+            _, src, _, dst, _ = key
             lab = all(a.startswith((*lab_prefixes, "127.")) or a == "::1" for a in (src, dst))
-            kernel = proto == 2 or dst.startswith(("224.", "ff02:"))  # IGMP membership reports the kernel sends
-            (probe_made if lab or kernel else mutations).append(f"{ns} new conntrack entry {key}")
+            (probe_made if lab or _kernel_own(key) else mutations).append(f"{ns} new conntrack entry {key}")
     return Changes(mutations, probe_made)
