@@ -14,16 +14,22 @@ _CONNTRACK_ON = "table inet nb_bench {\n chain out {\n type filter hook output p
 
 _FILL = """
 import socket, sys
-n = int(sys.argv[1])
+n, to = int(sys.argv[1]), sys.argv[2:]
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 for i in range(n):
-    s.sendto(b"x", (f"10.99.{(i >> 8) & 255}.{i & 255}", 1000 + (i >> 16)))
+    if to:  # one destination: a socket of its own per datagram, so each has its own source port
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.sendto(b"x", (to[0], int(to[1])) if to else (f"10.99.{(i >> 8) & 255}.{i & 255}", 1000 + (i >> 16)))
+    if to:
+        s.close()
 """
 
 
-def fill_udp(ns: str, n: int) -> None:
-    """n conntrack entries: one datagram to each of n distinct destinations behind the sink."""
-    subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-c", _FILL, str(n)], check=True)
+def fill_udp(ns: str, n: int, to: tuple[str, int] | None = None) -> None:
+    """n conntrack entries: one datagram to each of n distinct destinations behind the sink, or with `to`, n
+    datagrams to that one address and port from n distinct source ports (the entries of one target)."""
+    dest = [to[0], str(to[1])] if to else []
+    subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-c", _FILL, str(n), *dest], check=True)
 
 
 def conntrack_netns(t: Topology) -> str:

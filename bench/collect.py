@@ -28,6 +28,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bench._conntrack_lab import conntrack_netns, fill_udp  # noqa: E402
+from bundle.lab import socketfarm  # noqa: E402
 from bundle.lab.topology import Topology  # noqa: E402
 
 def _timed(ns: str, argvs: list[list[str]]) -> float:
@@ -98,14 +99,7 @@ def main() -> None:
         with t.ipr("node") as ipr:
             for i in range(args.routes):
                 ipr.route("add", dst=f"172.16.{i >> 8}.{i & 255}/32", gateway="10.98.0.2")
-        ready = Path(tmp) / "ready"
-        farm = subprocess.Popen(["ip", "netns", "exec", node, sys.executable, "-m", "bundle.lab.socketfarm",
-                                 "--total", str(args.sockets), "--ready", str(ready), "--lifetime", "900"], cwd=REPO)
-        try:
-            while not ready.exists():
-                if farm.poll() is not None:
-                    raise SystemExit("socket farm failed")
-                time.sleep(0.2)
+        with socketfarm.running(node, args.sockets, lifetime=900):
             fill_udp(node, args.entries)
             count = subprocess.run(["ip", "netns", "exec", node, "conntrack", "-C"], capture_output=True,
                                    text=True).stdout.strip()
@@ -136,9 +130,6 @@ def main() -> None:
             route_alone = _alone(node, Path(tmp), "route")
             sockets_alone = _alone(node, Path(tmp), "sockets", "--socket-samples", "1")
             sos = _sos(Path(tmp))
-        finally:
-            farm.kill()
-            farm.wait()
     print(f"state: {args.sockets} sockets asked ({socks.total if socks else '?'} seen), conntrack {count} entries, "
           f"{args.routes} routes, {args.pods} pod netns + the node")
     print(f"collect: exit {proc.returncode}, {wall:.1f} s (deadline {args.timeout:.0f} s), largest process peak "
@@ -151,7 +142,7 @@ def main() -> None:
           f"{sockets_alone:.2f} s vs ss {ss_s:.2f} s")
     goals = wall < args.timeout and peak_mb < 300 and size_mb < 20
     print(f"goals (within the deadline, < 300 MB, < 20 MB): {'met' if goals else 'NOT met'}")
-    print("slowest run of each slice over the 41 vantages: "
+    print(f"slowest run of each slice over the {args.pods + 1} vantages: "
           + ", ".join(f"{name} {d:.2f} s" for name, d in slowest.items()))
     if sos is None:
         print("sos: not installed (make bench-deps installs Debian's sosreport)")

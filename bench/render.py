@@ -23,18 +23,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench._conntrack_lab import conntrack_netns  # noqa: E402
+from bench._conntrack_lab import conntrack_netns, fill_udp  # noqa: E402
+from bundle.collect.sockets import MAX_TABLE_ROWS  # noqa: E402
+from bundle.lab import socketfarm  # noqa: E402
 from bundle.lab.topology import Topology  # noqa: E402
-
-_FILL = """
-import socket, sys
-n = int(sys.argv[1])
-for i in range(n):
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    s.sendto(b"x", ("10.99.0.1", 53))
-    s.close()
-"""
-
 
 def main() -> None:
     if os.geteuid() != 0:
@@ -45,28 +37,20 @@ def main() -> None:
     args = p.parse_args()
     with Topology(f"nb-bench-render-{os.getpid()}") as t, tempfile.TemporaryDirectory() as tmp:
         ns = conntrack_netns(t)
-        ready = Path(tmp) / "ready"
-        farm = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-m", "bundle.lab.socketfarm",
-                                 "--total", str(args.sockets), "--ready", str(ready), "--lifetime", "600"], cwd=REPO)
-        try:
-            while not ready.exists():
-                if farm.poll() is not None:
-                    raise SystemExit("socket farm failed")
-                time.sleep(0.1)
-            subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-c", _FILL, str(args.entries)], check=True)
+        with socketfarm.running(ns, args.sockets):
+            fill_udp(ns, args.entries, to=("10.99.0.1", 53))
             out = Path(tmp) / "big.tar.zst"
             started = time.perf_counter()
-            subprocess.run([sys.executable, "-m", "bundle", "collect", "--passive", "--netns", ns, "--target",
-                            "10.99.0.1:53", "--socket-rows", str(args.sockets + 10_000), "--conntrack-rows",
-                            str(args.entries), "--capture-seconds", "2", "-o", str(out)], cwd=REPO, check=False,
-                           capture_output=True)
+            proc = subprocess.run([sys.executable, "-m", "bundle", "collect", "--passive", "--netns", ns, "--target",
+                                   "10.99.0.1:53", "--socket-rows", str(min(MAX_TABLE_ROWS, args.sockets + 10_000)),
+                                   "--conntrack-rows", str(args.entries), "--capture-seconds", "2", "-o", str(out)],
+                                  cwd=REPO, capture_output=True, text=True)
+            if not out.exists():
+                raise SystemExit(f"collect failed: {proc.stderr.strip()}")
             collect_s = time.perf_counter() - started
             size_mb = out.stat().st_size / 1e6
             keep = Path("/tmp/netbundle-bench-render.tar.zst")
             keep.write_bytes(out.read_bytes())
-        finally:
-            farm.kill()
-            farm.wait()
         from bundle.archive import read_bundle
         from bundle.render.html import render_html
         from bundle.render.view import build_view

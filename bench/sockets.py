@@ -21,6 +21,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from pyroute2 import IPRoute, netns  # noqa: E402
+from bundle.lab import socketfarm  # noqa: E402
 
 _SLICE_ONCE = r"""
 import json, resource, sys, time
@@ -67,18 +68,10 @@ def _cli(ns: str, folder: str) -> float:
 def run(size: int, repeat: int) -> dict[str, float]:
     name = f"nbt-bench-{size}"
     netns.create(name)
-    farm = None
     try:
         with IPRoute(netns=name) as ipr:
             ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
-        with tempfile.TemporaryDirectory() as tmp:
-            ready = Path(tmp) / "ready"
-            farm = subprocess.Popen(["ip", "netns", "exec", name, sys.executable, "-m", "bundle.lab.socketfarm",
-                                     "--total", str(size), "--ready", str(ready), "--lifetime", "600"], cwd=REPO)
-            while not ready.exists():
-                if farm.poll() is not None:
-                    raise SystemExit("socket farm failed")
-                time.sleep(0.1)
+        with tempfile.TemporaryDirectory() as tmp, socketfarm.running(name, size):
             ss = _best(lambda: _time_ss(name), repeat)
             runs = [_ours(name) for _ in range(repeat)]
             best = min(runs, key=lambda r: r["seconds"])
@@ -87,9 +80,6 @@ def run(size: int, repeat: int) -> dict[str, float]:
                     "ratio": best["seconds"] / ss, "ours_cli_s": cli, "maxrss_mb": max(r["maxrss_mb"] for r in runs),
                     "json_mb": best["json_bytes"] / 1e6}
     finally:
-        if farm is not None:
-            farm.kill()
-            farm.wait()
         netns.remove(name)
 
 

@@ -1,6 +1,7 @@
 """Open many sockets in mixed states inside the current netns, then wait: for tests and benchmarks.
 
     python -m bundle.lab.socketfarm --total 10000 --ready FILE [--lifetime S]
+    with running("nbt-x", 10000): ...      # the same inside a named netns, from tests and benchmarks
 
 Mix (of --total): ~40% ESTAB (both ends held), ~20% TIME-WAIT, ~20% CLOSE-WAIT (and the peer's
 FIN-WAIT-2), ~10% UDP (bound, some connected), the rest LISTEN on distinct ports.
@@ -14,8 +15,15 @@ import os
 import resource
 import signal
 import socket
+import subprocess
+import sys
+import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+
+from bundle.errors import LabError
 
 BASE_PORT = 20000
 PER_PROCESS = 8000
@@ -111,6 +119,26 @@ def main() -> None:
         for pid in children:
             os.kill(pid, signal.SIGKILL)
         held.clear()
+
+
+@contextmanager
+def running(netns_name: str, total: int, lifetime: float = 600.0, timeout_s: float = 120.0) -> Iterator[int]:
+    """A farm of `total` sockets inside a named netns while the block runs (killed after); yields its pid."""
+    with tempfile.TemporaryDirectory(prefix="nbt-farm-") as tmp:
+        ready = Path(tmp) / "ready"
+        proc = subprocess.Popen(["ip", "netns", "exec", netns_name, sys.executable, "-m", "bundle.lab.socketfarm",
+                                 "--total", str(total), "--ready", str(ready), "--lifetime", str(lifetime)],
+                                cwd=Path(__file__).resolve().parents[2])
+        try:
+            deadline = time.monotonic() + timeout_s
+            while not ready.exists():
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise LabError(f"socket farm of {total} in {netns_name} did not start")
+                time.sleep(0.05)
+            yield proc.pid
+        finally:
+            proc.kill()
+            proc.wait()
 
 
 if __name__ == "__main__":

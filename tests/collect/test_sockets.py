@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
-import time
 from collections import Counter
 
 import pytest
@@ -13,6 +12,7 @@ from pyroute2 import IPRoute, netns
 
 from bundle.archive import read_bundle
 from bundle.collect.sockets import bind_scope
+from bundle.lab import socketfarm
 from bundle.models import BindScope, ConnectOutcome, SocketsSlice, SocketTable
 from tests.conftest import netbundle
 
@@ -54,22 +54,13 @@ def our_rows(doc: SocketTable) -> Counter[tuple[object, ...]]:
 def farm(tmp_path_factory):
     """A netns holding a few thousand sockets in mixed states, held by one process."""
     name = f"nbt-farm-{id(tmp_path_factory) % 10000}"
-    ready = tmp_path_factory.mktemp("farm") / "ready"
     netns.create(name)
-    with IPRoute(netns=name) as ipr:
-        ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
-    proc = subprocess.Popen(["ip", "netns", "exec", name, sys.executable, "-m", "bundle.lab.socketfarm",
-                             "--total", "3000", "--ready", str(ready), "--lifetime", "300"])
     try:
-        for _ in range(300):
-            if ready.exists():
-                break
-            time.sleep(0.05)
-        assert ready.exists(), "socket farm did not start"
-        yield name, proc.pid
+        with IPRoute(netns=name) as ipr:
+            ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
+        with socketfarm.running(name, 3000, lifetime=300) as pid:
+            yield name, pid
     finally:
-        proc.kill()
-        proc.wait()
         netns.remove(name)
 
 
