@@ -164,6 +164,13 @@ class _Agent(threading.Thread):
         return self.stderr.read()[-limit:].decode(errors="replace")
 
 
+def _lost_member(run: SliceRun, why: str) -> None:
+    """A member of this slice is not in the bundle: a complete slice becomes partial, and says which and why."""
+    if run.status is SliceStatus.COMPLETE:
+        run.status = SliceStatus.PARTIAL
+    run.reason = "; ".join(filter(None, [run.reason, why]))
+
+
 class _Run:
     """The bookkeeping of one collection: vantages, slice runs, staged members."""
 
@@ -225,8 +232,7 @@ class _Run:
         try:
             self.staged.add_bytes(path, data, media, prov)
         except StagingError as exc:
-            run.status = SliceStatus.PARTIAL if run.status is SliceStatus.COMPLETE else run.status
-            run.reason = "; ".join(filter(None, [run.reason, str(exc)]))
+            _lost_member(run, str(exc))
             return
         run.members.append(path)
 
@@ -238,8 +244,7 @@ class _Run:
             for run in self.runs.values():
                 if path in run.members:
                     run.members.remove(path)
-                    run.status = SliceStatus.PARTIAL if run.status is SliceStatus.COMPLETE else run.status
-                    run.reason = "; ".join(filter(None, [run.reason, f"{path} dropped: {why}"]))
+                    _lost_member(run, f"{path} dropped: {why}")
         return dropped
 
     def close_pending(self, reason_for: Callable[[str], str]) -> None:
