@@ -12,7 +12,7 @@ import json
 import re
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
@@ -410,6 +410,13 @@ def _cmd_lab(args: argparse.Namespace) -> int:
     return 0
 
 
+# Every subcommand but collect, which also takes the raw argv for the manifest.
+_COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "validate": _cmd_validate, "show": _cmd_show, "analyze": _cmd_analyze, "summary": _cmd_summary,
+    "diff": _cmd_diff, "redact": _cmd_redact, "render": _cmd_render, "lab": _cmd_lab,
+}
+
+
 _DNS1123 = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
 
 
@@ -432,22 +439,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "collect":
             code = _cmd_collect(args, ["netbundle", *raw])
-        elif args.command == "validate":
-            code = _cmd_validate(args)
-        elif args.command == "show":
-            code = _cmd_show(args)
-        elif args.command == "analyze":
-            code = _cmd_analyze(args)
-        elif args.command == "summary":
-            code = _cmd_summary(args)
-        elif args.command == "diff":
-            code = _cmd_diff(args)
-        elif args.command == "redact":
-            code = _cmd_redact(args)
-        elif args.command == "render":
-            code = _cmd_render(args)
         else:
-            code = _cmd_lab(args)
+            code = _COMMANDS[args.command](args)
     except NetbundleError as exc:
         if args.debug:
             raise
