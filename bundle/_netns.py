@@ -40,12 +40,12 @@ def netns_inode(path: str | Path = "/proc/self/ns/net") -> int:
     return os.stat(path).st_ino
 
 
-def effective_caps() -> tuple[str, list[str]]:
-    """CapEff as hex and as names, from /proc/self/status."""
+def effective_caps(field: str = "CapEff") -> tuple[str, list[str]]:
+    """A capability set of this process (CapEff; CapBnd for the bounding set) as hex and as names."""
     hexval = "0"
     with open("/proc/self/status") as fh:
         for line in fh:
-            if line.startswith("CapEff:"):
+            if line.startswith(f"{field}:"):
                 hexval = line.split()[1]
                 break
     bits = int(hexval, 16)
