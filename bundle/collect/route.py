@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
@@ -201,8 +201,19 @@ def route_get(ipr: Any, target: str, names: dict[int, str], links: dict[str, Lin
 MAX_ROUTES = 50_000
 
 
-def snapshot() -> tuple[list[Link], list[Address], list[Rule], tuple[list[Route], dict[str, int]], list[Neighbor],
-                        Sysctls, Any, dict[int, str]]:
+class Tables(NamedTuple):
+    links: list[Link]
+    addresses: list[Address]
+    rules: list[Rule]
+    routes: list[Route]
+    routes_per_table: dict[str, int]
+    neighbors: list[Neighbor]
+    sysctls: Sysctls
+    ipr: Any  # the open IPRoute, for the lookups (the caller closes it)
+    names: dict[int, str]
+
+
+def snapshot() -> Tables:
     """Read the passive tables; returns the open IPRoute for lookups (caller closes it)."""
     ipr = IPRoute()
     link_msgs = list(ipr.get_links())
@@ -216,7 +227,7 @@ def snapshot() -> tuple[list[Link], list[Address], list[Rule], tuple[list[Route]
                              scope=_scope_name(m["scope"])))
     rules = [_rule(m) for fam in (2, 10) for m in ipr.get_rules(family=fam)]
     raw, per_table = dump_routes(MAX_ROUTES)
-    routes = ([_route(r, names) for r in raw], {str(t): n for t, n in sorted(per_table.items())})
+    routes = [_route(r, names) for r in raw]
     neighbors = [_neighbor(m, names) for m in ipr.get_neighbours() if m["family"] in (2, 10)]
     all_rp = _read_sysctl("/proc/sys/net/ipv4/conf/all/rp_filter")
     sysctls = Sysctls(
@@ -225,7 +236,8 @@ def snapshot() -> tuple[list[Link], list[Address], list[Rule], tuple[list[Route]
         rp_filter_default=_read_sysctl("/proc/sys/net/ipv4/conf/default/rp_filter"),
         interfaces=[_iface_sysctls(m, all_rp) for m in link_msgs],
     )
-    return links, addrs, rules, routes, neighbors, sysctls, ipr, names
+    return Tables(links, addrs, rules, routes, {str(t): n for t, n in sorted(per_table.items())}, neighbors, sysctls,
+                  ipr, names)
 
 
 class RouteCollector(Collector):
@@ -234,8 +246,9 @@ class RouteCollector(Collector):
 
     def collect(self, ctx: SliceContext) -> SliceResult:
         started = time.monotonic()
-        links, addrs, rules, (routes, per_table), neighbors, sysctls, ipr, names = snapshot()
-        by_name = {link.name: link for link in links}
+        tables = snapshot()
+        names, ipr = tables.names, tables.ipr
+        by_name = {link.name: link for link in tables.links}
         source, iif = ctx.option("route_from"), ctx.option("route_iif")
         addresses = list(dict.fromkeys(t.address for t in ctx.targets))  # one lookup per address, in order
         with ipr:
@@ -263,13 +276,13 @@ class RouteCollector(Collector):
                                                  budget_s=min(12.0, ctx.remaining() - 0.5), rtt_ms=rtt))
                     if sweeps[-1].status.value == "cut":
                         reasons.append(f"MTU sweep to {lookup.target} cut by its budget")
-        doc = RouteSlice(links=links, addresses=addrs, rules=rules, routes=routes, route_limit=MAX_ROUTES,
-                         routes_per_table=per_table, neighbors=neighbors,
-                         lookups=lookups, sysctls=sysctls, pings=pings, mtu_sweeps=sweeps,
+        doc = RouteSlice(links=tables.links, addresses=tables.addresses, rules=tables.rules, routes=tables.routes,
+                         route_limit=MAX_ROUTES, routes_per_table=tables.routes_per_table, neighbors=tables.neighbors,
+                         lookups=lookups, sysctls=tables.sysctls, pings=pings, mtu_sweeps=sweeps,
                          active_probes=not ctx.passive)
         art = Artifact.document("route.json", doc, MediaType.ROUTE,
                                 "netlink RTM_GETLINK/GETADDR/GETRULE/GETROUTE/GETNEIGH dumps, RTM_GETROUTE per target, "
                                 "/proc/sys/net/ipv4, raw ICMP probes", started)
-        art.provenance.truncated = sum(per_table.values()) > len(routes)
+        art.provenance.truncated = sum(tables.routes_per_table.values()) > len(tables.routes)
         status = SliceStatus.PARTIAL if reasons else SliceStatus.COMPLETE
         return SliceResult(status=status, artifacts=[art], reason="; ".join(reasons) or None)
