@@ -146,6 +146,7 @@ def _cmd_collect(args: argparse.Namespace, argv: list[str]) -> int:
     from bundle.collect import vantage
     from bundle.collect.engine import CollectRequest, Progress, collect
     from bundle.collect.targets import parse_address, parse_target, valid_name
+    from bundle.collect.nat import MAX_KEEP
     from bundle.collect.sockets import MAX_TABLE_ROWS
 
     if args.timeout <= 0:
@@ -200,8 +201,6 @@ def _cmd_collect(args: argparse.Namespace, argv: list[str]) -> int:
         options["route_from"] = parse_address(args.route_from)
     if args.route_iif:
         options["route_iif"] = args.route_iif
-    from bundle.collect.nat import MAX_KEEP
-
     if not 0 <= args.conntrack_rows <= MAX_KEEP or args.nat_samples < 1:
         raise UsageError(f"--conntrack-rows must be 0 to {MAX_KEEP} and --nat-samples >= 1")
     options.update(nat_keep=str(args.conntrack_rows), nat_samples=str(args.nat_samples),

@@ -1,5 +1,5 @@
-"""What a collect must leave as it found it in a netns: rules, routes, rules, neighbors, links, addresses,
-sysctls and the conntrack table — read with the system's own tools, so our decoders are not judging
+"""What a collect must leave as it found it in a netns: firewall rules, routes, policy rules, neighbors, links,
+addresses, sysctls and the conntrack table — read with the system's own tools, so our decoders are not judging
 themselves."""
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ def state(ns: str) -> dict[str, str]:
                              if "fe80:" not in r),
         "rules": in_netns(ns, "ip", "rule") + in_netns(ns, "ip", "-6", "rule"),
         "links": "\n".join(re.sub(r"\s+", " ", line) for line in in_netns(ns, "ip", "-o", "link").splitlines()),
-        "addresses": "\n".join(line for line in in_netns(ns, "ip", "-br", "addr").splitlines()),
+        "addresses": in_netns(ns, "ip", "-br", "addr"),
         "sysctls": "\n".join(line for line in sysctls.splitlines() if not _VOLATILE_SYSCTLS.search(line)),
     }
 

@@ -12,7 +12,9 @@ import time
 import pytest
 from pyroute2 import IPRoute, netns
 
+from bundle.archive import read_bundle
 from bundle.netlink.rtnl import RawRoute, decode_route
+from tests.conftest import netbundle
 
 pytestmark = pytest.mark.privileged
 
@@ -121,9 +123,6 @@ def test_decoder_survives_truncated_messages():
 def test_route_slice_counts_every_table_and_the_page_summarises(routes_netns, tmp_path):
     """Through the CLI: route.json keeps the routes and exact per-table counts; the appendix shows 300 rows and
     says where the rest are."""
-    from bundle.archive import read_bundle
-    from tests.conftest import netbundle
-
     out = tmp_path / "r.tar.zst"
     netbundle("collect", "--passive", "--slice", "route", "--netns", routes_netns, "-o", str(out), check=True)
     doc = read_bundle(out).route(f"netns-{routes_netns}")
