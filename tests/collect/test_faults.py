@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes.util
+import errno
 import os
 import shutil
 import subprocess
@@ -11,6 +12,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -164,28 +166,50 @@ def _small_disk(tmp_path: Path, megabytes: int = 80) -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
-def _fill_once_collecting(folder: Path, leave: int) -> threading.Thread:
-    """Another process fills the disk once the collect has started (after its free-space check)."""
+def _fill_to(folder: Path, leave: int) -> None:
+    """Leave about `leave` bytes free (under a page when 0), however much the collect writes meanwhile: one
+    fallocate of "free - leave" fails whole with ENOSPC when the collect wrote in between, leaving the disk empty."""
+    deadline = time.monotonic() + 10
+    with open(folder / "filler", "ab") as fh:
+        while time.monotonic() < deadline:
+            want = shutil.disk_usage(folder).free - leave
+            while want >= 4096:
+                try:
+                    os.posix_fallocate(fh.fileno(), os.fstat(fh.fileno()).st_size, want)
+                    break
+                except OSError as exc:
+                    if exc.errno != errno.ENOSPC:
+                        raise
+                    want //= 2
+            else:
+                return
+    raise AssertionError(f"could not fill {folder} to {leave} bytes free")
+
+
+@contextmanager
+def _fill_once_collecting(folder: Path, leave: int) -> Iterator[None]:
+    """Another process fills the disk once the collect has started (after its free-space check); a filler that
+    failed fails the test, in the test."""
     def fill() -> None:
         deadline = time.monotonic() + 30
         while not list(folder.glob(".netbundle-stage-*")) and time.monotonic() < deadline:
             time.sleep(0.02)
         time.sleep(0.5)
-        with open(folder / "filler", "wb") as fh:
-            os.posix_fallocate(fh.fileno(), 0, max(0, shutil.disk_usage(folder).free - leave))
+        _fill_to(folder, leave)
 
-    t = threading.Thread(target=fill, daemon=True)
-    t.start()
-    return t
+    with ThreadPoolExecutor(1) as pool:
+        filled = pool.submit(fill)
+        yield
+        filled.result()
 
 
 def _collect_on_small_disk(tmp_path: Path, leave: int):
     with _udp_flood_netns(f"nbt-flood-{os.getpid() % 100000}") as ns, _small_disk(tmp_path) as disk:
-        filler = _fill_once_collecting(disk, leave)
         out = disk / "b.tar.zst"
-        proc = _run(["collect", "--netns", ns, "--target", "127.0.0.1:9999", "--slice", "capture", "--slice", "route",
-                     "--capture-seconds", "3", "--capture-bytes", "1000000", "--snaplen", "2000", "-o", str(out)])
-        filler.join()
+        with _fill_once_collecting(disk, leave):
+            proc = _run(["collect", "--netns", ns, "--target", "127.0.0.1:9999", "--slice", "capture", "--slice",
+                         "route", "--capture-seconds", "3", "--capture-bytes", "1000000", "--snaplen", "2000",
+                         "-o", str(out)])
         assert "Traceback" not in proc.stderr, proc.stderr
         b = read_bundle(out) if out.exists() else None
         left = [p.name for p in disk.iterdir() if p.name not in ("b.tar.zst", "filler")]
@@ -260,11 +284,17 @@ def test_netns_removed_mid_collect(tmp_path):
         folder = tmp_path / "out"
         folder.mkdir()
 
+        def capturing() -> bool:
+            """A packet socket is open in the pod's netns: the capture is running (not a guess by the clock)."""
+            listing = subprocess.run(["ip", "netns", "exec", a, "cat", "/proc/net/packet"], capture_output=True,
+                                     text=True).stdout
+            return len(listing.splitlines()) > 1
+
         def remove() -> None:
             deadline = time.monotonic() + 30
-            while not list(folder.glob(".netbundle-stage-*")) and time.monotonic() < deadline:
-                time.sleep(0.02)
-            time.sleep(1.5)  # agents are in, the capture is running
+            while not capturing() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            time.sleep(0.5)
             subprocess.run(["ip", "-n", b_ns, "link", "del", "nbtpeer0"], check=False)
             subprocess.run(["ip", "netns", "del", a], check=False)
 
