@@ -132,7 +132,7 @@ def test_a_slice_that_hangs_is_cut_at_the_deadline(tmp_path, healthy_lab):
 
 @contextmanager
 def _udp_flood_netns(name: str) -> Iterator[str]:
-    """A netns whose loopback carries incompressible UDP to 127.0.0.1:9999 for a while."""
+    """A netns whose loopback carries incompressible UDP to 127.0.0.1:9999 (0.5 MB/s) for a while."""
     subprocess.run(["ip", "netns", "add", name], check=True)
     sender = None
     try:
@@ -146,12 +146,18 @@ def _udp_flood_netns(name: str) -> Iterator[str]:
         subprocess.run(["ip", "netns", "del", name], check=False)
 
 
+# Paced, not flat out: the capture's byte limit (1 MB) is reached about 2 s after it starts, whatever the
+# machine's speed, so the filler (started once the route slice is staged) acts while it runs.
 _FLOOD = """
 import os, socket, time
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-end = time.time() + 30
-while time.time() < end:
-    s.sendto(os.urandom(1200), ("127.0.0.1", 9999))
+start, sent = time.monotonic(), 0
+while time.monotonic() - start < 40:
+    if sent < 500_000 * (time.monotonic() - start):
+        s.sendto(os.urandom(1200), ("127.0.0.1", 9999))
+        sent += 1200
+    else:
+        time.sleep(0.002)
 """
 
 
@@ -188,13 +194,12 @@ def _fill_to(folder: Path, leave: int) -> None:
 
 @contextmanager
 def _fill_once_collecting(folder: Path, leave: int) -> Iterator[None]:
-    """Another process fills the disk once the collect has started (after its free-space check); a filler that
-    failed fails the test, in the test."""
+    """Another process fills the disk once the route slice's documents are staged, while the capture runs: after
+    the collect's free-space check, before the capture is handed over. A filler that failed fails the test."""
     def fill() -> None:
         deadline = time.monotonic() + 30
-        while not list(folder.glob(".netbundle-stage-*")) and time.monotonic() < deadline:
+        while not list(folder.glob(".netbundle-stage-*/**/route.json")) and time.monotonic() < deadline:
             time.sleep(0.02)
-        time.sleep(0.5)
         _fill_to(folder, leave)
 
     with ThreadPoolExecutor(1) as pool:
@@ -207,9 +212,10 @@ def _collect_on_small_disk(tmp_path: Path, leave: int):
     with _udp_flood_netns(f"nbt-flood-{os.getpid() % 100000}") as ns, _small_disk(tmp_path) as disk:
         out = disk / "b.tar.zst"
         with _fill_once_collecting(disk, leave):
+            # The capture runs while other slices do; the socket samples hold it open for ~4 s.
             proc = _run(["collect", "--netns", ns, "--target", "127.0.0.1:9999", "--slice", "capture", "--slice",
-                         "route", "--capture-seconds", "3", "--capture-bytes", "1000000", "--snaplen", "2000",
-                         "-o", str(out)])
+                         "route", "--slice", "sockets", "--socket-samples", "5", "--capture-seconds", "8",
+                         "--capture-bytes", "1000000", "--snaplen", "2000", "-o", str(out)])
         assert "Traceback" not in proc.stderr, proc.stderr
         b = read_bundle(out) if out.exists() else None
         left = [p.name for p in disk.iterdir() if p.name not in ("b.tar.zst", "filler")]
