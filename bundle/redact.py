@@ -7,7 +7,8 @@ the first octet (IPv4) or 16 bits (IPv6) are kept so private stays private. Loop
 multicast and the operator's --keep-cidr ranges stay as they are. The key is in the map file, never in the
 output: the same map redacts two bundles the same way, so they still compare with `netbundle diff`.
 Captures are rewritten packet by packet: addresses in Ethernet, ARP, IPv4/IPv6 headers (IPv4 checksum
-recomputed), everything after the transport header dropped.
+recomputed; TCP, UDP and ICMPv6 checksums carried over the address change, so they stay right for the packet as
+sent), everything after the transport header dropped (a later IPv4 fragment keeps its IP header only).
 """
 
 from __future__ import annotations
@@ -141,14 +142,20 @@ class Redactor:
             return bytes(buf[:off + 28])
         if etype == 0x0800 and len(buf) >= off + 20:
             ihl = (buf[off] & 0x0F) * 4
+            old = bytes(buf[off + 12:off + 20])
             for at in (off + 12, off + 16):
                 buf[at:at + 4] = ipaddress.ip_address(self.address(str(ipaddress.ip_address(bytes(buf[at:at + 4]))))).packed
             buf[off + 10:off + 12] = b"\0\0"
             buf[off + 10:off + 12] = struct.pack("!H", _checksum(bytes(buf[off:off + ihl])))
+            if struct.unpack_from("!H", buf, off + 6)[0] & 0x1FFF:
+                return bytes(buf[:off + ihl])  # a later fragment: what follows the header is payload
+            _pseudo_checksum(buf, off + ihl, buf[off + 9], old, bytes(buf[off + 12:off + 20]))
             return bytes(buf[:off + ihl + _l4_len(buf, off + ihl, buf[off + 9])])
         if etype == 0x86DD and len(buf) >= off + 40:
+            old = bytes(buf[off + 8:off + 40])
             for at in (off + 8, off + 24):
                 buf[at:at + 16] = ipaddress.ip_address(self.address(str(ipaddress.ip_address(bytes(buf[at:at + 16]))))).packed
+            _pseudo_checksum(buf, off + 40, buf[off + 6], old, bytes(buf[off + 8:off + 40]))
             return bytes(buf[:off + 40 + _l4_len(buf, off + 40, buf[off + 6])])
         return bytes(buf[:off])
 
@@ -173,6 +180,28 @@ def _l4_len(buf: bytearray, at: int, proto: int) -> int:
     if proto == 6 and len(buf) >= at + 13:
         return max(20, (buf[at + 12] >> 4) * 4)
     return 8 if proto in (17, 1, 58) else 0
+
+
+# Where the checksum sits in the transport headers whose checksum covers the IP addresses (pseudo-header).
+_PSEUDO_CHECKSUM_AT = {6: 16, 17: 6, 58: 2}
+
+
+def _pseudo_checksum(buf: bytearray, at: int, proto: int, old: bytes, new: bytes) -> None:
+    """Carry the address change into the TCP/UDP/ICMPv6 checksum (RFC 1624 incremental update), so it stays
+    right for the packet as sent: the payload it also covers is dropped, not changed."""
+    where = _PSEUDO_CHECKSUM_AT.get(proto)
+    if where is None or len(buf) < at + where + 2:
+        return
+    value = struct.unpack_from("!H", buf, at + where)[0]
+    if proto == 17 and value == 0:
+        return  # UDP over IPv4 without a checksum
+    total = ~value & 0xFFFF
+    for (m,), (m2,) in zip(struct.iter_unpack("!H", old), struct.iter_unpack("!H", new), strict=True):
+        total += (~m & 0xFFFF) + m2
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    value = ~total & 0xFFFF
+    struct.pack_into("!H", buf, at + where, 0xFFFF if proto == 17 and value == 0 else value)
 
 
 def _checksum(header: bytes) -> int:
