@@ -91,8 +91,11 @@ def _ladder(manifest: Manifest, spec: str, addresses: set[str], names: set[str],
         route.verdict = Verdict.INCONCLUSIVE
         route.reasons.append("ICMP gets no reply but TCP connects: ICMP is filtered, the route works")
     if owner in ("route", "transport"):
+        # a vantage vouches for the path only if nothing fails there and it is not the target itself
+        doubtful = {f.vantage for f in mine if f.severity is Severity.CRITICAL} | {
+            d.vantage for d in docs if d.route is not None and any(a.address in addresses for a in d.route.addresses)}
         _split_paths(verdicts[owner], [f for f in mine if f.layer == owner], spec,
-                     _positive(owner, addresses, names, port, docs)[0])
+                     _positive(owner, addresses, names, port, docs)[0], doubtful)
     if owner is not None:
         seen = False
         for layer in LAYERS:
@@ -102,11 +105,12 @@ def _ladder(manifest: Manifest, spec: str, addresses: set[str], names: set[str],
     return TargetLadder(target=spec, layers=[verdicts[layer] for layer in LAYERS], owner=owner)
 
 
-def _split_paths(verdict: LayerVerdict, failing: list[Finding], spec: str, proof: list[str]) -> None:
+def _split_paths(verdict: LayerVerdict, failing: list[Finding], spec: str, proof: list[str],
+                 doubtful: set[str]) -> None:
     """Fails from one vantage, works from another (the host path fine, the pod path not): the failing vantage's
     own path owns it — its netns, routes, CNI attachment — not the target."""
     bad = sorted({f.vantage for f in failing if f.severity is Severity.CRITICAL})
-    good = sorted({p.split("/")[1] for p in proof if p.startswith("vantages/")} - set(bad))
+    good = sorted({p.split("/")[1] for p in proof if p.startswith("vantages/")} - set(bad) - doubtful)
     if bad and good:
         verdict.reasons.append(f"fails from {', '.join(bad)} but works from {', '.join(good)}: the path from "
                                f"{', '.join(bad)} (its netns, routes, CNI attachment) owns it, not {spec} itself")

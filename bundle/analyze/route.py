@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import shlex
 
-from bundle.analyze._common import FindingList
-from bundle.models import Finding, NeighborState, RouteSlice, Severity, SweepStatus, Vantage
+from bundle.analyze._common import FindingList, in_vantage
+from bundle.models import Evidence, Finding, Link, NeighborState, RouteSlice, Severity, SweepStatus, Vantage
 
 _BAD_NEIGHBOR = {NeighborState.FAILED, NeighborState.INCOMPLETE}
 
@@ -55,3 +55,54 @@ def route_findings(vantage: Vantage, doc: RouteSlice) -> list[Finding]:
                 f"on another interface (asymmetric routing) are dropped silently.",
                 f"sysctls.interfaces[{i}]", "nstat -az TcpExtIPReversePathFilter")
     return found.items
+
+
+# States in which the kernel sends to the cached MAC without asking again: static entries, and one just
+# confirmed (which, for a MAC that is not the owner's, means another host answered for the address).
+_TRUSTED = {NeighborState.PERMANENT, NeighborState.NOARP, NeighborState.REACHABLE}
+
+
+def neighbor_findings(routes: list[tuple[Vantage, RouteSlice]]) -> list[Finding]:
+    """Neighbor entries whose MAC is not that of the interface holding the address, where both ends were
+    collected: frames for that address go to a MAC nobody on the link has (a static entry left from before
+    the peer's NIC or pod changed, or another host answering for it). Across vantages, so not per slice.
+    Proxy ARP is ruled out: an entry whose MAC is any collected interface's is not reported."""
+    owners: dict[str, list[tuple[Vantage, Link, int]]] = {}
+    macs: set[str] = set()
+    for v, doc in routes:
+        by_index = {lk.index: (i, lk) for i, lk in enumerate(doc.links)}
+        macs |= {lk.address.lower() for lk in doc.links if lk.address}
+        for a in doc.addresses:
+            i, lk = by_index.get(a.ifindex, (-1, None))
+            if lk is not None and lk.address and lk.address.strip("0:"):
+                owners.setdefault(a.address, []).append((v, lk, i))
+    out: list[Finding] = []
+    for v, doc in routes:
+        for i, n in enumerate(doc.neighbors):
+            held = owners.get(n.dst, [])
+            if not n.lladdr or len(held) != 1:  # unknown or ambiguous owner (an anycast or duplicated address)
+                continue
+            ov, olink, li = held[0]
+            mac = n.lladdr.lower()
+            if ov.id == v.id or mac == (olink.address or "").lower() or mac in macs:
+                continue
+            states = set(n.states)
+            trusted = bool(_TRUSTED & states)
+            why = ("a static entry the kernel never re-resolves" if states & {NeighborState.PERMANENT,
+                                                                             NeighborState.NOARP}
+                   else "confirmed recently, so another host answers for this address (an address conflict?)"
+                   if NeighborState.REACHABLE in states
+                   else "a cached entry the kernel re-checks on its next use")
+            users = [lk.target for lk in doc.lookups if lk.ok and lk.dev == n.dev and (lk.gateway or lk.target) == n.dst]
+            for target in users or [n.dst]:
+                via = f" (the next hop to {target})" if target != n.dst else ""
+                out.append(Finding(
+                    id="neighbor.stale_mac", severity=Severity.CRITICAL if trusted and users else Severity.WARNING,
+                    layer="route", vantage=v.id, target=target,
+                    summary=f"In {v.id}, neighbor {n.dst}{via} on {n.dev} is {'/'.join(s.value for s in n.states)} "
+                            f"at {n.lladdr}, but {n.dst} is on {olink.name} in {ov.id}, whose MAC is "
+                            f"{olink.address}: frames for it go to a MAC nobody there has — {why}.",
+                    evidence=[Evidence(member=f"vantages/{v.id}/route.json", pointer=f"neighbors[{i}]"),
+                              Evidence(member=f"vantages/{ov.id}/route.json", pointer=f"links[{li}]")],
+                    next_command=in_vantage(v, f"ip neigh show {shlex.quote(n.dst)} dev {shlex.quote(n.dev)}")))
+    return out

@@ -186,6 +186,23 @@ def _loopback_listener(t: Topology) -> LabInfo:
     )
 
 
+STALE_MAC = "02:00:00:de:ad:01"  # the remote node's NIC before it was replaced
+
+
+def _stale_neighbor(t: Topology) -> LabInfo:
+    _two_nodes(t, server_pod=False, node_link_mtu=1500)
+    t.neighbor("node", "eth0", "10.244.0.2", STALE_MAC)
+    return LabInfo(
+        scenario="stale-neighbor",
+        description="the remote node's NIC was replaced (new MAC) but the node keeps a static neighbor entry "
+                    f"with the old one ({STALE_MAC}), as an overlay CNI programs for its peers: the node sends "
+                    "the remote's frames to a MAC nobody has, so pod and node both time out while routes look "
+                    "fine and ARP is never asked again",
+        namespaces=dict(t.namespaces), targets=[f"10.244.0.2:{LISTEN_PORT}"], vantages=["pod", "node", "remote"],
+        expect={"findings": ["neighbor.stale_mac", "transport.connect_timeout"]},
+    )
+
+
 CLUSTER_DNS = "10.96.0.10"
 DNS_POD = "10.244.0.2"  # dnsmasq runs in the remote node's netns, standing in for CoreDNS
 POD_RESOLV_CONF = (f"nameserver {CLUSTER_DNS}\nsearch default.svc.cluster.local svc.cluster.local cluster.local\n"
@@ -433,6 +450,7 @@ SCENARIOS: dict[str, Callable[[Topology], LabInfo]] = {
     "no-listener": _no_listener,
     "syn-drop": _syn_drop,
     "loopback-listener": _loopback_listener,
+    "stale-neighbor": _stale_neighbor,
 }
 
 

@@ -149,6 +149,11 @@ class Topology:
                 kwargs["oif"] = self._index(ipr, dev)
             ipr.route("add", **kwargs)
 
+    def neighbor(self, role: str, ifname: str, dst: str, lladdr: str) -> None:
+        """A static (PERMANENT) neighbor entry, as an overlay CNI programs one for each peer node."""
+        with self.ipr(role) as ipr:
+            ipr.neigh("replace", dst=dst, lladdr=lladdr, ifindex=self._index(ipr, ifname), state=0x80)
+
     def sysctl(self, role: str, key: str, value: str) -> None:
         """Write /proc/sys/<key> inside the netns, from a forked child that entered it."""
         path = "/proc/sys/" + key.replace(".", "/")

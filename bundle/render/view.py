@@ -9,6 +9,7 @@ from bundle.analyze import (
     capture_findings,
     dns_findings,
     nat_findings,
+    neighbor_findings,
     route_findings,
     transport_findings,
 )
@@ -115,6 +116,7 @@ def build_view(bundle: Bundle) -> View:
             findings += route_findings(v, doc)
             for lk in doc.lookups:
                 lookups.setdefault(lookup_label(lk), {})[v.id] = lk
+    findings += neighbor_findings([(e.vantage, e.route) for e in evidence if e.route is not None])
     findings += transport_findings(evidence, list(m.targets))
     operator = bundle.operator_captures()
     for path, cdoc in operator:

@@ -24,6 +24,7 @@ EXPECTED = {
     "dns-ndots": ("doesnotexist", "dns", "dns.search_amplification"),
     "dns-drop": ("payments", "dns", "dns.timeout"),
     "stale-dnat": ("10.96.0.20:443", "service", "service.stale_dnat"),
+    "stale-neighbor": ("10.244.0.2:8080", "route", "neighbor.stale_mac"),
 }
 
 
@@ -62,6 +63,12 @@ def test_scenario_owner(lab, tmp_path, scenario):
         assert any(r.startswith(f"fails from {pod} but works from {node}") for r in owner.reasons), owner.reasons
     elif scenario in ("no-listener", "loopback-listener"):  # refused from everywhere: no path to blame
         assert not any(r.startswith("fails from ") for r in owner.reasons), owner.reasons
+    elif scenario == "stale-neighbor":  # the pod has a route but times out too; the remote is the target itself:
+        assert not any(r.startswith("fails from ") for r in owner.reasons), owner.reasons  # neither vouches
+        [stale] = [f for f in report.findings if f.id == "neighbor.stale_mac"]
+        assert stale.vantage == f"netns-{info.namespaces['node']}" and scenarios.STALE_MAC in stale.summary
+        assert [e.member for e in stale.evidence] == [f"vantages/netns-{info.namespaces[r]}/route.json"
+                                                     for r in ("node", "remote")]
     _browse(out, tmp_path, scenario)
 
 

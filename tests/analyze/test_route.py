@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 
 import pytest
@@ -48,3 +49,37 @@ def test_unanswered_neighbor_and_silent_host(tmp_path, mtu_lab):
     ids = {f.id: f for f in _findings(out)[f"netns-{node}"]}
     assert "neighbor.failed" in ids and ids["neighbor.failed"].target == "10.244.0.99"
     assert "icmp.no_reply" in ids
+
+
+def test_neighbor_with_another_mac_than_its_owner(tmp_path, lab):
+    """Across vantages: the node's static entry for the remote (the scenario's fault) is critical; a cached
+    entry with a wrong MAC is a warning (the kernel re-checks it); an entry whose MAC is a collected interface's
+    (proxy ARP: the node answering for the remote) is not reported."""
+    from bundle.analyze import neighbor_findings
+    from bundle.lab.scenarios import STALE_MAC
+
+    info = lab("stale-neighbor")
+    pod, node, remote = (info.namespaces[r] for r in ("pod", "node", "remote"))
+    cbr0 = json.loads(subprocess.run(["ip", "-n", node, "-j", "link", "show", "cbr0"], capture_output=True,
+                                     text=True, check=True).stdout)[0]["address"]
+    added = [(pod, ["10.244.0.2", "lladdr", cbr0, "dev", "eth0", "nud", "permanent"]),
+             (node, ["10.244.1.2", "lladdr", "02:00:00:de:ad:02", "dev", "cbr0", "nud", "stale"])]
+    try:
+        for ns, args in added:
+            subprocess.run(["ip", "-n", ns, "neigh", "replace", *args], check=True)
+        out = tmp_path / "b.tar.zst"
+        argv = ["collect", "--target", info.targets[0], "--slice", "route", "-o", str(out)]
+        for role in ("pod", "node", "remote"):
+            argv += ["--netns", info.namespaces[role]]
+        assert netbundle(*argv).returncode == 0
+    finally:
+        for ns, args in added:
+            subprocess.run(["ip", "-n", ns, "neigh", "del", args[0], "dev", args[4]], check=False)
+    b = read_bundle(out)
+    found = neighbor_findings([(v, b.route(v.id)) for v in b.manifest.vantages])
+    got = sorted((f.vantage, f.target, f.severity.value) for f in found)
+    assert got == [(f"netns-{node}", "10.244.0.2", "critical"), (f"netns-{node}", "10.244.1.2", "warning")], got
+    critical = next(f for f in found if f.severity.value == "critical")
+    assert STALE_MAC in critical.summary and "never re-resolves" in critical.summary
+    assert f"netns-{remote}" in critical.summary
+    assert critical.next_command == f"ip netns exec {node} ip neigh show 10.244.0.2 dev eth0"
