@@ -1,8 +1,8 @@
 """A semantic comparison of two bundles — a failing node against a healthy one — vantage by vantage, paired by
-role. Differences that can explain a fault (an MTU, a link down, a route gone, a neighbor FAILED, rp_filter, a
-resolver option, another DNS answer, a listener missing, a service endpoint changed, conntrack filling up, another
-proxy mode) come first, weighted; differences every two machines have (their own addresses, pod IPs, counters'
-absolute values) are recognised and grouped apart as expected."""
+role. Differences that can explain a fault (an MTU, a link down, a route gone, a neighbor FAILED or static,
+rp_filter, a resolver option, another DNS answer, a listener missing, a service endpoint changed, conntrack
+filling up, another proxy mode) come first, weighted; differences every two machines have (their own addresses,
+pod IPs, counters' absolute values) are recognised and grouped apart as expected."""
 
 from __future__ import annotations
 
@@ -158,10 +158,13 @@ def _route(f: RouteSlice, h: RouteSlice, pair: str) -> list[Difference]:
                                   7 if dst in ("0.0.0.0/0", "::/0") else 4, local, pair))
     fn = {(n.dev, n.dst): ",".join(s.value for s in n.states) for n in f.neighbors}
     hn = {(n.dev, n.dst): ",".join(s.value for s in n.states) for n in h.neighbors}
+    static = ("PERMANENT", "NOARP")  # never re-resolved: a MAC that changed stays wrong
     for neigh, states in sorted(fn.items()):
         if any(s in states for s in ("FAILED", "INCOMPLETE")) and hn.get(neigh) != states:
             out.append(Difference("neighbors", f"{neigh[1]} on {neigh[0]}", states, hn.get(neigh, "absent"), 6,
                                   pair=pair))
+        elif neigh in hn and any(s in states for s in static) and not any(s in hn[neigh] for s in static):
+            out.append(Difference("neighbors", f"{neigh[1]} on {neigh[0]}", states, hn[neigh], 6, pair=pair))
     fs, hs = f.sysctls, h.sysctls
     for name, fv, hv in (("net.ipv4.ip_forward", fs.ip_forward, hs.ip_forward),
                          ("rp_filter all", fs.rp_filter_all, hs.rp_filter_all)):

@@ -88,9 +88,10 @@ def _lead(failing, healthy):
     ("no-listener", "healthy", "listeners", "tcp port 8080"),
     ("syn-drop", "healthy", "nft rules", "tcp flags syn"),
     ("stale-dnat", "service-nft", "services", "default/payments:https"),
+    ("stale-neighbor", "healthy", "neighbors", "10.244.0.2 on eth0"),
 ])
 def test_each_fault_leads_its_diff(lab, tmp_path, scenario, control, area, needle):
-    roles = ["pod", "node", "server"]
+    roles = ["pod", "node", "server"] if "server" in lab(scenario).namespaces else ["pod", "node", "remote"]
     failing = _bundle(lab(scenario), tmp_path, scenario, roles)
     healthy = _bundle(lab(control), tmp_path, control, roles)
     first = _lead(failing, healthy)
