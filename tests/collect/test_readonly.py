@@ -45,12 +45,14 @@ def test_collect_changes_nothing_conntrack_full(tmp_path):
 def test_the_snapshot_sees_a_mutation(lab):
     """The comparison is not blind: an added route, a changed sysctl, a new nft table and a deleted conntrack
     entry are each caught."""
-    info = lab("stale-dnat")  # its node tracks the client's connections to the ClusterIP
+    info = lab("stale-dnat")
     ns = info.namespaces["node"]
+    # An assured entry no traffic touches: a live flow's entry would come back with its next packet.
+    flow = ["-p", "tcp", "-s", "10.244.9.1", "-d", "10.244.9.2", "--sport", "1111", "--dport", "2222"]
+    readonly.in_netns(ns, "conntrack", "-I", *flow, "--state", "ESTABLISHED", "-t", "600", "-u", "ASSURED")
     before = readonly.snapshot([ns])
-    victim = next(k for k, (timeout, _) in before.conntrack[ns].items() if k[0] == 6 and timeout > 60)
-    readonly.in_netns(ns, "conntrack", "-D", "-p", "tcp", "--orig-src", victim[1], "--orig-dst", victim[3],
-                      "--sport", str(victim[2]), "--dport", str(victim[4]))
+    [victim] = [k for k in before.conntrack[ns] if k[0] == 6 and "10.244.9.1" in k and 1111 in k]
+    readonly.in_netns(ns, "conntrack", "-D", *flow)
     readonly.in_netns(ns, "ip", "route", "add", "10.244.9.0/24", "dev", "lo")
     old_rp = readonly.in_netns(ns, "sysctl", "-n", "net.ipv4.conf.all.rp_filter").strip()
     readonly.in_netns(ns, "sysctl", "-qw", f"net.ipv4.conf.all.rp_filter={2 if old_rp != '2' else 1}")
