@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 from pathlib import Path
 from collections.abc import Callable, Iterator
@@ -40,6 +41,7 @@ class LabInfo:
     expect: dict[str, object] = field(default_factory=dict)
     names: list[str] = field(default_factory=list)
     files: dict[str, str] = field(default_factory=dict)
+    prefix: str | None = None  # set when built under a prefix other than nb-<scenario>
 
     def collect_argv(self) -> list[str]:
         argv = ["netbundle", "collect"]
@@ -53,16 +55,19 @@ class LabInfo:
             argv += ["--endpointslices", self.files["endpointslices"]]
         return argv
 
+    def down_argv(self) -> list[str]:
+        return ["netbundle", "lab", "down", self.scenario] + (["--prefix", self.prefix] if self.prefix else [])
+
     def as_dict(self) -> dict[str, object]:
         return {"scenario": self.scenario, "description": self.description, "namespaces": self.namespaces,
                 "targets": self.targets, "names": self.names, "files": self.files, "collect": self.collect_argv(),
-                "expect": self.expect}
+                "down": self.down_argv(), "expect": self.expect}
 
     def describe(self) -> str:
         lines = [f"lab {self.scenario}: {self.description}", "namespaces:"]
         lines += [f"  {role:<8} {name}" for role, name in self.namespaces.items()]
         lines += ["targets: " + " ".join(self.targets), "collect with:", "  " + " ".join(self.collect_argv()),
-                  f"remove with:\n  netbundle lab down {self.scenario}"]
+                  "remove with:\n  " + " ".join(shlex.quote(a) for a in self.down_argv())]
         return "\n".join(lines) + "\n"
 
 
@@ -483,7 +488,9 @@ def up(scenario: str, prefix: str | None = None) -> LabInfo:
     build = _check(scenario)
     topo = Topology(prefix or _prefix(scenario))
     try:
-        return build(topo)
+        info = build(topo)
+        info.prefix = prefix if prefix and prefix != _prefix(scenario) else None
+        return info
     except NetlinkError as exc:
         topo.teardown()
         raise LabError(f"netlink: {os.strerror(exc.code)}") from None

@@ -31,6 +31,7 @@ def test_healthy_up_works_and_down_removes_everything():
         assert set(ns) == {"pod", "node", "remote", "server"}
         assert all(name.startswith(prefix + "-") for name in ns.values())
         assert info["collect"][:2] == ["netbundle", "collect"] and "--netns" in info["collect"]
+        assert info["down"] == ["netbundle", "lab", "down", "healthy", "--prefix", prefix]
         # The control case really works: TCP to the server pod and across to the remote node.
         code = ("import socket\nfor a in ('10.244.1.3', '10.244.0.2'):\n"
                 "    s = socket.create_connection((a, 8080), timeout=3); print(a, len(s.recv(100))); s.close()")
