@@ -59,7 +59,8 @@ def route_findings(vantage: Vantage, doc: RouteSlice) -> list[Finding]:
 
 # States in which the kernel sends to the cached MAC without asking again: static entries, and one just
 # confirmed (which, for a MAC that is not the owner's, means another host answered for the address).
-_TRUSTED = {NeighborState.PERMANENT, NeighborState.NOARP, NeighborState.REACHABLE}
+_STATIC = {NeighborState.PERMANENT, NeighborState.NOARP}
+_TRUSTED = _STATIC | {NeighborState.REACHABLE}
 
 
 def neighbor_findings(routes: list[tuple[Vantage, RouteSlice]]) -> list[Finding]:
@@ -88,12 +89,12 @@ def neighbor_findings(routes: list[tuple[Vantage, RouteSlice]]) -> list[Finding]
                 continue
             states = set(n.states)
             trusted = bool(_TRUSTED & states)
-            why = ("a static entry the kernel never re-resolves" if states & {NeighborState.PERMANENT,
-                                                                             NeighborState.NOARP}
+            why = ("a static entry the kernel never re-resolves" if states & _STATIC
                    else "confirmed recently, so another host answers for this address (an address conflict?)"
                    if NeighborState.REACHABLE in states
                    else "a cached entry the kernel re-checks on its next use")
-            users = [lk.target for lk in doc.lookups if lk.ok and lk.dev == n.dev and (lk.gateway or lk.target) == n.dst]
+            users = [lk.target for lk in doc.lookups
+                     if lk.ok and lk.dev == n.dev and (lk.gateway or lk.target) == n.dst]  # its next hop
             for target in users or [n.dst]:
                 via = f" (the next hop to {target})" if target != n.dst else ""
                 out.append(Finding(
