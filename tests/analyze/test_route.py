@@ -63,7 +63,8 @@ def test_neighbor_with_another_mac_than_its_owner(tmp_path, lab):
     cbr0 = json.loads(subprocess.run(["ip", "-n", node, "-j", "link", "show", "cbr0"], capture_output=True,
                                      text=True, check=True).stdout)[0]["address"]
     added = [(pod, ["10.244.0.2", "lladdr", cbr0, "dev", "eth0", "nud", "permanent"]),
-             (node, ["10.244.1.2", "lladdr", "02:00:00:de:ad:02", "dev", "cbr0", "nud", "stale"])]
+             # the remote never sends to the node here (its SYN-ACKs never get a SYN), so nothing re-resolves it
+             (remote, ["10.244.0.1", "lladdr", "02:00:00:de:ad:02", "dev", "eth0", "nud", "stale"])]
     try:
         for ns, args in added:
             subprocess.run(["ip", "-n", ns, "neigh", "replace", *args], check=True)
@@ -78,7 +79,7 @@ def test_neighbor_with_another_mac_than_its_owner(tmp_path, lab):
     b = read_bundle(out)
     found = neighbor_findings([(v, b.route(v.id)) for v in b.manifest.vantages])
     got = sorted((f.vantage, f.target, f.severity.value) for f in found)
-    assert got == [(f"netns-{node}", "10.244.0.2", "critical"), (f"netns-{node}", "10.244.1.2", "warning")], got
+    assert got == [(f"netns-{node}", "10.244.0.2", "critical"), (f"netns-{remote}", "10.244.0.1", "warning")], got
     critical = next(f for f in found if f.severity.value == "critical")
     assert STALE_MAC in critical.summary and "never re-resolves" in critical.summary
     assert f"netns-{remote}" in critical.summary
