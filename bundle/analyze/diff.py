@@ -9,7 +9,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from bundle.analyze._common import VantageDocs
-from bundle.models import DnsSlice, NatSlice, RouteSlice, SocketsSlice, Unavailable
+from bundle.models import (
+    STATIC_NEIGHBOR_STATES,
+    UNRESOLVED_NEIGHBOR_STATES,
+    DnsSlice,
+    NatSlice,
+    RouteSlice,
+    SocketsSlice,
+    Unavailable,
+)
 
 
 @dataclass(frozen=True)
@@ -156,15 +164,16 @@ def _route(f: RouteSlice, h: RouteSlice, pair: str) -> list[Difference]:
             local = dst.startswith(("fe80", "ff00"))
             out.append(Difference("routes", f"table {table} {dst}", fr.get(key, "absent"), hr.get(key, "absent"),
                                   7 if dst in ("0.0.0.0/0", "::/0") else 4, local, pair))
-    fn = {(n.dev, n.dst): ",".join(s.value for s in n.states) for n in f.neighbors}
-    hn = {(n.dev, n.dst): ",".join(s.value for s in n.states) for n in h.neighbors}
-    static = ("PERMANENT", "NOARP")  # never re-resolved: a MAC that changed stays wrong
-    for neigh, states in sorted(fn.items()):
-        if any(s in states for s in ("FAILED", "INCOMPLETE")) and hn.get(neigh) != states:
-            out.append(Difference("neighbors", f"{neigh[1]} on {neigh[0]}", states, hn.get(neigh, "absent"), 6,
-                                  pair=pair))
-        elif neigh in hn and any(s in states for s in static) and not any(s in hn[neigh] for s in static):
-            out.append(Difference("neighbors", f"{neigh[1]} on {neigh[0]}", states, hn[neigh], 6, pair=pair))
+    fn = {(n.dev, n.dst): n.states for n in f.neighbors}
+    hn = {(n.dev, n.dst): n.states for n in h.neighbors}
+    for (dev, dst), states in sorted(fn.items(), key=lambda item: item[0]):
+        text, other = ",".join(s.value for s in states), hn.get((dev, dst))
+        other_text = ",".join(s.value for s in other) if other is not None else "absent"
+        unresolved = bool(UNRESOLVED_NEIGHBOR_STATES & set(states)) and other_text != text
+        turned_static = other is not None and bool(STATIC_NEIGHBOR_STATES & set(states)) and \
+            not STATIC_NEIGHBOR_STATES & set(other)  # never re-resolved: a MAC that changed stays wrong
+        if unresolved or turned_static:
+            out.append(Difference("neighbors", f"{dst} on {dev}", text, other_text, 6, pair=pair))
     fs, hs = f.sysctls, h.sysctls
     for name, fv, hv in (("net.ipv4.ip_forward", fs.ip_forward, hs.ip_forward),
                          ("rp_filter all", fs.rp_filter_all, hs.rp_filter_all)):

@@ -5,9 +5,18 @@ from __future__ import annotations
 import shlex
 
 from bundle.analyze._common import FindingList, in_vantage
-from bundle.models import Evidence, Finding, Link, NeighborState, RouteSlice, Severity, SweepStatus, Vantage
-
-_BAD_NEIGHBOR = {NeighborState.FAILED, NeighborState.INCOMPLETE}
+from bundle.models import (
+    STATIC_NEIGHBOR_STATES,
+    UNRESOLVED_NEIGHBOR_STATES,
+    Evidence,
+    Finding,
+    Link,
+    NeighborState,
+    RouteSlice,
+    Severity,
+    SweepStatus,
+    Vantage,
+)
 
 
 def route_findings(vantage: Vantage, doc: RouteSlice) -> list[Finding]:
@@ -42,7 +51,7 @@ def route_findings(vantage: Vantage, doc: RouteSlice) -> list[Finding]:
                 f"so this alone does not prove the path is down.",
                 f"pings[{i}]", f"ping -c 2 {ping.target}")
     for i, n in enumerate(doc.neighbors):
-        if _BAD_NEIGHBOR & set(n.states):
+        if UNRESOLVED_NEIGHBOR_STATES & set(n.states):
             add("neighbor.failed", Severity.WARNING, n.dst,
                 f"Neighbor {n.dst} on {n.dev} in {vantage.id} is {'/'.join(s.value for s in n.states)}: "
                 f"frames to it are not delivered.",
@@ -59,8 +68,7 @@ def route_findings(vantage: Vantage, doc: RouteSlice) -> list[Finding]:
 
 # States in which the kernel sends to the cached MAC without asking again: static entries, and one just
 # confirmed (which, for a MAC that is not the owner's, means another host answered for the address).
-_STATIC = {NeighborState.PERMANENT, NeighborState.NOARP}
-_TRUSTED = _STATIC | {NeighborState.REACHABLE}
+_TRUSTED = STATIC_NEIGHBOR_STATES | {NeighborState.REACHABLE}
 
 
 def neighbor_findings(routes: list[tuple[Vantage, RouteSlice]]) -> list[Finding]:
@@ -89,7 +97,7 @@ def neighbor_findings(routes: list[tuple[Vantage, RouteSlice]]) -> list[Finding]
                 continue
             states = set(n.states)
             trusted = bool(_TRUSTED & states)
-            why = ("a static entry the kernel never re-resolves" if states & _STATIC
+            why = ("a static entry the kernel never re-resolves" if states & STATIC_NEIGHBOR_STATES
                    else "confirmed recently, so another host answers for this address (an address conflict?)"
                    if NeighborState.REACHABLE in states
                    else "a cached entry the kernel re-checks on its next use")

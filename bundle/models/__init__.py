@@ -73,6 +73,8 @@ from bundle.models.nat import (
     SlicePort,
 )
 from bundle.models.route import (
+    STATIC_NEIGHBOR_STATES,
+    UNRESOLVED_NEIGHBOR_STATES,
     Address,
     IcmpError,
     InterfaceSysctls,
@@ -180,6 +182,8 @@ __all__ = [
     "NatSlice",
     "Neighbor",
     "NeighborState",
+    "STATIC_NEIGHBOR_STATES",
+    "UNRESOLVED_NEIGHBOR_STATES",
     "Nexthop",
     "NodeView",
     "Outcome",

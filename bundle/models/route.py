@@ -88,6 +88,12 @@ class NeighborState(StrEnum):
     NONE = "NONE"
 
 
+# Entries that deliver nothing (resolution failed or still pending), and entries the kernel never re-resolves
+# (a MAC that changed stays wrong): what the analysis, the diff and the appendix single out.
+UNRESOLVED_NEIGHBOR_STATES = frozenset({NeighborState.FAILED, NeighborState.INCOMPLETE})
+STATIC_NEIGHBOR_STATES = frozenset({NeighborState.PERMANENT, NeighborState.NOARP})
+
+
 class Neighbor(Model):
     family: int
     dev: str

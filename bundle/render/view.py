@@ -19,6 +19,7 @@ from bundle.analyze.ladder import LAYERS as _ORDER
 from bundle.analyze.ladder import target_ladders
 from bundle.archive import Bundle
 from bundle.models import (
+    UNRESOLVED_NEIGHBOR_STATES,
     CaptureAnalysis,
     CaptureRun,
     DnsSlice,
@@ -27,7 +28,6 @@ from bundle.models import (
     KubeSlice,
     Manifest,
     NatSlice,
-    NeighborState,
     RouteLookup,
     RouteSlice,
     SliceRun,
@@ -37,7 +37,7 @@ from bundle.models import (
     Vantage,
 )
 
-BAD_NEIGHBOR_STATES = {NeighborState.FAILED, NeighborState.INCOMPLETE}  # STALE is shown, softer
+BAD_NEIGHBOR_STATES = UNRESOLVED_NEIGHBOR_STATES  # STALE is shown, softer
 # Capabilities whose absence hides evidence: netns entry, raw probes, netlink writes/dumps, other owners' /proc.
 KEY_CAPABILITIES = ("CAP_SYS_ADMIN", "CAP_NET_ADMIN", "CAP_NET_RAW", "CAP_SYS_PTRACE", "CAP_DAC_READ_SEARCH")
 TREND_STATES = ("ESTAB", "SYN-SENT", "SYN-RECV", "CLOSE-WAIT", "TIME-WAIT", "FIN-WAIT-2", "LISTEN")
