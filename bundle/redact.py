@@ -198,17 +198,19 @@ def _pseudo_checksum(buf: bytearray, at: int, proto: int, old: bytes, new: bytes
     total = ~value & 0xFFFF
     for (m,), (m2,) in zip(struct.iter_unpack("!H", old), struct.iter_unpack("!H", new), strict=True):
         total += (~m & 0xFFFF) + m2
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    value = ~total & 0xFFFF
+    value = ~_fold(total) & 0xFFFF
     struct.pack_into("!H", buf, at + where, 0xFFFF if proto == 17 and value == 0 else value)
 
 
-def _checksum(header: bytes) -> int:
-    total = sum(struct.unpack(f"!{len(header) // 2}H", header[: len(header) // 2 * 2]))
+def _fold(total: int) -> int:
+    """A one's-complement sum folded to 16 bits."""
     while total >> 16:
         total = (total & 0xFFFF) + (total >> 16)
-    return int(~total & 0xFFFF)
+    return total
+
+
+def _checksum(header: bytes) -> int:
+    return int(~_fold(sum(struct.unpack(f"!{len(header) // 2}H", header[: len(header) // 2 * 2]))) & 0xFFFF)
 
 
 def _capture(r: Redactor, data: bytes, description: str, bpf: str) -> bytes:
