@@ -48,6 +48,9 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--netns-path", action="append", default=[], metavar="PATH", help="a netns file (repeatable)")
     c.add_argument("--host", action="store_true", help="also collect from this process's own netns "
                    "(the default when no netns is named)")
+    c.add_argument("--client", metavar="VANTAGE", help="the vantage whose traffic fails, as named with --netns "
+                   "(or its id): the ladder's verdict is decided for it (default: the pod of --pod, else the first "
+                   "vantage named)")
     c.add_argument("--passive", action="store_true", help="send no probe packets")
     c.add_argument("--route-from", metavar="IP", help="also `route get` each target as if from this source")
     c.add_argument("--route-iif", metavar="IFNAME", help="also `route get` each target as if arriving on this interface")
@@ -139,6 +142,12 @@ def _parser() -> argparse.ArgumentParser:
     down.add_argument("scenario")
     down.add_argument("--prefix", help="namespace name prefix (default nb-SCENARIO)")
     lsub.add_parser("list", help="scenarios and whether they are up")
+    sc = lsub.add_parser("score", help="build each scenario, collect, and hold the ladder against what the "
+                                       "scenario must conclude: right/wrong per scenario and a total (exit 7 if "
+                                       "any is wrong)")
+    sc.add_argument("scenarios", nargs="*", metavar="SCENARIO", help="default: every scenario")
+    sc.add_argument("--keep", type=Path, metavar="DIR", help="keep each scenario's bundle there")
+    sc.add_argument("--json", action="store_true")
     return p
 
 
@@ -223,9 +232,13 @@ def _cmd_collect(args: argparse.Namespace, argv: list[str]) -> int:
         kube_req = KubeRequest(services=tuple(_ns_name(v, "--service") for v in args.services),
                                pods=tuple(_ns_name(v, "--pod") for v in args.pods), kubeconfig=args.kubeconfig,
                                context=args.context, budget_s=max(2.0, min(20.0, args.timeout / 3)))
-    req = CollectRequest(finalize=_findings_member, kube=kube_req, pcaps=args.pcap, options=options, targets=targets, vantages=vantage.dedupe(specs), output=args.output, passive=args.passive,
+    if args.client and not args.pods and not any(args.client in (sp.id, sp.ref) for sp in specs):
+        raise UsageError(f"--client {args.client!r} is none of the vantages named "
+                         f"({', '.join(sp.ref or sp.id for sp in specs)})")
+    req = CollectRequest(finalize=_findings_member, kube=kube_req, pcaps=args.pcap, options=options,
+                         targets=targets, vantages=vantage.dedupe(specs), output=args.output, passive=args.passive,
                          timeout_s=args.timeout, ticket=args.ticket, note=args.note, argv=argv,
-                         slices=args.slices, debug=args.debug)
+                         slices=args.slices, debug=args.debug, client=args.client)
     outcome = collect(req, progress)
     if args.json:
         print(json.dumps({"bundle": str(outcome.path), "exit_code": outcome.exit_code,
@@ -267,33 +280,37 @@ def _cmd_show(args: argparse.Namespace) -> int:
 
 def _findings_member(bundle: Bundle) -> list[tuple[str, bytes, str, str]]:
     """findings.json for the collect: computed as `netbundle analyze` computes it."""
+    from bundle.analyze.report import build_report
     from bundle.models import MediaType
-    from bundle.render.view import build_view
+    from bundle.render.view import inputs
 
-    report = build_view(bundle).report
-    assert report is not None
+    report = build_report(inputs(bundle))
     return [("findings.json", report.model_dump_json(indent=1).encode(), MediaType.FINDINGS,
              "netbundle analyze: findings and the layer ladder from the collected documents")]
 
 
 def _cmd_analyze(args: argparse.Namespace) -> int:
+    from bundle.analyze.report import build_report
     from bundle.archive import read_bundle
-    from bundle.render.view import build_view
+    from bundle.render.view import inputs
 
     b = read_bundle(args.bundle, tables=False)
-    report = build_view(b).report
-    assert report is not None
+    report = build_report(inputs(b))
     stored = b.findings()
     if args.json:
         print(report.model_dump_json(indent=1))
         return 0
     for lad in report.ladders:
-        print(f"{lad.target}: " + (f"owner {lad.owner}" if lad.owner else "no failing layer") + "  " +
-              "  ".join(f"{lv.layer}={lv.verdict.value}{'*' if lv.noise else ''}" for lv in lad.layers))
+        head = (f"owner {lad.owner.value}" if lad.owner else "no failing layer" if lad.proven else "nothing proven")
+        print(f"{lad.target} (client {lad.client}): {head}  " +
+              "  ".join(f"{lv.layer.value}={lv.verdict.value}{'*' if lv.noise else ''}" for lv in lad.layers))
+        if lad.cause is not None:
+            c = report.findings[lad.cause]
+            print(f"  cause: {c.id} in {c.vantage}")
     for sentence in report.summary:
         print(f"  {sentence}")
     if stored is None:
-        print("(the bundle has no findings.json: it was written before netbundle computed one at collect time)")
+        print("(the bundle has no findings.json this netbundle reads: written before format 1.2, recomputed here)")
     elif stored.model_dump(exclude={"findings"}) != report.model_dump(exclude={"findings"}) or \
             [f.id for f in stored.findings] != [f.id for f in report.findings]:
         print("(findings.json in the bundle differs from this netbundle's analysis: a newer analysis speaks here)")
@@ -403,10 +420,53 @@ def _cmd_lab(args: argparse.Namespace) -> int:
     elif args.lab_command == "down":
         removed = scenarios.down(args.scenario, args.prefix)
         print(f"removed {len(removed)} namespace(s): {' '.join(removed) or '-'}")
+    elif args.lab_command == "score":
+        return _lab_score(args)
     else:
         for name, state in scenarios.status().items():
             print(f"{name:<12} {state}")
     return 0
+
+
+def _lab_score(args: argparse.Namespace) -> int:
+    """Each scenario under its own prefix (nbs-…), collected by a real `netbundle collect`, scored, removed."""
+    import subprocess
+    import tempfile
+
+    from bundle.archive import read_bundle
+    from bundle.errors import LabError
+    from bundle.lab import scenarios
+    from bundle.lab.score import Score, score
+
+    names = args.scenarios or sorted(scenarios.SCENARIOS)
+    unknown = [n for n in names if n not in scenarios.SCENARIOS]
+    if unknown:
+        raise UsageError(f"unknown scenario(s) {', '.join(unknown)} (known: {', '.join(scenarios.SCENARIOS)})")
+    keep = args.keep or Path(tempfile.mkdtemp(prefix="netbundle-score-"))
+    keep.mkdir(parents=True, exist_ok=True)
+    rows: list[Score] = []
+    for name in names:
+        out = keep / f"{name}.tar.zst"
+        out.unlink(missing_ok=True)
+        with scenarios.running(name, f"nbs-{name}") as info:
+            proc = subprocess.run([sys.executable, "-m", "bundle", *info.collect_argv()[1:], "-o", str(out)],
+                                  capture_output=True, text=True, timeout=300)
+        if proc.returncode not in (0, 5):
+            raise LabError(f"{name}: collect failed (exit {proc.returncode}): {proc.stderr.strip()[-300:]}")
+        report = read_bundle(out, tables=False).findings()
+        if report is None:
+            raise LabError(f"{name}: the bundle has no findings.json")
+        rows.append(score(name, info.verdict, report))
+        if not args.json:
+            r = rows[-1]
+            print(f"{'right' if r.right else 'WRONG':<6} {name:<22} expected {r.expected}; named {r.named}")
+    right = sum(r.right for r in rows)
+    if args.json:
+        print(json.dumps({"scores": [r.as_dict() for r in rows], "right": right, "total": len(rows),
+                          "bundles": str(keep)}, indent=1))
+    else:
+        print(f"{right}/{len(rows)} right; bundles in {keep}")
+    return 0 if right == len(rows) else 7
 
 
 # Every subcommand but collect, which also takes the raw argv for the manifest.

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from bundle.models import (
     CaptureAnalysis,
+    CountersSlice,
     DnsSlice,
     Finding,
     FindingsReport,
@@ -34,6 +35,7 @@ DOCUMENTS: dict[str, type[Model]] = {
     "capture-analysis": CaptureAnalysis,
     "nat": NatSlice,
     "kube": KubeSlice,
+    "counters": CountersSlice,
     "findings": FindingsReport,
     "finding": Finding,
 }

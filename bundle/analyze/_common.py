@@ -7,9 +7,13 @@ import shlex
 from dataclasses import dataclass, field
 
 from bundle.models import (
+    CaptureRun,
+    CountersSlice,
     DnsSlice,
     Evidence,
     Finding,
+    FindingTarget,
+    Layer,
     NatSlice,
     RouteSlice,
     Severity,
@@ -41,18 +45,43 @@ class VantageDocs:
     dns: DnsSlice | None = None
     nat: NatSlice | None = None
     ruleset: str | None = None  # `nft list ruleset` as the NAT slice kept it
+    capture: CaptureRun | None = None
+    counters: CountersSlice | None = None
+    vantage_model: Vantage | None = None
+
+    def holds(self, address: str | None) -> bool:
+        """Whether an interface of this vantage has the address."""
+        return address is not None and self.route is not None and any(
+            a.address == address for a in self.route.addresses)
+
+
+def about(address: str | None = None, port: int | None = None, name: str | None = None) -> FindingTarget:
+    return FindingTarget(address=address, port=port, name=name)
+
+
+def split_endpoint(text: str | None) -> tuple[str | None, int | None]:
+    """'10.0.0.1:80', '[fd00::1]:80' or a bare address -> (address, port); the capture analysis writes them so."""
+    if not text:
+        return None, None
+    if text.startswith("["):
+        addr, _, rest = text[1:].partition("]")
+        return addr, int(rest[1:]) if rest.startswith(":") and rest[1:].isdigit() else None
+    if text.count(":") == 1:
+        addr, _, port = text.partition(":")
+        return addr, int(port) if port.isdigit() else None
+    return text, None
 
 
 @dataclass
 class FindingList:
     """Findings of one layer in one vantage, each pointing into one bundle member."""
 
-    layer: str
+    layer: Layer
     vantage: Vantage
     member: str
     items: list[Finding] = field(default_factory=list)
 
-    def add(self, fid: str, severity: Severity, target: str | None, summary: str, pointer: str,
+    def add(self, fid: str, severity: Severity, target: FindingTarget | None, summary: str, pointer: str,
             command: str) -> None:
         self.items.append(Finding(id=fid, severity=severity, layer=self.layer, vantage=self.vantage.id,
                                   target=target, summary=summary,

@@ -2,64 +2,74 @@
 
 from __future__ import annotations
 
-from bundle.models import CaptureAnalysis, CaptureRun, Evidence, Finding, Handshake, Severity
+from bundle.analyze._common import about, split_endpoint
+from bundle.models import CaptureAnalysis, CaptureRun, Evidence, Finding, FindingTarget, Handshake, Layer, Severity
 
 MAX_PER_KIND = 5
+
+
+def _at(endpoint: str | None) -> FindingTarget | None:
+    address, port = split_endpoint(endpoint)
+    return about(address, port) if address else None
 
 
 def capture_findings(where: str, member: str, analysis: CaptureAnalysis, run: CaptureRun | None = None,
                      pcap: str | None = None) -> list[Finding]:
     """`where` is a vantage id (or "operator"), `member` the JSON document, `pcap` the file to open next."""
     out: list[Finding] = []
-    shown: dict[str, int] = {}
     file = pcap or analysis.file
 
-    def add(fid: str, severity: Severity, layer: str, target: str | None, summary: str, pointer: str,
+    def add(fid: str, severity: Severity, layer: Layer, target: FindingTarget | None, summary: str, pointer: str,
             command: str) -> None:
-        shown[fid] = shown.get(fid, 0) + 1
-        if shown[fid] <= MAX_PER_KIND:
-            out.append(Finding(id=fid, severity=severity, layer=layer, vantage=where, target=target, summary=summary,
-                               evidence=[Evidence(member=member, pointer=pointer)], next_command=command))
+        """Repeated symptoms of one kind and target are one finding with a count (the first one's words)."""
+        same = next((f for f in out if f.id == fid and f.target == target), None)
+        if same is not None:
+            same.count += 1
+            if len(same.evidence) < MAX_PER_KIND:
+                same.evidence.append(Evidence(member=member, pointer=pointer))
+            return
+        out.append(Finding(id=fid, severity=severity, layer=layer, vantage=where, target=target, summary=summary,
+                           evidence=[Evidence(member=member, pointer=pointer)], next_command=command))
 
     prefix = "analysis." if run is not None else ""
     for i, f in enumerate(analysis.flows):
         ptr = f"{prefix}flows[{i}]"
         if f.blackhole:
-            add("capture.blackhole", Severity.CRITICAL, "route", f.server,
+            add("capture.blackhole", Severity.CRITICAL, Layer.ROUTE, _at(f.server),
                 f"In the capture from {where}, {f.largest_unacked_retransmitted}-byte segments of {f.client} <-> "
                 f"{f.server} were sent again and again and never acknowledged while small ones were: the PMTU "
                 f"blackhole signature.", ptr, f"tcpdump -nn -r {file} 'tcp and greater 1000'")
         if f.handshake is Handshake.SYN_RST:
-            add("capture.syn_rst", Severity.CRITICAL, "transport", f.server,
+            add("capture.syn_rst", Severity.CRITICAL, Layer.TRANSPORT, _at(f.server),
                 f"In the capture from {where}, {f.client}'s SYN to {f.server} was answered with RST: nothing "
                 f"listens there.", ptr, f"tcpdump -nn -r {file} 'tcp[tcpflags] & (tcp-syn|tcp-rst) != 0'")
         elif f.handshake is Handshake.SYN_UNANSWERED:
-            add("capture.syn_unanswered", Severity.CRITICAL, "transport", f.server,
+            add("capture.syn_unanswered", Severity.CRITICAL, Layer.TRANSPORT, _at(f.server),
                 f"In the capture from {where}, {f.client}'s SYN to {f.server} was never answered "
                 f"({f.syn_sent} sent): dropped on the way or at the server.", ptr,
                 f"tcpdump -nn -r {file} 'tcp[tcpflags] & tcp-syn != 0'")
     for i, ev in enumerate(analysis.icmp):
         about = f" about {ev.quoted}" if ev.quoted else ""
-        quoted_dst = ev.quoted.rsplit(" > ", 1)[-1] if ev.quoted and " > " in ev.quoted else None
+        quoted_dst = _at(ev.quoted.rsplit(" > ", 1)[-1]) if ev.quoted and " > " in ev.quoted else None
         if ev.mtu is not None:
-            add("capture.frag_needed", Severity.WARNING, "route", quoted_dst,
+            add("capture.frag_needed", Severity.WARNING, Layer.ROUTE, quoted_dst,
                 f"In the capture from {where}, {ev.source} said '{ev.description}' (next-hop MTU {ev.mtu}){about}.",
                 f"{prefix}icmp[{i}]", f"tcpdump -nn -v -r {file} icmp or icmp6")
         else:
-            add("capture.icmp_error", Severity.WARNING, "route", quoted_dst,
+            add("capture.icmp_error", Severity.WARNING, Layer.ROUTE, quoted_dst,
                 f"In the capture from {where}, {ev.source} answered '{ev.description}'{about}.",
                 f"{prefix}icmp[{i}]", f"tcpdump -nn -v -r {file} icmp or icmp6")
     if analysis.dns_unanswered:
-        add("capture.dns_unanswered", Severity.WARNING, "dns", None,
+        add("capture.dns_unanswered", Severity.WARNING, Layer.DNS, None,
             f"In the capture from {where}, {analysis.dns_unanswered} DNS queries got no response.",
             f"{prefix}dns", f"tcpdump -nn -r {file} port 53")
     if run is not None and run.kernel_dropped:
-        add("capture.kernel_drops", Severity.WARNING, "route", None,
+        add("capture.kernel_drops", Severity.WARNING, Layer.ROUTE, None,
             f"The kernel dropped {run.kernel_dropped} packets while capturing in {where}: the capture is incomplete.",
             "kernel_dropped", f"tcpdump -nn -r {file} | tail")
     if analysis.problems or analysis.malformed:
         what = "; ".join(p.message for p in analysis.problems[:2]) or f"{analysis.malformed} malformed packets"
-        add("capture.unreadable_parts", Severity.INFO, "route", None,
+        add("capture.unreadable_parts", Severity.INFO, Layer.ROUTE, None,
             f"Parts of the capture {analysis.file} from {where} could not be read: {what}.", f"{prefix}problems",
             f"capinfos {file}")
     return out

@@ -4,8 +4,8 @@ conntrack entries still translated to an endpoint that is gone, and more than on
 
 from __future__ import annotations
 
-from bundle.analyze._common import FindingList
-from bundle.models import Finding, NatSlice, Severity, Unavailable, Vantage
+from bundle.analyze._common import FindingList, about
+from bundle.models import Finding, Layer, NatSlice, Severity, Unavailable, Vantage
 from bundle.models.nat import EndpointSliceView, ServiceEntry
 
 NEAR_MAX = 0.9
@@ -38,7 +38,7 @@ def _split(service: str) -> tuple[str, str | None]:
 def nat_findings(vantage: Vantage, doc: NatSlice, configured_mode: str | None = None) -> list[Finding]:
     """`configured_mode`: kube-proxy's ConfigMap `mode` from the Kubernetes slice ("" means the default,
     iptables on Linux), when it was read."""
-    found = FindingList("service", vantage, f"vantages/{vantage.id}/nat.json")
+    found = FindingList(Layer.SERVICE, vantage, f"vantages/{vantage.id}/nat.json")
     add = found.add
 
     last = doc.samples[-1] if doc.samples else None
@@ -103,7 +103,7 @@ def nat_findings(vantage: Vantage, doc: NatSlice, configured_mode: str | None = 
             ready, known = _ready(slices, name, port_name)
             now = {(ep.address, ep.port) for ep in front.endpoints}
             if known and e.reply.src not in ready and (e.reply.src, e.reply.sport or 0) not in now:
-                add("service.conntrack_stale_endpoint", Severity.WARNING, front.address,
+                add("service.conntrack_stale_endpoint", Severity.WARNING, about(front.address, front.port),
                     f"In {vantage.id} a conntrack entry still sends {e.original.src} -> {e.original.dst}:"
                     f"{e.original.dport} to {e.reply.src}:{e.reply.sport}, which is neither in the service map nor "
                     f"a ready endpoint of {name}: that flow keeps going to a removed pod until the entry expires "
@@ -121,14 +121,14 @@ def _service_vs_slices(found: FindingList, vantage: Vantage, i: int, entry: Serv
     front = f"{entry.address or '*'}:{entry.port}/{entry.protocol}"
     programmed = {e.address for e in entry.endpoints}
     if entry.reject and ready:
-        found.add("service.reject_with_endpoints", Severity.CRITICAL, entry.address,
+        found.add("service.reject_with_endpoints", Severity.CRITICAL, about(entry.address, entry.port),
                   f"In {vantage.id} {front} ({entry.service}) is REJECTed as having no endpoints, yet its "
                   f"EndpointSlices list ready endpoints ({', '.join(sorted(ready))}): kube-proxy has not synced "
                   f"since they became ready.", f"services[{i}]", "iptables-save | grep -F 'has no endpoints'")
         return
     stale = sorted(programmed - ready)
     if stale:
-        found.add("service.stale_dnat", Severity.CRITICAL, entry.address,
+        found.add("service.stale_dnat", Severity.CRITICAL, about(entry.address, entry.port),
                   f"In {vantage.id} {front} ({entry.service}) is translated to {', '.join(stale)}, which "
                   f"{'is' if len(stale) == 1 else 'are'} not a ready endpoint in the EndpointSlices "
                   f"(ready: {', '.join(sorted(ready)) or 'none'}): connections sent there hang or are refused "
@@ -136,7 +136,7 @@ def _service_vs_slices(found: FindingList, vantage: Vantage, i: int, entry: Serv
                   "iptables-save -t nat | grep -F " + (entry.endpoints[0].chain or "KUBE-SEP"))
     missing = sorted(ready - programmed)
     if missing and not entry.reject and entry.kind != "virtual server":
-        found.add("service.endpoint_not_programmed", Severity.WARNING, entry.address,
+        found.add("service.endpoint_not_programmed", Severity.WARNING, about(entry.address, entry.port),
                   f"In {vantage.id} ready endpoints of {entry.service} are missing from {front}'s rules: "
                   f"{', '.join(missing)}: they receive no traffic through the Service.", f"services[{i}].endpoints",
                   "iptables-save -t nat | grep -F " + repr(entry.service))

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import shlex
 
-from bundle.analyze._common import FindingList, in_vantage
+from bundle.analyze._common import FindingList, about, in_vantage
 from bundle.models import (
     STATIC_NEIGHBOR_STATES,
     UNRESOLVED_NEIGHBOR_STATES,
     Evidence,
     Finding,
+    Layer,
     Link,
     NeighborState,
     RouteSlice,
@@ -20,39 +21,39 @@ from bundle.models import (
 
 
 def route_findings(vantage: Vantage, doc: RouteSlice) -> list[Finding]:
-    found = FindingList("route", vantage, f"vantages/{vantage.id}/route.json")
+    found = FindingList(Layer.ROUTE, vantage, f"vantages/{vantage.id}/route.json")
     add = found.add
 
     for i, lk in enumerate(doc.lookups):
         if not lk.ok:
-            add("route.no_route", Severity.CRITICAL, lk.target,
+            add("route.no_route", Severity.CRITICAL, about(lk.target),
                 f"The kernel in {vantage.id} has no usable route to {lk.target}: {lk.error}.",
                 f"lookups[{i}]", f"ip route get {lk.target}")
     for i, sw in enumerate(doc.mtu_sweeps):
         if not (sw.status is SweepStatus.FOUND and sw.path_mtu and sw.egress_mtu and sw.path_mtu < sw.egress_mtu):
             continue
         if sw.frag_needed is None:
-            add("mtu.blackhole", Severity.CRITICAL, sw.target,
+            add("mtu.blackhole", Severity.CRITICAL, about(sw.target),
                 f"From {vantage.id}, packets to {sw.target} larger than {sw.path_mtu} bytes vanish (DF echo of "
                 f"{sw.largest_pass} bytes passes, {sw.smallest_fail} gets no answer) while the egress link "
                 f"{sw.egress_dev} has MTU {sw.egress_mtu}, and no ICMP 'fragmentation needed' arrives: "
                 f"a path-MTU blackhole.",
                 f"mtu_sweeps[{i}]", f"ping -c 2 -M do -s {sw.smallest_fail} {sw.target}")
         else:
-            add("mtu.reduced", Severity.INFO, sw.target,
+            add("mtu.reduced", Severity.INFO, about(sw.target),
                 f"The path from {vantage.id} to {sw.target} carries at most {sw.path_mtu} bytes; "
                 f"{sw.frag_needed.source} says so with 'fragmentation needed' (PMTU discovery works).",
                 f"mtu_sweeps[{i}]", f"tracepath -n {sw.target}")
     for i, ping in enumerate(doc.pings):
         if ping.unavailable is None and ping.sent and not ping.received:
             why = "; ".join(f"{e.description} from {e.source}" for e in ping.errors) or "no reply"
-            add("icmp.no_reply", Severity.WARNING, ping.target,
+            add("icmp.no_reply", Severity.WARNING, about(ping.target),
                 f"ICMP echo from {vantage.id} to {ping.target} failed ({why}); ICMP may be filtered, "
                 f"so this alone does not prove the path is down.",
                 f"pings[{i}]", f"ping -c 2 {ping.target}")
     for i, n in enumerate(doc.neighbors):
         if UNRESOLVED_NEIGHBOR_STATES & set(n.states):
-            add("neighbor.failed", Severity.WARNING, n.dst,
+            add("neighbor.failed", Severity.WARNING, about(n.dst),
                 f"Neighbor {n.dst} on {n.dev} in {vantage.id} is {'/'.join(s.value for s in n.states)}: "
                 f"frames to it are not delivered.",
                 f"neighbors[{i}]", f"ip neigh show dev {shlex.quote(n.dev)}")
@@ -107,7 +108,7 @@ def neighbor_findings(routes: list[tuple[Vantage, RouteSlice]]) -> list[Finding]
                 via = f" (the next hop to {target})" if target != n.dst else ""
                 out.append(Finding(
                     id="neighbor.stale_mac", severity=Severity.CRITICAL if trusted and users else Severity.WARNING,
-                    layer="route", vantage=v.id, target=target,
+                    layer=Layer.ROUTE, vantage=v.id, target=about(target),
                     summary=f"In {v.id}, neighbor {n.dst}{via} on {n.dev} is {'/'.join(s.value for s in n.states)} "
                             f"at {n.lladdr}, but {n.dst} is on {olink.name} in {ov.id}, whose MAC is "
                             f"{olink.address}: frames for it go to a MAC nobody there has — {why}.",

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import ipaddress
 from collections import Counter
 from dataclasses import dataclass
 
-from bundle.analyze._common import in_vantage
+from bundle.analyze._common import about, in_vantage
 from bundle.models import (
     BindScope,
     ConnectOutcome,
     Evidence,
     Finding,
+    FindingTarget,
+    Layer,
     RouteSlice,
     Severity,
     SocketsSlice,
@@ -43,12 +46,22 @@ class VantageEvidence:
         return False
 
 
+def _name(spec: str) -> str | None:
+    """The name of a probe's 'name:port' target, None for an address target."""
+    host = spec.rsplit(":", 1)[0] if not spec.startswith("[") else ""
+    try:
+        ipaddress.ip_address(host)
+        return None
+    except ValueError:
+        return host or None
+
+
 def transport_findings(evidence: list[VantageEvidence], targets: list[Target]) -> list[Finding]:
     out: list[Finding] = []
 
-    def add(fid: str, severity: Severity, v: Vantage, target: str | None, summary: str, pointer: str,
+    def add(fid: str, severity: Severity, v: Vantage, target: FindingTarget | None, summary: str, pointer: str,
             command: str) -> None:
-        out.append(Finding(id=fid, severity=severity, layer="transport", vantage=v.id, target=target,
+        out.append(Finding(id=fid, severity=severity, layer=Layer.TRANSPORT, vantage=v.id, target=target,
                            summary=summary,
                            evidence=[Evidence(member=f"vantages/{v.id}/sockets.json", pointer=pointer)],
                            next_command=in_vantage(v, command)))
@@ -62,17 +75,17 @@ def transport_findings(evidence: list[VantageEvidence], targets: list[Target]) -
             if p.target.startswith("loopback "):
                 continue
             if p.outcome is ConnectOutcome.REFUSED:
-                add("transport.refused", Severity.CRITICAL, v, p.target,
+                add("transport.refused", Severity.CRITICAL, v, about(p.address, p.port, _name(p.target)),
                     f"From {v.id}, a TCP connect to {p.target} was refused (RST): nothing accepts on port "
                     f"{p.port} at {p.address}.", f"probes[{i}]", f"ss -tan dst {p.address}:{p.port}")
             elif p.outcome is ConnectOutcome.TIMEOUT:
-                add("transport.connect_timeout", Severity.CRITICAL, v, p.target,
+                add("transport.connect_timeout", Severity.CRITICAL, v, about(p.address, p.port, _name(p.target)),
                     f"From {v.id}, TCP connects to {p.target} got no answer within {p.timeout_s:g} s "
                     f"({len(p.attempts)} attempts): the SYN is dropped before any application sees it.",
                     f"probes[{i}]", f"ss -tan state syn-sent dst {p.address}")
             elif p.outcome in (ConnectOutcome.UNREACHABLE, ConnectOutcome.PROHIBITED):
                 detail = next((a.detail for a in p.attempts if a.outcome is p.outcome and a.detail), p.outcome.value)
-                add("transport.unreachable", Severity.CRITICAL, v, p.target,
+                add("transport.unreachable", Severity.CRITICAL, v, about(p.address, p.port, _name(p.target)),
                     f"From {v.id}, TCP connects to {p.target} fail at once: {detail}.", f"probes[{i}]",
                     f"ip route get {p.address}")
 
@@ -93,12 +106,12 @@ def transport_findings(evidence: list[VantageEvidence], targets: list[Target]) -
                 check = next((p for p in ev.sockets.probes if p.target.startswith("loopback ")
                               and p.port == t.port), None)
                 inside = (f" An in-netns connect to {lst.local}:{t.port} {check.outcome.value}." if check else "")
-                add("transport.loopback_only", Severity.CRITICAL, ev.vantage, t.spec,
+                add("transport.loopback_only", Severity.CRITICAL, ev.vantage, about(address, t.port, t.name),
                     f"In {ev.vantage.id} the listener on port {t.port} is bound to {lst.local} only: it is reachable "
                     f"from inside that network namespace alone (the sidecar case), not at {address}.{inside}",
                     f"listeners[{i}]", f"ss -tlnp sport = :{t.port}")
             elif owner and not on_port:
-                add("transport.no_listener", Severity.CRITICAL, ev.vantage, t.spec,
+                add("transport.no_listener", Severity.CRITICAL, ev.vantage, about(address, t.port, t.name),
                     f"{ev.vantage.id} holds {address} but has no TCP socket listening on port {t.port}.",
                     "listeners", f"ss -tlnp sport = :{t.port}")
 
@@ -115,7 +128,7 @@ def transport_findings(evidence: list[VantageEvidence], targets: list[Target]) -
             estab = [c.get("ESTAB", 0) for c in per]
             if all(n > 0 for n in syn) and not any(estab):
                 rising = syn[-1] > syn[0]
-                add("transport.syn_sent_stuck", Severity.CRITICAL, v, t.spec,
+                add("transport.syn_sent_stuck", Severity.CRITICAL, v, about(ev.address_of(t), t.port, t.name),
                     f"In {v.id}, connections to {t.spec} sit in SYN-SENT ({' -> '.join(map(str, syn))} over "
                     f"{last.at_s:g} s{', rising' if rising else ''}) and none is ESTABLISHED: handshakes do not "
                     f"complete (drops or no answer before the application).",

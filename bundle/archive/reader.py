@@ -29,6 +29,7 @@ from bundle.models import (
     KubeSlice,
     CaptureAnalysis,
     CaptureRun,
+    CountersSlice,
     DnsSlice,
     Manifest,
     Member,
@@ -92,6 +93,9 @@ class Bundle:
 
     def nat(self, vantage_id: str) -> NatSlice | None:
         return self.document(f"vantages/{vantage_id}/nat.json", NatSlice)
+
+    def counters(self, vantage_id: str) -> CountersSlice | None:
+        return self.document(f"vantages/{vantage_id}/counters.json", CountersSlice)
 
     def kube(self) -> KubeSlice | None:
         return self.document("vantages/kubernetes-api/kube.json", KubeSlice)

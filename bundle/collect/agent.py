@@ -113,7 +113,7 @@ def run(request: dict[str, Any]) -> None:
         return ended
 
     def peers_done_for(slice_name: str) -> Callable[[], bool]:
-        peers = [n for n in runnable if n != slice_name]
+        peers = [n for n in runnable if n != slice_name and not table[n].spans_window]
         return lambda: bool(peers) and all(n in finished for n in peers)  # alone, a slice runs to its limits
 
     for name in request["slices"]:

@@ -109,6 +109,9 @@ class Collector(ABC):
     name: ClassVar[str]
     description: ClassVar[str]
     needs: ClassVar[Needs] = Needs()
+    # True for a slice that records over the others' window (capture, counters): it stops when they are done,
+    # so it never waits for another such slice.
+    spans_window: ClassVar[bool] = False
 
     @abstractmethod
     def collect(self, ctx: SliceContext) -> SliceResult:

@@ -90,6 +90,7 @@ class CaptureCollector(Collector):
     name = "capture"
     description = "bounded, kernel-filtered capture on the egress interface, written as pcapng and analysed"
     needs = Needs(capabilities=("CAP_NET_RAW",))
+    spans_window = True
 
     def collect(self, ctx: SliceContext) -> SliceResult:
         started = time.monotonic()

@@ -83,6 +83,7 @@ class CollectRequest:
     debug: bool = False
     kube: KubeRequest | None = None  # --service / --pod: ask the Kubernetes API first
     finalize: Finalizer | None = None  # members computed from what was collected (findings.json)
+    client: str | None = None  # --client (a vantage id or the netns as named); the kube phase sets the pod's
 
 
 @dataclass(frozen=True)
@@ -338,11 +339,13 @@ def _kube_first(req: CollectRequest, kreq: KubeRequest, staged: StagedBundle,
         phase.slices_file = Path(name)
         options["endpointslices"] = name
     specs = list(req.vantages)
+    client = req.client
     for ns, pod_name in kreq.pods:
         pv, spec = pod_vantage(doc, ns, pod_name, hostname)
         doc.pod_vantages.append(pv)
         if spec is not None and all(s.ref != spec.ref for s in specs):
             specs.append(spec)
+        client = client or (spec.id if spec is not None else None)  # the pod of --pod is the client
     staged.add_bytes(f"vantages/{KUBE_VANTAGE}/kube.json", doc.model_dump_json(indent=1).encode(), MediaType.KUBE,
                      Provenance(vantage=KUBE_VANTAGE, slice="kube", source=f"kubernetes API at {server}",
                                 duration_s=round(time.monotonic() - started, 6)))
@@ -355,8 +358,20 @@ def _kube_first(req: CollectRequest, kreq: KubeRequest, staged: StagedBundle,
     if progress is not None:
         progress(Progress(vantage=KUBE_VANTAGE, slice="kube", status=run.status, duration_s=run.duration_s,
                           reason=run.reason))
-    phase.request = replace(req, targets=targets, options=options, vantages=vantage_mod.dedupe(specs))
+    phase.request = replace(req, targets=targets, options=options, vantages=vantage_mod.dedupe(specs),
+                            client=client)
     return phase
+
+
+def _client(req: CollectRequest, vantages: list[Vantage]) -> str | None:
+    """The vantage the ladder decides for: --client (by id or as named), else the pod of --pod, else the first
+    vantage named (the host only when it is the only one)."""
+    if req.client:
+        return next((v.id for v in vantages if req.client in (v.id, v.ref)), None)
+    named = [v for v in vantages if v.kind not in (VantageKind.HOST, VantageKind.KUBERNETES_API)]
+    hosts = [v for v in vantages if v.kind is VantageKind.HOST]
+    first = (named or hosts)[:1]
+    return first[0].id if first else None
 
 
 def pod_vantage(doc: KubeSlice, ns: str, name: str, hostname: str) -> tuple[PodVantage, VantageSpec | None]:
@@ -477,8 +492,8 @@ def _collect_vantages(req: CollectRequest, progress: Callable[[Progress], None] 
         created=created, finished=datetime.now(UTC), tool_version=__version__, host=host,
         invocation=Invocation(argv=req.argv, user=_user(), uid=os.getuid(), exit_code=code, ticket=req.ticket,
                               note=req.note, passive=req.passive, timeout_s=req.timeout_s),
-        targets=req.targets, vantages=list(run.vantages.values()), slices=list(run.runs.values()),
-        members=list(staged.members.values()),
+        targets=req.targets, vantages=list(run.vantages.values()), client=_client(req, list(run.vantages.values())),
+        slices=list(run.runs.values()), members=list(staged.members.values()),
     )
     if req.finalize is not None and not interrupted:
         _finalize(req.finalize, manifest, staged)

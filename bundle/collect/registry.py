@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from bundle.collect.base import Collector
 from bundle.collect.capture import CaptureCollector
+from bundle.collect.counters import CountersCollector
 from bundle.collect.dns import DnsCollector
 from bundle.collect.nat import NatCollector
 from bundle.collect.route import RouteCollector
 from bundle.collect.sockets import SocketsCollector
 
 _COLLECTORS: tuple[type[Collector], ...] = (RouteCollector, SocketsCollector, DnsCollector, NatCollector,
-                                             CaptureCollector)
+                                             CaptureCollector, CountersCollector)
 
 
 def collectors() -> dict[str, type[Collector]]:

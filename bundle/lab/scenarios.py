@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pyroute2.netlink.exceptions import NetlinkError
 
 from bundle.errors import LabError
+from bundle.lab.score import Expect
 from bundle.lab.topology import (
     LAB_RUN_DIR,
     Topology,
@@ -38,6 +39,7 @@ class LabInfo:
     namespaces: dict[str, str]
     targets: list[str]
     vantages: list[str]
+    verdict: Expect  # what the ladder must conclude (netbundle lab score)
     expect: dict[str, object] = field(default_factory=dict)
     names: list[str] = field(default_factory=list)
     files: dict[str, str] = field(default_factory=dict)
@@ -61,7 +63,8 @@ class LabInfo:
     def as_dict(self) -> dict[str, object]:
         return {"scenario": self.scenario, "description": self.description, "namespaces": self.namespaces,
                 "targets": self.targets, "names": self.names, "files": self.files, "collect": self.collect_argv(),
-                "down": self.down_argv(), "expect": self.expect}
+                "down": self.down_argv(), "expect": self.expect,
+                "verdict": {"row": self.verdict.row, "owner": self.verdict.owner, "causes": list(self.verdict.causes)}}
 
     def describe(self) -> str:
         lines = [f"lab {self.scenario}: {self.description}", "namespaces:"]
@@ -110,6 +113,7 @@ def _healthy(t: Topology) -> LabInfo:
     _two_nodes(t, server_pod=True, node_link_mtu=1500)
     return LabInfo(
         scenario="healthy",
+        verdict=Expect(None, None),
         description="client pod -> node -> server pod and a remote node; everything works (the control case)",
         namespaces=dict(t.namespaces),
         targets=[f"10.244.1.3:{LISTEN_PORT}", f"10.244.0.2:{LISTEN_PORT}"],
@@ -139,6 +143,7 @@ def _mtu(t: Topology) -> LabInfo:
              "--max-age", "8", "--max-open", "20")
     return LabInfo(
         scenario="mtu",
+        verdict=Expect("10.244.0.2:8080", "route", ("mtu.blackhole",)),
         description="pod -> node -> remote node; the node-to-node link is MTU 1400 and the node drops ICMP "
                     "'fragmentation needed': small pings pass, large DF packets vanish (a PMTU blackhole)",
         namespaces=dict(t.namespaces),
@@ -152,6 +157,7 @@ def _no_listener(t: Topology) -> LabInfo:
     _two_nodes(t, server_pod=True, node_link_mtu=1500, server_bind=None)
     return LabInfo(
         scenario="no-listener",
+        verdict=Expect("10.244.1.3:8080", "transport", ("transport.no_listener",)),
         description="the server pod runs (on 9090) but nothing listens on 8080, the port clients use: "
                     "their SYNs are answered with RST",
         namespaces=dict(t.namespaces), targets=[f"10.244.1.3:{LISTEN_PORT}"], vantages=["pod", "node", "server"],
@@ -173,6 +179,7 @@ def _syn_drop(t: Topology) -> LabInfo:
     t.python("pod", "bundle.lab.client", "--target", f"10.244.1.3:{LISTEN_PORT}", "--interval", "0.25")
     return LabInfo(
         scenario="syn-drop",
+        verdict=Expect("10.244.1.3:8080", "transport", ("transport.connect_timeout",)),
         description=f"the node drops forwarded SYNs to port {LISTEN_PORT}: the client pod's connections sit in "
                     "SYN-SENT and time out, while the node itself still connects",
         namespaces=dict(t.namespaces), targets=[f"10.244.1.3:{LISTEN_PORT}"], vantages=["pod", "node", "server"],
@@ -184,6 +191,7 @@ def _loopback_listener(t: Topology) -> LabInfo:
     _two_nodes(t, server_pod=True, node_link_mtu=1500, server_bind="127.0.0.1")
     return LabInfo(
         scenario="loopback-listener",
+        verdict=Expect("10.244.1.3:8080", "transport", ("transport.loopback_only",)),
         description=f"the server pod listens on 127.0.0.1:{LISTEN_PORT} only: clients in other namespaces are "
                     "refused while a check inside the pod succeeds (the sidecar case)",
         namespaces=dict(t.namespaces), targets=[f"10.244.1.3:{LISTEN_PORT}"], vantages=["pod", "node", "server"],
@@ -199,6 +207,7 @@ def _stale_neighbor(t: Topology) -> LabInfo:
     t.neighbor("node", "eth0", "10.244.0.2", STALE_MAC)
     return LabInfo(
         scenario="stale-neighbor",
+        verdict=Expect("10.244.0.2:8080", "route", ("neighbor.stale_mac",)),
         description="the remote node's NIC was replaced (new MAC) but the node keeps a static neighbor entry "
                     f"with the old one ({STALE_MAC}), as an overlay CNI programs for its peers: the node sends "
                     "the remote's frames to a MAC nobody has, so pod and node both time out while routes look "
@@ -265,6 +274,7 @@ def _dns(t: Topology, *, drop: bool) -> LabInfo:
     names = ["payments", "doesnotexist", "payments.default.svc.cluster.local."]
     return LabInfo(
         scenario="dns-drop" if drop else "dns-ndots",
+        verdict=Expect("payments", "dns", ("dns.timeout",)) if drop else Expect("doesnotexist", "dns", ("dns.nxdomain",)),
         description=("the node drops UDP and TCP 53 toward the cluster DNS: lookups time out (not NXDOMAIN)" if drop
                      else "a pod with Kubernetes' resolv.conf (ndots:5, three search domains) and a cluster DNS "
                           "(dnsmasq, query log on): a missing short name costs 4 candidates x A/AAAA = 8 queries"),
@@ -333,6 +343,7 @@ def _stale_dnat(t: Topology) -> LabInfo:
              "--max-age", "20", "--max-open", "20")
     return LabInfo(
         scenario="stale-dnat",
+        verdict=Expect(f"{SERVICE_IP}:{SERVICE_PORT}", "service", ("service.stale_dnat",)),
         description=f"kube-proxy-shaped iptables rules on the node still DNAT {SERVICE_IP}:{SERVICE_PORT} to the "
                     f"replaced pod {GONE_POD}; the EndpointSlice names the new pod 10.244.1.3: connects to the "
                     f"ClusterIP hang while the pod IP answers",
@@ -406,6 +417,7 @@ def _service_nft(t: Topology) -> LabInfo:
                                  indent=1))
     return LabInfo(
         scenario="service-nft",
+        verdict=Expect(None, None),
         description=f"kube-proxy in nftables mode on the node: {SERVICE_IP}:{SERVICE_PORT} (payments) -> 10.244.1.3, "
                     f"10.96.0.21:80 (orders) -> two endpoints, 10.96.0.22:80 (legacy) rejected for having none; "
                     f"the EndpointSlices agree",
@@ -436,6 +448,7 @@ def _conntrack_full(t: Topology) -> LabInfo:
              "--max-age", "2", "--max-open", str(CONNTRACK_MAX + 150))
     return LabInfo(
         scenario="conntrack-full",
+        verdict=Expect(f"10.244.0.2:{OTHER_PORT}", "service", ("service.conntrack_dropping", "service.conntrack_near_max")),
         description=f"nf_conntrack_max lowered to {CONNTRACK_MAX} (restored on teardown); a connection pool in "
                     f"the pod fills the node's NAT conntrack table with established flows and keeps opening "
                     f"more: new connections are dropped while established ones survive",

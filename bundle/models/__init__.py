@@ -25,7 +25,21 @@ from bundle.models.dns import (
     ResolvConf,
     ResolvOptions,
 )
-from bundle.models.findings import Evidence, Finding, FindingsReport, LayerVerdict, Severity, TargetLadder, Verdict
+from bundle.models.counters import CounterSample, CountersSlice
+from bundle.models.findings import (
+    Evidence,
+    Explanation,
+    Finding,
+    FindingsReport,
+    FindingTarget,
+    Layer,
+    LayerVerdict,
+    Role,
+    Severity,
+    TargetLadder,
+    VantageLadder,
+    Verdict,
+)
 from bundle.models.manifest import (
     FORMAT_NAME,
     FORMAT_VERSION,
@@ -122,6 +136,7 @@ DOCUMENT_MODELS: dict[str, type[Model]] = {
     MediaType.NAT: NatSlice,
     MediaType.KUBE: KubeSlice,
     MediaType.FINDINGS: FindingsReport,
+    MediaType.COUNTERS: CountersSlice,
 }
 
 __all__ = [
@@ -145,6 +160,8 @@ __all__ = [
     "ConntrackTable",
     "ConntrackTuple",
     "ContainerView",
+    "CounterSample",
+    "CountersSlice",
     "DOCUMENT_MODELS",
     "Datapath",
     "DatapathCheck",
@@ -155,9 +172,11 @@ __all__ = [
     "DnsTransaction",
     "EndpointSliceView",
     "Evidence",
+    "Explanation",
     "FORMAT_NAME",
     "FORMAT_VERSION",
     "Finding",
+    "FindingTarget",
     "FindingsReport",
     "Handshake",
     "HostFacts",
@@ -167,6 +186,7 @@ __all__ = [
     "Invocation",
     "KubeProxyConfig",
     "KubeSlice",
+    "Layer",
     "LayerVerdict",
     "Link",
     "LinkStats",
@@ -197,6 +217,7 @@ __all__ = [
     "Resolution",
     "ResolvConf",
     "ResolvOptions",
+    "Role",
     "Route",
     "RouteLookup",
     "RouteSlice",
@@ -226,6 +247,7 @@ __all__ = [
     "Unavailable",
     "Vantage",
     "VantageKind",
+    "VantageLadder",
     "Verdict",
     "parse_version",
 ]

@@ -11,9 +11,9 @@ from pydantic import Field, field_validator, model_validator
 from bundle.models._base import Model
 
 FORMAT_NAME = "netbundle"
-FORMAT_VERSION = "1.1"
+FORMAT_VERSION = "1.2"
 # The earliest format version this reader can read (plaso-style compatibility).
-READ_COMPATIBLE_FORMAT_VERSION = "1.1"
+READ_COMPATIBLE_FORMAT_VERSION = "1.2"
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _VERSION = re.compile(r"^(\d{1,4})\.(\d{1,4})$")
@@ -39,7 +39,9 @@ class MediaType(StrEnum):
     CAPTURE_ANALYSIS = "application/vnd.netbundle.capture-analysis.v1+json"
     NAT = "application/vnd.netbundle.nat.v1+json"
     KUBE = "application/vnd.netbundle.kube.v1+json"
-    FINDINGS = "application/vnd.netbundle.findings.v1+json"
+    FINDINGS = "application/vnd.netbundle.findings.v2+json"  # 1.2: structured targets, roles, explanations
+    FINDINGS_V1 = "application/vnd.netbundle.findings.v1+json"  # 1.0/1.1: kept, not read (recomputed)
+    COUNTERS = "application/vnd.netbundle.counters.v1+json"
     TRACEBACK = "text/vnd.netbundle.traceback"
     TEXT = "text/plain"
     JSON = "application/json"
@@ -178,6 +180,9 @@ class Manifest(Model):
     invocation: Invocation
     targets: list[Target]
     vantages: list[Vantage]
+    client: str | None = Field(default=None, description="the client vantage (--client, the pod of --pod, else "
+                                                           "the first named): the ladder's verdict is its; null "
+                                                           "before 1.2")
     slices: list[SliceRun]
     members: list[Member]
 

@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 from bundle.archive import Bundle
+from bundle.models import FindingsReport, LayerVerdict, TargetLadder
 from bundle.render.view import build_view
 
 _MARK = {"pass": "pass", "fail": "FAIL", "warn": "warn", "inconclusive": "inconclusive", "not collected": "-"}
@@ -27,6 +28,19 @@ def _md(text: str) -> str:
     return "".join("\\" + c if c in "\\`*_{}[]<>()#|!" else c for c in text.replace("\n", " "))
 
 
+def _head(lad: TargetLadder, report: FindingsReport) -> str:
+    """'owner dns (dns.dead_answer in netns-pod)', 'no failing layer' or 'nothing proven', for the client."""
+    who = f" from {lad.client}" if lad.client else ""
+    if lad.owner is None:
+        return ("no failing layer" if lad.proven else "nothing proven") + who
+    cause = report.findings[lad.cause] if lad.cause is not None else None
+    return f"owner {lad.owner.value}" + (f" ({cause.id} in {cause.vantage})" if cause else "") + who
+
+
+def _explained(lv: LayerVerdict, report: FindingsReport) -> str:
+    return "; ".join(f"explained by {report.findings[i].id} in {report.findings[i].vantage}" for i in lv.explained_by)
+
+
 def ticket_summary(bundle: Bundle, path: Path, fmt: str) -> str:
     view = build_view(bundle)
     report = view.report
@@ -38,11 +52,12 @@ def ticket_summary(bundle: Bundle, path: Path, fmt: str) -> str:
     if fmt == "text":
         lines = [f"netbundle {path.name}  sha256 {sha}"]
         for lad in report.ladders:
-            lines.append(f"{lad.target}: " + (f"owner {lad.owner}" if lad.owner else "no failing layer"))
+            lines.append(f"{lad.target}: {_head(lad, report)}")
             for lv in lad.layers:
                 noise = "  (noise until the owner is explained)" if lv.noise else ""
+                why = _explained(lv, report)
                 lines.append(f"  {lv.layer:<10} {_MARK[lv.verdict.value]:<13} {lv.reasons[0] if lv.reasons else ''}"
-                             f"{noise}")
+                             f"{noise}{'  (' + why + ')' if why else ''}")
         lines += [""] + report.summary + [""]
         lines += [f"[{f.severity.value}] {f.summary}" + (f"\n    next: {f.next_command}" if f.next_command else "")
                   for f in report.findings]
@@ -56,10 +71,12 @@ def ticket_summary(bundle: Bundle, path: Path, fmt: str) -> str:
         out.append(f"- {_md(sentence)}")
     out.append("")
     for lad in report.ladders:
-        out.append(f"**{_md(lad.target)}**: " + (f"owner **{lad.owner}**" if lad.owner else "no failing layer"))
+        out.append(f"**{_md(lad.target)}**: {_md(_head(lad, report))}")
         out += ["", "| layer | verdict | why |", "|---|---|---|"]
         for lv in lad.layers:
             why = _md(lv.reasons[0]) if lv.reasons else ""
+            if lv.explained_by:
+                why += " — " + _md(_explained(lv, report))
             out.append(f"| {lv.layer} | {_MARK[lv.verdict.value]}{' (noise)' if lv.noise else ''} | {why} |")
         out.append("")
     if report.findings:

@@ -4,24 +4,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from bundle.analyze import (
-    VantageEvidence,
-    capture_findings,
-    dns_findings,
-    nat_findings,
-    neighbor_findings,
-    route_findings,
-    transport_findings,
-)
 from bundle.analyze._common import VantageDocs
 from bundle.analyze.hops import ServiceHops, service_hops
-from bundle.analyze.ladder import LAYERS as _ORDER
-from bundle.analyze.ladder import target_ladders
+from bundle.analyze.report import Inputs, build_report
 from bundle.archive import Bundle
 from bundle.models import (
     UNRESOLVED_NEIGHBOR_STATES,
     CaptureAnalysis,
     CaptureRun,
+    CountersSlice,
     DnsSlice,
     Finding,
     FindingsReport,
@@ -41,8 +32,6 @@ BAD_NEIGHBOR_STATES = UNRESOLVED_NEIGHBOR_STATES  # STALE is shown, softer
 # Capabilities whose absence hides evidence: netns entry, raw probes, netlink writes/dumps, other owners' /proc.
 KEY_CAPABILITIES = ("CAP_SYS_ADMIN", "CAP_NET_ADMIN", "CAP_NET_RAW", "CAP_SYS_PTRACE", "CAP_DAC_READ_SEARCH")
 TREND_STATES = ("ESTAB", "SYN-SENT", "SYN-RECV", "CLOSE-WAIT", "TIME-WAIT", "FIN-WAIT-2", "LISTEN")
-_LAYERS = {"route": 0, "transport": 1, "dns": 2, "service": 3}
-_SEVERITY = {"critical": 0, "warning": 1, "info": 2}
 
 
 def lookup_label(lk: RouteLookup) -> str:
@@ -65,6 +54,7 @@ class VantageView:
     dns: DnsSlice | None = None
     capture: CaptureRun | None = None
     nat: NatSlice | None = None
+    counters: CountersSlice | None = None
 
     def target_sockets(self, address: str, port: int | None) -> list[Socket]:
         """The rows of one target: to it (client side) or on its port (server side)."""
@@ -89,47 +79,34 @@ class View:
     timeline_span_s: float = 0.0
 
 
-def build_view(bundle: Bundle) -> View:
+def inputs(bundle: Bundle) -> Inputs:
+    """What the analysis reads, from a verified bundle."""
     m = bundle.manifest
-    vantages = []
-    findings: list[Finding] = []
+    docs = [VantageDocs(v.id, bundle.route(v.id), bundle.sockets(v.id), bundle.dns(v.id), bundle.nat(v.id),
+                        capture=bundle.capture(v.id), counters=bundle.counters(v.id), vantage_model=v)
+            for v in m.vantages]
+    return Inputs(manifest=m, docs=docs, kube=bundle.kube(), operator=bundle.operator_captures())
+
+
+def build_view(bundle: Bundle, recompute: bool = False) -> View:
+    """The stored findings.json (1.2 on) unless asked to recompute; an older bundle's is always recomputed."""
+    m = bundle.manifest
+    inp = inputs(bundle)
+    stored = None if recompute else bundle.findings()
+    report = stored if stored is not None else build_report(inp)
+    vantages = [VantageView(d.vantage_model, d.route, [s for s in m.slices if s.vantage == d.vantage], d.sockets,
+                            d.dns, d.capture, d.nat, d.counters)
+                for d in inp.docs if d.vantage_model is not None]
     lookups: dict[str, dict[str, RouteLookup]] = {t.address: {} for t in m.targets if t.address}
-    evidence = []
-    kube = bundle.kube()
-    configured_mode = kube.kube_proxy.mode if kube is not None and kube.kube_proxy else None
-    for v in m.vantages:
-        doc = bundle.route(v.id)
-        socks = bundle.sockets(v.id)
-        dns = bundle.dns(v.id)
-        cap = bundle.capture(v.id)
-        nat = bundle.nat(v.id)
-        vantages.append(VantageView(v, doc, [s for s in m.slices if s.vantage == v.id], socks, dns, cap, nat))
-        if nat is not None:
-            findings += nat_findings(v, nat, configured_mode)
-        if cap is not None and cap.analysis is not None:
-            findings += capture_findings(v.id, f"vantages/{v.id}/capture.json", cap.analysis, cap,
-                                         f"vantages/{v.id}/capture.pcapng")
-        if dns is not None:
-            findings += dns_findings(v, dns)
-        evidence.append(VantageEvidence(v, doc, socks))
-        if doc is not None:
-            findings += route_findings(v, doc)
-            for lk in doc.lookups:
-                lookups.setdefault(lookup_label(lk), {})[v.id] = lk
-    findings += neighbor_findings([(e.vantage, e.route) for e in evidence if e.route is not None])
-    findings += transport_findings(evidence, list(m.targets))
-    operator = bundle.operator_captures()
-    for path, cdoc in operator:
-        findings += capture_findings("operator capture", path, cdoc, None, path.rsplit("/", 1)[0] + "/" + cdoc.file)
-    findings.sort(key=lambda f: (_LAYERS.get(f.layer, 9), _SEVERITY[f.severity.value]))
-    docs = [VantageDocs(vv.vantage.id, vv.route, vv.sockets, vv.dns, vv.nat) for vv in vantages]
-    hops = service_hops(kube, docs) if kube is not None else []
+    for d in inp.docs:
+        for lk in d.route.lookups if d.route is not None else []:
+            lookups.setdefault(lookup_label(lk), {})[d.vantage] = lk
+    hops = service_hops(inp.kube, inp.docs) if inp.kube is not None else []
     rows = timeline(m, vantages)
     span = max([b[1] for r in rows for b in r.bars] + [t for r in rows for t, _k, _l in r.marks] + [0.001])
-    return View(manifest=m, vantages=vantages, findings=findings, lookups=lookups,
-                operator_captures=[a for _, a in operator], kube=kube, hops=hops,
-                report=make_report(m, findings, target_ladders(m, docs, findings)), timeline=rows,
-                timeline_span_s=span)
+    return View(manifest=m, vantages=vantages, findings=report.findings, lookups=lookups,
+                operator_captures=[a for _, a in inp.operator], kube=inp.kube, hops=hops, report=report,
+                timeline=rows, timeline_span_s=span)
 
 
 @dataclass
@@ -170,47 +147,3 @@ def timeline(m: Manifest, vantages: list[VantageView]) -> list[TimelineRow]:
                               for d in a.dns[:MAX_MARKS]]
             rows.append(row)
     return rows
-
-
-def make_report(m: Manifest, findings: list[Finding], ladders: list[TargetLadder]) -> FindingsReport:
-    """The ladder, five sentences, the three members that prove it and the capture to open first."""
-    def cited(lad: TargetLadder) -> Finding | None:
-        ids = lad.layers[_ORDER.index(lad.owner or "")].finding_ids
-        mine = [f for f in findings if f.id in ids]
-        return next((f for f in mine if f.severity.value == "critical"), mine[0] if mine else None)
-
-    owned = [(lad, cited(lad)) for lad in ladders if lad.owner]
-    owned.sort(key=lambda pair: pair[0].layers[_ORDER.index(pair[0].owner or "")].verdict.value != "fail")
-    when = f"{m.created:%Y-%m-%d %H:%M}Z"
-    sentences = [f"Collected {when} from {len(m.vantages)} vantage(s) ({', '.join(v.id for v in m.vantages)}) "
-                 f"for {', '.join(t.spec for t in m.targets) or 'no target'}."]
-    proof: list[str] = []
-    capture = None
-    if owned:
-        lad, first = owned[0]
-        others = [o.target for o, _ in owned[1:]]
-        fails = lad.layers[_ORDER.index(lad.owner or "")].verdict.value == "fail"
-        sentences.append(f"For {lad.target} the {lad.owner} layer "
-                         + ("fails first" if fails else "is the first in trouble (nothing fails; it warns)")
-                         + (f" (also the owner for {', '.join(others)})" if others else "") + ".")
-        if first is not None:
-            sentences.append(first.summary)
-            proof = list(dict.fromkeys(e.member for e in first.evidence))
-            if first.next_command:
-                sentences.append(f"Next, read-only: {first.next_command}")
-        noise = [lv.layer for lv in lad.layers if lv.noise]
-        sentences.append(f"The {', '.join(noise)} layer(s) also show trouble: noise until the {lad.owner} "
-                         f"layer is explained." if noise else "No later layer disagrees.")
-        vantage = first.vantage if first is not None else None
-        capture = next((mem.path for mem in m.members if mem.path == f"vantages/{vantage}/capture.pcapng"), None)
-    else:
-        failing = [f for f in findings if f.severity.value == "critical"]
-        sentences.append("No layer fails for any target: every layer collected passes or only warns."
-                         if not failing else f"{len(failing)} critical finding(s), none tied to a target.")
-    for f in findings:
-        if len(proof) >= 3:
-            break
-        if f.severity.value == "critical":
-            proof += [e.member for e in f.evidence if e.member not in proof]
-    capture = capture or next((mem.path for mem in m.members if mem.path.endswith(".pcapng")), None)
-    return FindingsReport(findings=findings, ladders=ladders, summary=sentences[:5], proof=proof[:3], capture=capture)

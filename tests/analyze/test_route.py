@@ -47,7 +47,7 @@ def test_unanswered_neighbor_and_silent_host(tmp_path, mtu_lab):
     out = tmp_path / "b.tar.zst"
     assert netbundle("collect", "--target", "10.244.0.99", "--netns", node, "-o", str(out)).returncode == 0
     ids = {f.id: f for f in _findings(out)[f"netns-{node}"]}
-    assert "neighbor.failed" in ids and ids["neighbor.failed"].target == "10.244.0.99"
+    assert "neighbor.failed" in ids and ids["neighbor.failed"].target.address == "10.244.0.99"
     assert "icmp.no_reply" in ids
 
 
@@ -78,7 +78,7 @@ def test_neighbor_with_another_mac_than_its_owner(tmp_path, lab):
             subprocess.run(["ip", "-n", ns, "neigh", "del", args[0], "dev", args[4]], check=False)
     b = read_bundle(out)
     found = neighbor_findings([(v, b.route(v.id)) for v in b.manifest.vantages])
-    got = sorted((f.vantage, f.target, f.severity.value) for f in found)
+    got = sorted((f.vantage, f.target.address if f.target else None, f.severity.value) for f in found)
     assert got == [(f"netns-{node}", "10.244.0.2", "critical"), (f"netns-{remote}", "10.244.0.1", "warning")], got
     critical = next(f for f in found if f.severity.value == "critical")
     assert STALE_MAC in critical.summary and "never re-resolves" in critical.summary

@@ -181,7 +181,7 @@ def test_stale_dnat_lab_yields_its_finding(lab, tmp_path):
     assert tcp and all(e.dnat and e.reply.src == scenarios.GONE_POD for e in tcp)  # ICMP echo is not translated
     view = build_view(read_bundle(out))
     stale = [f for f in view.findings if f.id == "service.stale_dnat"]
-    assert len(stale) == 1 and stale[0].target == scenarios.SERVICE_IP
+    assert len(stale) == 1 and stale[0].target.address == scenarios.SERVICE_IP
     i = node.services.index(svc)
     assert stale[0].evidence[0].member == f"vantages/netns-{info.namespaces['node']}/nat.json"
     assert stale[0].evidence[0].pointer == f"services[{i}].endpoints"

@@ -1,0 +1,199 @@
+"""Explanation rules: a finding (the cause) explains others (the client's symptoms) when named evidence ties
+them. The owner of a target is the layer of the cause that explains the client's first failure, not the layer
+where the failure first shows. Each rule says what it needs; docs/findings.md lists them with the scenario that
+shows each.
+
+Causes must sit on the client's side of the flow (the client itself or a vantage on its path, or the server for
+the server's own facts): a fault on a vantage the client's traffic never crosses explains nothing of it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from bundle.analyze._common import VantageDocs
+from bundle.analyze.roles import Flow
+from bundle.models import Explanation, Finding, Severity
+
+# The client's symptoms a rule may explain, by kind.
+NEW_FLOW_LOST = frozenset({"transport.connect_timeout", "transport.syn_sent_stuck", "capture.syn_unanswered",
+                           "icmp.no_reply", "dns.timeout", "capture.dns_unanswered"})
+CONNECT_FAILED = NEW_FLOW_LOST | {"transport.refused", "transport.unreachable", "capture.syn_rst",
+                                  "capture.icmp_error", "route.no_route", "capture.blackhole"}
+REFUSED = frozenset({"transport.refused", "capture.syn_rst"})
+
+
+@dataclass(frozen=True)
+class Case:
+    """What a rule reads: the flow, every finding (indexed as in the report) and the vantages' documents."""
+
+    flow: Flow
+    findings: list[Finding]
+    docs: dict[str, VantageDocs]
+
+    def at(self, fids: frozenset[str] | set[str], vantages: set[str], addresses: set[str] | None = None,
+           port: int | None = None) -> list[int]:
+        """Indexes of findings with these ids, from these vantages, about the flow's addresses (or the given)."""
+        want = addresses if addresses is not None else set(self.flow.addresses)
+        out = []
+        for i, f in enumerate(self.findings):
+            if f.id not in fids or f.vantage not in vantages or f.target is None:
+                continue
+            if f.target.address in want or (f.target.name is not None and f.target.name in self.flow.names
+                                             and f.target.address is None):
+                if port is None or f.target.port in (None, port):
+                    out.append(i)
+        return out
+
+    def causes(self, fid: str, vantages: set[str]) -> list[int]:
+        return [i for i, f in enumerate(self.findings) if f.id == fid and f.vantage in vantages
+                and f.severity is not Severity.INFO]
+
+    def client(self) -> set[str]:
+        return {self.flow.client} if self.flow.client else set()
+
+
+Rule = Callable[[Case], list[Explanation]]
+
+
+def _addr(f: Finding) -> str | None:
+    return f.target.address if f.target is not None else None
+
+
+def _explain(rule: str, cause: int, effects: list[int], because: str) -> list[Explanation]:
+    effects = [e for e in dict.fromkeys(effects) if e != cause]
+    return [Explanation(rule=rule, cause=cause, effects=effects, because=because)] if effects else []
+
+
+def stale_dnat(case: Case) -> list[Explanation]:
+    """service.stale_dnat (or reject_with_endpoints) for a frontend the client dials, on the client or its path,
+    explains the client's failures toward the frontend and any vantage's failures toward the stale endpoints."""
+    out: list[Explanation] = []
+    for fid in ("service.stale_dnat", "service.reject_with_endpoints"):
+        for c in case.causes(fid, case.flow.upstream()):
+            cause = case.findings[c]
+            front = _addr(cause)
+            if front not in case.flow.addresses:
+                continue
+            gone = _stale_endpoints(case.docs.get(cause.vantage), front, cause.target.port if cause.target else None)
+            effects = case.at(CONNECT_FAILED, case.client(), {front}) + case.at(
+                frozenset({"route.no_route", "capture.icmp_error", "icmp.no_reply"}), set(case.docs), gone)
+            out += _explain("stale_dnat" if fid == "service.stale_dnat" else "reject_with_endpoints", c, effects,
+                            f"{cause.vantage} translates {front} to {', '.join(sorted(gone)) or 'a REJECT'}, which "
+                            f"is not a ready endpoint")
+    return out
+
+
+def _stale_endpoints(doc: VantageDocs | None, front: str | None, port: int | None) -> set[str]:
+    if doc is None or doc.nat is None:
+        return set()
+    return {e.address for s in doc.nat.services if s.address == front and (port is None or s.port == port)
+            for e in s.endpoints}
+
+
+def conntrack_exhaustion(case: Case) -> list[Explanation]:
+    """A conntrack table full or dropping new flows on the client or its path explains the client's new flows
+    that get no answer (SYNs, pings and DNS queries alike), never refusals: those got through."""
+    out: list[Explanation] = []
+    for fid in ("service.conntrack_dropping", "service.conntrack_near_max"):
+        for c in case.causes(fid, case.flow.upstream()):
+            if case.findings[c].severity is not Severity.CRITICAL:
+                continue
+            effects = case.at(NEW_FLOW_LOST, case.client())
+            out += _explain("conntrack_exhaustion", c, effects,
+                            f"every new flow through {case.findings[c].vantage} needs a conntrack entry, and its "
+                            f"table refuses new ones")
+    return out
+
+
+def rp_filter(case: Case) -> list[Explanation]:
+    """Reverse-path-filter drops counted (rising) on the client or its path, where strict rp_filter is in force,
+    explain the client's unanswered handshakes and queries: the replies come back on another interface."""
+    out: list[Explanation] = []
+    for c in case.causes("counters.rp_filter_drops", case.flow.upstream()):
+        doc = case.docs.get(case.findings[c].vantage)
+        strict = [s.name for s in doc.route.sysctls.interfaces if s.rp_filter_effective == 1] \
+            if doc is not None and doc.route is not None else []
+        if not strict:
+            continue
+        effects = case.at(NEW_FLOW_LOST - {"icmp.no_reply"}, case.client())
+        out += _explain("rp_filter_asymmetric", c, effects,
+                        f"{case.findings[c].vantage} filters strictly on {', '.join(strict)} and counted reverse-path "
+                        f"drops during the window")
+    return out
+
+
+def mtu_blackhole(case: Case) -> list[Explanation]:
+    """A path-MTU blackhole toward an address explains stalled full-size transfers to it (or to a frontend
+    translated to it) and their retransmissions."""
+    out: list[Explanation] = []
+    for c in case.causes("mtu.blackhole", case.flow.upstream()):
+        dst = _addr(case.findings[c])
+        if not case.flow.covers(dst):
+            continue
+        effects = case.at(frozenset({"capture.blackhole", "transport.connect_timeout"}), case.client(),
+                          set(case.flow.addresses) | {dst} if dst else None)
+        out += _explain("mtu_blackhole", c, effects, f"packets larger than the path MTU to {dst} vanish")
+    return out
+
+
+def stale_neighbor(case: Case) -> list[Explanation]:
+    """A neighbor entry with a MAC nobody has, for the flow's next hop on the client or its path, explains the
+    client's unanswered packets to the target."""
+    out: list[Explanation] = []
+    for c in case.causes("neighbor.stale_mac", case.flow.upstream()):
+        if case.findings[c].severity is not Severity.CRITICAL:
+            continue
+        dst = _addr(case.findings[c])
+        if not case.flow.covers(dst):
+            continue
+        out += _explain("stale_neighbor", c, case.at(NEW_FLOW_LOST, case.client(), {dst} if dst else None),
+                        f"{case.findings[c].vantage} sends the frames for {dst} to a MAC nobody has")
+    return out
+
+
+def no_route(case: Case) -> list[Explanation]:
+    """A missing route on the client explains everything behind it toward that address."""
+    out: list[Explanation] = []
+    for c in case.at(frozenset({"route.no_route"}), case.client()):
+        dst = _addr(case.findings[c])
+        effects = case.at(CONNECT_FAILED - {"route.no_route"}, case.client(), {dst} if dst else None)
+        out += _explain("no_route", c, effects, f"the client has no route to {dst}")
+    return out
+
+
+def listener(case: Case) -> list[Explanation]:
+    """The server's own fact — nothing listens on the port, or only on loopback — explains the client's refusals."""
+    out: list[Explanation] = []
+    servers = set(case.flow.servers) | {v for v in case.client() if v in case.docs and any(
+        case.docs[v].holds(a) for a in case.flow.addresses)}  # a client that holds the target is its server too
+    for fid in ("transport.no_listener", "transport.loopback_only"):
+        for c in case.causes(fid, servers):
+            f = case.findings[c]
+            port = f.target.port if f.target else None
+            effects = case.at(REFUSED, case.client(), set(case.flow.addresses) | set(case.flow.endpoints), port)
+            out += _explain("no_listener" if fid == "transport.no_listener" else "loopback_only", c, effects,
+                            f"the server {f.vantage} does not accept on port {port}")
+    return out
+
+
+def dead_answer(case: Case) -> list[Explanation]:
+    """dns.dead_answer (the client's resolver answered an address nothing holds, and a route on the client's
+    side refuses it) explains the connect and route failures toward that address."""
+    out: list[Explanation] = []
+    for c in case.causes("dns.dead_answer", case.client()):
+        dst = _addr(case.findings[c])
+        effects = case.at(CONNECT_FAILED, case.flow.upstream(), {dst} if dst else None)
+        out += _explain("dead_answer", c, effects, f"the name answers {dst}, which nothing holds any more")
+    return out
+
+
+RULES: tuple[Rule, ...] = (dead_answer, stale_dnat, conntrack_exhaustion, rp_filter, mtu_blackhole, stale_neighbor,
+                           listener, no_route)
+
+
+def explanations(case: Case) -> list[Explanation]:
+    out: list[Explanation] = []
+    for rule in RULES:
+        out += rule(case)
+    return out

@@ -1,0 +1,203 @@
+"""The one analysis entry point: evidence in (the manifest and each vantage's documents), findings.json out —
+findings, explanations, a ladder per target decided for the client, five sentences, the proof and the capture to
+open first. `collect` writes it, `analyze` recomputes it, `render`, `show` and `summary` read it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from bundle.analyze._common import VantageDocs, about, in_vantage
+from bundle.analyze.capture import capture_findings
+from bundle.analyze.counters import counter_findings
+from bundle.analyze.dns import dns_findings
+from bundle.analyze.ladder import LAYERS, flows, target_ladders
+from bundle.analyze.nat import nat_findings
+from bundle.analyze.roles import client_of, frontends
+from bundle.analyze.route import neighbor_findings, route_findings
+from bundle.analyze.transport import VantageEvidence, transport_findings
+from bundle.models import (
+    CaptureAnalysis,
+    Evidence,
+    Explanation,
+    Finding,
+    FindingsReport,
+    KubeSlice,
+    Layer,
+    Manifest,
+    Severity,
+    SliceStatus,
+    TargetLadder,
+    Verdict,
+)
+
+_SEVERITY = {Severity.CRITICAL: 0, Severity.WARNING: 1, Severity.INFO: 2}
+_BAD_ROUTES = ("blackhole", "unreachable", "prohibit")
+
+
+@dataclass
+class Inputs:
+    """What the analysis reads: the manifest, each vantage's documents, the Kubernetes slice and the operator's
+    captures (member path, analysis)."""
+
+    manifest: Manifest
+    docs: list[VantageDocs]
+    kube: KubeSlice | None = None
+    operator: list[tuple[str, CaptureAnalysis]] = field(default_factory=list)
+
+
+def build_report(inp: Inputs) -> FindingsReport:
+    m = inp.manifest
+    client = client_of(m)
+    findings = _findings(inp)
+    findings += dead_answers(m, client, inp.docs)
+    _calibrate(findings, inp)
+    findings.sort(key=lambda f: (LAYERS.index(f.layer), _SEVERITY[f.severity]))
+    ladders, explanations = target_ladders(m, inp.docs, findings, client)
+    for e in explanations:  # a cause of a client's failure is critical, whatever it weighs alone
+        findings[e.cause].severity = Severity.CRITICAL
+    return _sentences(m, findings, ladders, explanations)
+
+
+def _findings(inp: Inputs) -> list[Finding]:
+    m = inp.manifest
+    configured_mode = inp.kube.kube_proxy.mode if inp.kube is not None and inp.kube.kube_proxy else None
+    by_id = {v.id: v for v in m.vantages}
+    out: list[Finding] = []
+    for d in inp.docs:
+        v = by_id[d.vantage]
+        if d.nat is not None:
+            out += nat_findings(v, d.nat, configured_mode)
+        if d.dns is not None:
+            out += dns_findings(v, d.dns)
+        if d.route is not None:
+            out += route_findings(v, d.route)
+        if d.counters is not None:
+            out += counter_findings(v, d.counters)
+    out += neighbor_findings([(by_id[d.vantage], d.route) for d in inp.docs if d.route is not None])
+    out += transport_findings([VantageEvidence(by_id[d.vantage], d.route, d.sockets) for d in inp.docs],
+                              list(m.targets))
+    for d in inp.docs:  # after the probes' findings: a probe's words name a failure before the packets do
+        if d.capture is not None and d.capture.analysis is not None:
+            out += capture_findings(d.vantage, f"vantages/{d.vantage}/capture.json", d.capture.analysis, d.capture,
+                                    f"vantages/{d.vantage}/capture.pcapng")
+    for path, analysis in inp.operator:
+        out += capture_findings("operator capture", path, analysis, None,
+                                path.rsplit("/", 1)[0] + "/" + analysis.file)
+    return out
+
+
+def _calibrate(findings: list[Finding], inp: Inputs) -> None:
+    """What every healthy cluster does is info: ICMP to a Service frontend (a ClusterIP translates only its
+    Service ports; kube-proxy rejects the rest, or nothing answers) proves nothing about the route."""
+    fronts = set(frontends(inp.docs))
+    if inp.kube is not None:
+        fronts |= {ip for s in inp.kube.services for ip in s.cluster_ips}
+    for f in findings:
+        if f.id in ("icmp.no_reply", "capture.icmp_error") and f.target is not None and f.target.address in fronts \
+                and (f.id == "icmp.no_reply" or f.target.port is None):
+            f.severity = Severity.INFO
+            f.summary += (" This address is a Service frontend: only its Service ports are translated, so ICMP "
+                          "to it proves nothing (normal, not a fault).")
+
+
+def dead_answers(m: Manifest, client: str | None, docs: list[VantageDocs]) -> list[Finding]:
+    """dns.dead_answer: the client's resolver answered a name target with an address that no collected vantage
+    holds and that a route on the client's side refuses (blackhole, unreachable, prohibit, or no route) — the
+    pod behind the record is gone (a stale DNS record, a cache). A route that merely forwards it elsewhere is not
+    enough: the address may live on a node not collected."""
+    out: list[Finding] = []
+    vantage = next((v for v in m.vantages if v.id == client), None)
+    if vantage is None:
+        return out
+    by_id = {d.vantage: d for d in docs}
+    for flow in flows(m, client, docs):
+        if not flow.names or flow.spec not in {t.spec for t in m.targets}:
+            continue
+        name = next(iter(flow.names))
+        for address in sorted(flow.addresses):
+            if any(d.holds(address) for d in docs) or address in frontends(docs):
+                continue
+            refused = next(((d, i, lk) for v in [client, *flow.path] if (d := by_id.get(v or "")) and d.route
+                            for i, lk in enumerate(d.route.lookups)
+                            if lk.target == address and lk.source is None and lk.iif is None
+                            and (not lk.ok or (lk.type or "") in _BAD_ROUTES)), None)
+            if refused is None:
+                continue
+            d, i, lk = refused
+            why = lk.error if not lk.ok else f"a {lk.type} route"
+            i_v = next(j for j, v in enumerate(m.vantages) if v.id == client)
+            out.append(Finding(
+                id="dns.dead_answer", severity=Severity.CRITICAL, layer=Layer.DNS, vantage=vantage.id,
+                target=about(address, flow.port, name),
+                summary=f"From {vantage.id}, {name} resolves to {address}, which no collected vantage holds and "
+                        f"which {d.vantage} cannot reach ({why}): the name points at an address nothing holds any "
+                        f"more (a stale record or cache), so every connect by that name fails.",
+                evidence=[Evidence(member="manifest.json", pointer=f"vantages[{i_v}].resolved"),
+                          Evidence(member=f"vantages/{d.vantage}/route.json", pointer=f"lookups[{i}]")],
+                next_command=in_vantage(vantage, f"getent ahosts {name}")))
+    return out
+
+
+def _sentences(m: Manifest, findings: list[Finding], ladders: list[TargetLadder],
+               explanations: list[Explanation]) -> FindingsReport:
+    """The ladder, five sentences, the three members that prove it and the capture to open first."""
+    owned = [lad for lad in ladders if lad.owner is not None and lad.cause is not None]
+    owned.sort(key=lambda lad: next(lv for lv in lad.layers if lv.layer is lad.owner).verdict is not Verdict.FAIL)
+    when = f"{m.created:%Y-%m-%d %H:%M}Z"
+    client = ladders[0].client if ladders else client_of(m)
+    sentences = [f"Collected {when} from {len(m.vantages)} vantage(s) ({', '.join(v.id for v in m.vantages)}; "
+                 f"client {client or 'none'}) for {', '.join(t.spec for t in m.targets) or 'no target'}."]
+    proof: list[str] = []
+    capture = None
+    interrupted = m.invocation.exit_code == 130
+    if owned:
+        lad = owned[0]
+        first = findings[lad.cause] if lad.cause is not None else None
+        others = [o.target for o in owned[1:]]
+        explained = [lv.layer.value for lv in lad.layers if lv.explained_by and lv.layer is not lad.owner]
+        sentences.append(f"For {lad.target} the {lad.owner.value if lad.owner else ''} layer owns it"
+                         + (f" (it explains the {', '.join(explained)} failure)" if explained else "")
+                         + (f" (also the owner for {', '.join(others)})" if others else "") + ".")
+        if first is not None:
+            sentences.append(first.summary)
+            proof = list(dict.fromkeys(e.member for e in first.evidence))
+            if first.next_command:
+                sentences.append(f"Next, read-only: {first.next_command}")
+        noise = [lv.layer.value for lv in lad.layers if lv.noise]
+        sentences.append(f"The {', '.join(noise)} layer(s) also show trouble: noise until the "
+                         f"{lad.owner.value if lad.owner else ''} layer is explained." if noise
+                         else "No later layer disagrees.")
+        vantage = first.vantage if first is not None else None
+        capture = _capture(m, vantage, findings, lad)
+    elif interrupted:
+        sentences.append("The collection was interrupted before it finished: nothing is proven; collect again.")
+    elif not ladders or not any(lad.proven for lad in ladders):
+        failed = [f"{r.vantage} {r.slice}: {r.reason or r.status.value}" for r in m.slices
+                  if r.status is SliceStatus.FAILED]
+        sentences.append("Nothing was proven for any target: no layer could be tested from the client"
+                         + (f" ({'; '.join(failed[:2])})." if failed else "."))
+    else:
+        unproven = [lad.target for lad in ladders if not lad.proven]
+        elsewhere = sorted({f"{vl.vantage} ({vl.role.value})" for lad in ladders for vl in lad.vantages
+                            if vl.vantage != lad.client and any(lv.verdict is Verdict.FAIL for lv in vl.layers)})
+        sentences.append("No layer fails for the client " + (client or "") + " toward any target it could test"
+                         + (f"; nothing proven for {', '.join(unproven)}" if unproven else "") + "."
+                         + (f" Failures seen only from {', '.join(elsewhere)} are theirs, off the client's path."
+                            if elsewhere else ""))
+    for f in findings:
+        if len(proof) >= 3:
+            break
+        if f.severity is Severity.CRITICAL:
+            proof += [e.member for e in f.evidence if e.member not in proof]
+    return FindingsReport(findings=findings, explanations=explanations, ladders=ladders, summary=sentences[:5],
+                          proof=proof[:3], capture=capture)
+
+
+def _capture(m: Manifest, vantage: str | None, findings: list[Finding], lad: TargetLadder) -> str | None:
+    """The capture to open first: the cause's vantage's, else the client's."""
+    members = {mem.path for mem in m.members}
+    for v in (vantage, lad.client):
+        path = f"vantages/{v}/capture.pcapng"
+        if v and path in members:
+            return path
+    return None
