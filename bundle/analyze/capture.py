@@ -13,6 +13,17 @@ def _at(endpoint: str | None) -> FindingTarget | None:
     return about(address, port) if address else None
 
 
+def _quoted_target(quoted: str | None) -> FindingTarget | None:
+    """The destination of the flow an ICMP error quotes ("tcp A:p > B:q"); only TCP and UDP carry ports there
+    (a quoted ICMP echo's 'ports' are its type, code and checksum)."""
+    if not quoted or " > " not in quoted:
+        return None
+    target = _at(quoted.rsplit(" > ", 1)[-1])
+    if target is not None and quoted.split(" ", 1)[0] not in ("tcp", "udp"):
+        target.port = None
+    return target
+
+
 def capture_findings(where: str, member: str, analysis: CaptureAnalysis, run: CaptureRun | None = None,
                      pcap: str | None = None) -> list[Finding]:
     """`where` is a vantage id (or "operator"), `member` the JSON document, `pcap` the file to open next."""
@@ -50,7 +61,7 @@ def capture_findings(where: str, member: str, analysis: CaptureAnalysis, run: Ca
                 f"tcpdump -nn -r {file} 'tcp[tcpflags] & tcp-syn != 0'")
     for i, ev in enumerate(analysis.icmp):
         about = f" about {ev.quoted}" if ev.quoted else ""
-        quoted_dst = _at(ev.quoted.rsplit(" > ", 1)[-1]) if ev.quoted and " > " in ev.quoted else None
+        quoted_dst = _quoted_target(ev.quoted)
         if ev.mtu is not None:
             add("capture.frag_needed", Severity.WARNING, Layer.ROUTE, quoted_dst,
                 f"In the capture from {where}, {ev.source} said '{ev.description}' (next-hop MTU {ev.mtu}){about}.",

@@ -116,7 +116,7 @@ def rp_filter(case: Case) -> list[Explanation]:
             if doc is not None and doc.route is not None else []
         if not strict:
             continue
-        effects = case.at(NEW_FLOW_LOST - {"icmp.no_reply"}, case.client())
+        effects = case.at(NEW_FLOW_LOST, case.client())
         out += _explain("rp_filter_asymmetric", c, effects,
                         f"{case.findings[c].vantage} filters strictly on {', '.join(strict)} and counted reverse-path "
                         f"drops during the window")
@@ -153,12 +153,13 @@ def stale_neighbor(case: Case) -> list[Explanation]:
 
 
 def no_route(case: Case) -> list[Explanation]:
-    """A missing route on the client explains everything behind it toward that address."""
+    """A missing (or refusing) route on the client or a vantage on its path explains everything behind it toward
+    that address (forwarded packets meet the same table, policy rules aside)."""
     out: list[Explanation] = []
-    for c in case.at(frozenset({"route.no_route"}), case.client()):
+    for c in case.at(frozenset({"route.no_route"}), case.flow.upstream()):
         dst = _addr(case.findings[c])
         effects = case.at(CONNECT_FAILED - {"route.no_route"}, case.client(), {dst} if dst else None)
-        out += _explain("no_route", c, effects, f"the client has no route to {dst}")
+        out += _explain("no_route", c, effects, f"{case.findings[c].vantage} has no usable route to {dst}")
     return out
 
 

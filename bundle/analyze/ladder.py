@@ -89,8 +89,11 @@ def _ladder(manifest: Manifest, flow: Flow, docs: list[VantageDocs], findings: l
     for i, f in enumerate(findings):
         own = f.vantage == flow.client and (_about(f, flow) or (f.target is None and f.layer is Layer.DNS))
         server_fact = f.id in SERVER_FACTS and f.vantage in flow.servers and _about(f, flow)
+        # the client's own sweep toward the endpoint a frontend is translated to crosses the DNAT-ed path
+        behind = f.id == "mtu.blackhole" and f.vantage == flow.client and f.target is not None \
+            and f.target.address in flow.endpoints
         translated = f.layer is Layer.SERVICE and f.vantage in upstream and (f.target is None or _about(f, flow))
-        if own or server_fact or translated:
+        if own or server_fact or translated or behind:
             counted[f.layer].append(i)
     mine = [client_doc] if client_doc else []
     plane = [d for d in docs if d.vantage in upstream]  # the translation happens on the client or its path

@@ -4,6 +4,7 @@ open first. `collect` writes it, `analyze` recomputes it, `render`, `show` and `
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass, field
 
 from bundle.analyze._common import VantageDocs, about, in_vantage
@@ -117,14 +118,11 @@ def dead_answers(m: Manifest, client: str | None, docs: list[VantageDocs]) -> li
         for address in sorted(flow.addresses):
             if any(d.holds(address) for d in docs) or address in frontends(docs):
                 continue
-            refused = next(((d, i, lk) for v in [client, *flow.path] if (d := by_id.get(v or "")) and d.route
-                            for i, lk in enumerate(d.route.lookups)
-                            if lk.target == address and lk.source is None and lk.iif is None
-                            and (not lk.ok or (lk.type or "") in _BAD_ROUTES)), None)
+            refused = next((r for v in [client, *flow.path] if (r := refusing_route(by_id.get(v or ""), address))),
+                           None)
             if refused is None:
                 continue
-            d, i, lk = refused
-            why = lk.error if not lk.ok else f"a {lk.type} route"
+            d, pointer, why = refused
             i_v = next(j for j, v in enumerate(m.vantages) if v.id == client)
             out.append(Finding(
                 id="dns.dead_answer", severity=Severity.CRITICAL, layer=Layer.DNS, vantage=vantage.id,
@@ -133,9 +131,35 @@ def dead_answers(m: Manifest, client: str | None, docs: list[VantageDocs]) -> li
                         f"which {d.vantage} cannot reach ({why}): the name points at an address nothing holds any "
                         f"more (a stale record or cache), so every connect by that name fails.",
                 evidence=[Evidence(member="manifest.json", pointer=f"vantages[{i_v}].resolved"),
-                          Evidence(member=f"vantages/{d.vantage}/route.json", pointer=f"lookups[{i}]")],
+                          Evidence(member=f"vantages/{d.vantage}/route.json", pointer=pointer)],
                 next_command=in_vantage(vantage, f"getent ahosts {name}")))
     return out
+
+
+def refusing_route(d: VantageDocs | None, address: str) -> tuple[VantageDocs, str, str] | None:
+    """(vantage, pointer, why) when this vantage refuses the address: its `route get` failed or hit a blackhole,
+    unreachable or prohibit route; without a lookup for it, the longest prefix of the main table that holds it
+    is such a route (policy rules aside: the main table is what forwarded traffic meets without them)."""
+    if d is None or d.route is None:
+        return None
+    for i, lk in enumerate(d.route.lookups):
+        if lk.target == address and lk.source is None and lk.iif is None:
+            if not lk.ok or (lk.type or "") in _BAD_ROUTES:
+                return d, f"lookups[{i}]", (lk.error or "no route") if not lk.ok else f"a {lk.type} route"
+            return None
+    ip = ipaddress.ip_address(address)
+    best: tuple[int, int] | None = None
+    for i, r in enumerate(d.route.routes):
+        try:
+            net = ipaddress.ip_network(r.dst, strict=False)
+        except ValueError:
+            continue
+        if r.table == 254 and net.version == ip.version and ip in net and (best is None or net.prefixlen > best[0]):
+            best = (net.prefixlen, i)
+    if best is None:
+        return None
+    route = d.route.routes[best[1]]
+    return (d, f"routes[{best[1]}]", f"a {route.type} route {route.dst}") if route.type in _BAD_ROUTES else None
 
 
 def _sentences(m: Manifest, findings: list[Finding], ladders: list[TargetLadder],

@@ -99,7 +99,9 @@ def transport_findings(evidence: list[VantageEvidence], targets: list[Target]) -
             on_port = [(i, l) for i, l in enumerate(ev.sockets.listeners) if l.protocol == "tcp" and l.lport == t.port]
             reachable = [l for _, l in on_port if l.scope is not BindScope.LOOPBACK]
             loopback = [(i, l) for i, l in on_port if l.scope is BindScope.LOOPBACK]
-            address = ev.address_of(t)
+            # a name target: the address the clients dial, as any vantage's resolver answered it
+            answers = [a for e in evidence for a in e.vantage.resolved.get(t.name or "", [])]
+            address = next((a for a in answers if ev.owns(a)), ev.address_of(t))
             owner = ev.owns(address)
             if loopback and not reachable and (owner or not any(e.owns(e.address_of(t)) for e in evidence)):
                 i, lst = loopback[0]

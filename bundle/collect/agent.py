@@ -129,7 +129,8 @@ def run(request: dict[str, Any]) -> None:
                            deadline=started + budget, capabilities=tuple(caps),
                            options=tuple(sorted((str(k), str(v)) for k, v in request.get("options", {}).items())),
                            probe_gate=gate_for(name), resolved_names=tuple(name_reports),
-                           peers_done=peers_done_for(name))
+                           peers_done=peers_done_for(name),
+                           alone=not any(n != name and not table[n].spans_window for n in runnable))
         future = pool.submit(cls().collect, ctx)
         future.add_done_callback(ended_callback(name))
         running[future] = (name, started_wall, started, budget)

@@ -82,9 +82,10 @@ class SliceContext:
     # Called by a collector between its passive reads and its first probe packet: it returns once every slice
     # of the vantage has taken its passive snapshot, so no table records another slice's probes.
     probe_gate: Callable[[], None] = _no_gate
-    resolved_names: tuple[Any, ...] = ()
+    resolved_names: tuple[Any, ...] = ()  # NameReports of name targets, resolved before the slices started
     # True once every other slice of the vantage has finished: a capture stops then (its window covers them)
-    peers_done: Callable[[], bool] = _never  # NameReports of name targets, resolved before the slices started
+    peers_done: Callable[[], bool] = _never
+    alone: bool = False  # no slice but window slices runs beside this one (`--slice counters` alone)
 
     def option(self, name: str) -> str | None:
         return dict(self.options).get(name)

@@ -78,7 +78,9 @@ class CountersCollector(Collector):
         samples = [_sample(start, started)]
         ctx.probe_gate()  # the first reading holds none of the probes' packets
         wake = started
-        while not ctx.peers_done() and time.monotonic() < ctx.deadline - 0.5:
+        if ctx.alone:  # nothing to span: one interval between the readings
+            time.sleep(max(0.0, min(interval, ctx.remaining() - 0.5)))
+        while not ctx.alone and not ctx.peers_done() and time.monotonic() < ctx.deadline - 0.5:
             wake += interval
             while time.monotonic() < min(wake, ctx.deadline - 0.5) and not ctx.peers_done():
                 time.sleep(0.05)

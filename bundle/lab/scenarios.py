@@ -246,7 +246,7 @@ table inet nb_lab {{
 """
 
 
-def _cluster_dns(t: Topology, *, service_route: bool = True) -> Path:
+def _cluster_dns(t: Topology, *, service_route: bool = True, records: dict[str, str] | None = None) -> Path:
     """Kubernetes resolv.conf in the pod, the node resolving through the cluster DNS too (never through this
     machine's own resolver), the kube-dns ClusterIP DNAT-ed on the node to dnsmasq on the remote node (its
     query log on). Returns the log's path."""
@@ -260,7 +260,7 @@ def _cluster_dns(t: Topology, *, service_route: bool = True) -> Path:
     t.spawn("remote", ["dnsmasq", "--keep-in-foreground", "--no-resolv", "--no-hosts", f"--listen-address={DNS_POD}",
                        "--bind-interfaces", "--port=53", "--log-queries", f"--log-facility={log}", "--local=/#/",
                        f"--pid-file={run / 'dnsmasq.pid'}", "--user=root", "--group=root",
-                       *[f"--host-record={name},{ip}" for name, ip in ZONE.items()]])
+                       *[f"--host-record={name},{ip}" for name, ip in {**ZONE, **(records or {})}.items()]])
     t.wait_listening("remote", 53)
     return log
 
@@ -457,6 +457,223 @@ def _conntrack_full(t: Topology) -> LabInfo:
     )
 
 
+# kube-proxy's nftables proxier also rejects what reaches a ClusterIP on a port no Service has (a ping, say):
+# `filter-forward ct state new jump cluster-ips-check`, `ip daddr @cluster-ips reject` (pkg/proxy/nftables).
+_CLUSTER_IPS_CHECK = f"""
+add set ip kube-proxy cluster-ips {{ type ipv4_addr ; comment "Active ClusterIPs" ; }}
+add chain ip kube-proxy cluster-ips-check
+add rule ip kube-proxy cluster-ips-check ip daddr @cluster-ips reject comment "Reject traffic to invalid ports of ClusterIPs"
+add rule ip kube-proxy filter-forward ct state new jump cluster-ips-check
+add rule ip kube-proxy filter-output ct state new jump cluster-ips-check
+add element ip kube-proxy cluster-ips {{ {SERVICE_IP}, 10.96.0.21, 10.96.0.22 }}
+"""
+
+
+def _nft_services(t: Topology, *, node_service_route: bool) -> Path:
+    """The nftables proxier's three Services (service-nft) and their EndpointSlices; returns the slices' file."""
+    if node_service_route:
+        t.route("node", "10.96.0.0/16", gateway="10.244.0.2")
+    t.nft("node", _KUBE_PROXY_NFT + _CLUSTER_IPS_CHECK)
+    slices = t.run_dir() / "endpointslices.json"
+    orders = _endpoint_slice("10.244.1.3")
+    orders["metadata"] = {"name": "orders-k2j4d", "namespace": "default",
+                          "labels": {"kubernetes.io/service-name": "orders"}}
+    orders["ports"] = [{"name": "http", "port": LISTEN_PORT, "protocol": "TCP"}]
+    orders["endpoints"] = [{"addresses": [a], "conditions": {"ready": True}} for a in ("10.244.1.3", "10.244.0.2")]
+    slices.write_text(json.dumps({"apiVersion": "v1", "kind": "List",
+                                  "items": [_endpoint_slice("10.244.1.3"), orders]}, indent=1))
+    return slices
+
+
+def _k8s_healthy(t: Topology) -> LabInfo:
+    """A healthy cluster full of what every cluster does: the pod's ping to a ClusterIP is rejected by
+    kube-proxy's cluster-ips check (ICMP port unreachable), ndots:5 turns an external name into four candidates
+    answered in milliseconds, and the node, whose resolver has no search list, cannot resolve the short name."""
+    _two_nodes(t, server_pod=True, node_link_mtu=1500)
+    _cluster_dns(t, service_route=False, records={"api.example.com": "10.244.0.2"})
+    slices = _nft_services(t, node_service_route=True)
+    return LabInfo(
+        scenario="k8s-healthy",
+        description="a healthy cluster with Kubernetes-normal red herrings: ICMP to a ClusterIP rejected by "
+                    "kube-proxy, ndots:5 search amplification answered fast, a node that cannot resolve a short "
+                    "Service name: no layer owns anything",
+        namespaces=dict(t.namespaces), targets=[f"payments:{SERVICE_PORT}", f"10.244.1.3:{LISTEN_PORT}"],
+        vantages=["pod", "node"], names=["api.example.com"], files={"endpointslices": str(slices)},
+        verdict=Expect(None, None),
+    )
+
+
+def _context_only(t: Topology) -> LabInfo:
+    """The node has no route toward the Service range (no default route): its own connects to the ClusterIP fail
+    at once, while the pod's traffic, DNAT-ed in PREROUTING to the endpoint, never needs that route."""
+    _two_nodes(t, server_pod=True, node_link_mtu=1500)
+    slices = _nft_services(t, node_service_route=False)
+    return LabInfo(
+        scenario="context-only",
+        description=f"the node has no route to {SERVICE_IP} (a host-side path the pod's traffic never takes): "
+                    "the node fails, the client pod reaches the Service: no owner for the client",
+        namespaces=dict(t.namespaces), targets=[f"{SERVICE_IP}:{SERVICE_PORT}"], vantages=["pod", "node"],
+        files={"endpointslices": str(slices)}, verdict=Expect(None, None),
+    )
+
+
+def _stale_dnat_blackhole(t: Topology) -> LabInfo:
+    """stale-dnat, but the gone pod's address falls in a blackhole route on the node (the CNI's route for an
+    IPAM block no pod uses any more): the ClusterIP hangs, and the node's own lookup of the old pod address
+    fails at route — a symptom of the stale DNAT, which owns it."""
+    _two_nodes(t, server_pod=True, node_link_mtu=1500)
+    t.route("node", "10.244.2.0/26", kind="blackhole")
+    t.route("node", "10.96.0.0/16", gateway="10.244.0.2")
+    t.iptables_restore("node", _KUBE_PROXY_STALE)
+    slices = t.run_dir() / "endpointslices.json"
+    slices.write_text(json.dumps({"apiVersion": "v1", "kind": "List", "items": [_endpoint_slice("10.244.1.3")]},
+                                 indent=1))
+    return LabInfo(
+        scenario="stale-dnat-blackhole",
+        description=f"the node DNATs {SERVICE_IP}:{SERVICE_PORT} to the replaced pod {GONE_POD}, which a blackhole "
+                    f"route swallows; the operator also targets the old pod address, which fails at route",
+        namespaces=dict(t.namespaces), targets=[f"{SERVICE_IP}:{SERVICE_PORT}", f"{GONE_POD}:{LISTEN_PORT}"],
+        vantages=["pod", "node"], files={"endpointslices": str(slices)},
+        verdict=Expect(f"{SERVICE_IP}:{SERVICE_PORT}", "service", ("service.stale_dnat",)),
+    )
+
+
+def _rp_filter(t: Topology) -> LabInfo:
+    """Two links between node and remote; the remote answers the pod range over the second (asymmetric), and the
+    node filters strictly: every SYN-ACK for the pod arrives on eth1 while the route back to the remote is eth0,
+    and is dropped (TcpExtIPReversePathFilter counts each). The node's own connects, answered on eth0, work."""
+    _two_nodes(t, server_pod=False, node_link_mtu=1500)
+    t.veth("node", "eth1", "remote", "eth1")
+    t.address("node", "eth1", "10.245.0.1/24")
+    t.address("remote", "eth1", "10.245.0.2/24")
+    t.route("remote", "10.244.1.0/24", gateway="10.245.0.1", replace=True)
+    # the remote asks ARP from the second link's own address (a common setting), so the link itself works
+    t.sysctl("remote", "net.ipv4.conf.all.arp_announce", "2")
+    for key in ("net.ipv4.conf.all.rp_filter", "net.ipv4.conf.eth1.rp_filter", "net.ipv4.conf.eth0.rp_filter"):
+        t.sysctl("node", key, "1")
+    return LabInfo(
+        scenario="rp-filter",
+        description="asymmetric path (replies to the pod range come back over a second link) under strict "
+                    "rp_filter on the node: the pod's SYN-ACKs and echo replies are dropped and counted; the node "
+                    "itself connects",
+        namespaces=dict(t.namespaces), targets=[f"10.244.0.2:{LISTEN_PORT}"], vantages=["pod", "node"],
+        verdict=Expect(f"10.244.0.2:{LISTEN_PORT}", "route", ("counters.rp_filter_drops",)),
+    )
+
+
+def _stale_dns_record(t: Topology) -> LabInfo:
+    """The cluster DNS still answers orders.default.svc.cluster.local with a pod address that is gone; the node
+    holds a blackhole route for that block (the CNI's, as for an IPAM block it no longer uses). Connects by name
+    time out; the route on the node refuses the address. The DNS answer owns it, not the route."""
+    _two_nodes(t, server_pod=True, node_link_mtu=1500)
+    _cluster_dns(t, service_route=False, records={"orders.default.svc.cluster.local": GONE_POD})
+    t.route("node", "10.244.2.0/26", kind="blackhole")
+    return LabInfo(
+        scenario="stale-dns-record",
+        description=f"orders resolves to {GONE_POD}, a pod that is gone (a stale record), and the node blackholes "
+                    "that block: connects by name time out",
+        namespaces=dict(t.namespaces), targets=[f"orders:{LISTEN_PORT}"], vantages=["pod", "node"],
+        verdict=Expect(f"orders:{LISTEN_PORT}", "dns", ("dns.dead_answer",)),
+    )
+
+
+def _name_refused(t: Topology) -> LabInfo:
+    """A name target (a headless Service's record: the pod address) whose pod runs but listens elsewhere:
+    the connect by name is refused, and the server's missing listener owns it."""
+    _two_nodes(t, server_pod=True, node_link_mtu=1500, server_bind=None)
+    _cluster_dns(t, records={"inventory.default.svc.cluster.local": "10.244.1.3"})
+    return LabInfo(
+        scenario="name-refused",
+        description="inventory resolves to the server pod 10.244.1.3, which listens on 9090, not 8080: the "
+                    "connect by name is refused",
+        namespaces=dict(t.namespaces), targets=[f"inventory:{LISTEN_PORT}"], vantages=["pod", "node", "server"],
+        verdict=Expect(f"inventory:{LISTEN_PORT}", "transport", ("transport.no_listener",)),
+    )
+
+
+SHOP_IP = "10.96.0.30"
+# The shop Service (iptables proxier) translated to the remote node's pod across the narrow link.
+_KUBE_PROXY_SHOP = f"""*nat
+:PREROUTING ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+:KUBE-SERVICES - [0:0]
+:KUBE-SVC-NBLABSHOP00000080 - [0:0]
+:KUBE-SEP-NBLABSHOPREMOTE02 - [0:0]
+-A PREROUTING -m comment --comment "kubernetes service portals" -j KUBE-SERVICES
+-A OUTPUT -m comment --comment "kubernetes service portals" -j KUBE-SERVICES
+-A KUBE-SERVICES -d {SHOP_IP}/32 -p tcp -m comment --comment "default/shop:http cluster IP" -m tcp --dport 80 -j KUBE-SVC-NBLABSHOP00000080
+-A KUBE-SVC-NBLABSHOP00000080 -m comment --comment "default/shop:http -> 10.244.0.2:{LISTEN_PORT}" -j KUBE-SEP-NBLABSHOPREMOTE02
+-A KUBE-SEP-NBLABSHOPREMOTE02 -p tcp -m comment --comment "default/shop:http" -m tcp -j DNAT --to-destination 10.244.0.2:{LISTEN_PORT}
+COMMIT
+"""
+
+
+def _shop_slice() -> dict[str, object]:
+    doc = _endpoint_slice("10.244.0.2")
+    doc["metadata"] = {"name": "shop-x7f2q", "namespace": "default", "labels": {"kubernetes.io/service-name": "shop"}}
+    doc["ports"] = [{"name": "http", "port": LISTEN_PORT, "protocol": "TCP"}]
+    return doc
+
+
+def _mtu_behind_dnat(t: Topology) -> LabInfo:
+    """The mtu scenario's narrow, ICMP-filtering link, reached through a ClusterIP: the client downloads from
+    the Service and stalls; the sweep toward the endpoint finds the blackhole that explains it."""
+    _two_nodes(t, server_pod=False, node_link_mtu=1400, remote_mtu=1500)
+    t.nft("node", _DROP_FRAG_NEEDED)
+    t.iptables_restore("node", _KUBE_PROXY_SHOP)
+    slices = t.run_dir() / "endpointslices.json"
+    slices.write_text(json.dumps({"apiVersion": "v1", "kind": "List", "items": [_shop_slice()]}, indent=1))
+    t.python("pod", "bundle.lab.client", "--target", f"{SHOP_IP}:80", "--interval", "1", "--read",
+             "--max-age", "8", "--max-open", "20")
+    return LabInfo(
+        scenario="mtu-behind-dnat",
+        description=f"the ClusterIP {SHOP_IP}:80 is DNAT-ed to the remote node's 10.244.0.2:{LISTEN_PORT} across "
+                    "the MTU-1400 link whose ICMP 'fragmentation needed' is dropped: downloads through the "
+                    "Service stall, the sweep toward the endpoint finds the blackhole",
+        namespaces=dict(t.namespaces), targets=[f"{SHOP_IP}:80", f"10.244.0.2:{LISTEN_PORT}"],
+        vantages=["pod", "node"], files={"endpointslices": str(slices)},
+        verdict=Expect(f"{SHOP_IP}:80", "route", ("mtu.blackhole",)),
+    )
+
+
+CART_IP = "10.96.0.40"
+# kube-proxy's iptables proxier REJECTs a Service it believes has no endpoints (filter KUBE-SERVICES, from
+# FORWARD and OUTPUT for new connections); here cart's endpoint became ready and kube-proxy has not synced.
+_KUBE_PROXY_REJECT = f"""*filter
+:INPUT ACCEPT [0:0]
+:FORWARD ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+:KUBE-SERVICES - [0:0]
+-A FORWARD -m conntrack --ctstate NEW -m comment --comment "kubernetes service portals" -j KUBE-SERVICES
+-A OUTPUT -m conntrack --ctstate NEW -m comment --comment "kubernetes service portals" -j KUBE-SERVICES
+-A KUBE-SERVICES -d {CART_IP}/32 -p tcp -m comment --comment "default/cart:http has no endpoints" -m tcp --dport 80 -j REJECT --reject-with icmp-port-unreachable
+COMMIT
+"""
+
+
+def _reject_with_endpoints(t: Topology) -> LabInfo:
+    """The client's connect is refused — it looks like 'nothing listens' — but the refusal is kube-proxy's
+    REJECT for a Service it thinks has no endpoints, while the EndpointSlice lists a ready one."""
+    _two_nodes(t, server_pod=True, node_link_mtu=1500)
+    t.route("node", "10.96.0.0/16", gateway="10.244.0.2")
+    t.iptables_restore("node", _KUBE_PROXY_STALE.replace(GONE_POD, "10.244.1.3").replace("GONEPOD", "PAYPOD0"))
+    t.iptables_restore("node", _KUBE_PROXY_REJECT)
+    cart = _endpoint_slice("10.244.1.3")
+    cart["metadata"] = {"name": "cart-p9s3d", "namespace": "default", "labels": {"kubernetes.io/service-name": "cart"}}
+    cart["ports"] = [{"name": "http", "port": LISTEN_PORT, "protocol": "TCP"}]
+    slices = t.run_dir() / "endpointslices.json"
+    slices.write_text(json.dumps({"apiVersion": "v1", "kind": "List", "items": [_endpoint_slice("10.244.1.3"), cart]},
+                                 indent=1))
+    return LabInfo(
+        scenario="reject-with-endpoints",
+        description=f"kube-proxy REJECTs {CART_IP}:80 (cart) as having no endpoints while its EndpointSlice lists "
+                    "the ready pod 10.244.1.3: the client's connect is refused, a symptom of the unsynced proxy",
+        namespaces=dict(t.namespaces), targets=[f"{CART_IP}:80"], vantages=["pod", "node"],
+        files={"endpointslices": str(slices)},
+        verdict=Expect(f"{CART_IP}:80", "service", ("service.reject_with_endpoints",)),
+    )
+
+
 SCENARIOS: dict[str, Callable[[Topology], LabInfo]] = {
     "conntrack-full": _conntrack_full,
     "service-nft": _service_nft,
@@ -469,6 +686,14 @@ SCENARIOS: dict[str, Callable[[Topology], LabInfo]] = {
     "syn-drop": _syn_drop,
     "loopback-listener": _loopback_listener,
     "stale-neighbor": _stale_neighbor,
+    "k8s-healthy": _k8s_healthy,
+    "context-only": _context_only,
+    "stale-dnat-blackhole": _stale_dnat_blackhole,
+    "rp-filter": _rp_filter,
+    "stale-dns-record": _stale_dns_record,
+    "name-refused": _name_refused,
+    "mtu-behind-dnat": _mtu_behind_dnat,
+    "reject-with-endpoints": _reject_with_endpoints,
 }
 
 

@@ -140,14 +140,18 @@ class Topology:
         with self.ipr(role) as ipr:
             ipr.addr("add", index=self._index(ipr, ifname), address=str(iface.ip), prefixlen=iface.network.prefixlen)
 
-    def route(self, role: str, dst: str, gateway: str | None = None, dev: str | None = None) -> None:
+    def route(self, role: str, dst: str, gateway: str | None = None, dev: str | None = None,
+              kind: str | None = None, replace: bool = False) -> None:
+        """A route; kind "blackhole", "unreachable" or "prohibit" for one that refuses (a CNI's block route)."""
         with self.ipr(role) as ipr:
             kwargs: dict[str, Any] = {"dst": dst}
             if gateway:
                 kwargs["gateway"] = gateway
             if dev:
                 kwargs["oif"] = self._index(ipr, dev)
-            ipr.route("add", **kwargs)
+            if kind:
+                kwargs["type"] = kind
+            ipr.route("replace" if replace else "add", **kwargs)
 
     def neighbor(self, role: str, ifname: str, dst: str, lladdr: str) -> None:
         """A static (PERMANENT) neighbor entry, as an overlay CNI programs one for each peer node."""
