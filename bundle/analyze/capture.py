@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from bundle.analyze._common import about, split_endpoint
 from bundle.models import CaptureAnalysis, CaptureRun, Evidence, Finding, FindingTarget, Handshake, Layer, Severity
 
@@ -18,15 +20,36 @@ def _quoted_target(quoted: str | None) -> FindingTarget | None:
     (a quoted ICMP echo's 'ports' are its type, code and checksum)."""
     if not quoted or " > " not in quoted:
         return None
-    target = _at(quoted.rsplit(" > ", 1)[-1])
+    target = _at(quoted.rsplit(" > ", 1)[-1].split()[0])
     if target is not None and quoted.split(" ", 1)[0] not in ("tcp", "udp"):
         target.port = None
     return target
 
 
+@dataclass(frozen=True)
+class OwnProbes:
+    """The path walk's own packets (TTL-limited SYNs and echoes, and the 'time exceeded' they draw): never
+    evidence about the network, so the capture's findings leave them out."""
+
+    icmp_ids: frozenset[int] = frozenset()
+    tcp_sports: frozenset[int] = frozenset()
+
+    def sent(self, client: str) -> bool:
+        return split_endpoint(client)[1] in self.tcp_sports
+
+    def quoted(self, quoted: str | None) -> bool:
+        if not quoted:
+            return False
+        parts = quoted.split()
+        if parts[0] == "icmp" and "id" in parts:
+            return int(parts[parts.index("id") + 1]) in self.icmp_ids
+        return parts[0] == "tcp" and len(parts) > 1 and self.sent(parts[1])
+
+
 def capture_findings(where: str, member: str, analysis: CaptureAnalysis, run: CaptureRun | None = None,
-                     pcap: str | None = None) -> list[Finding]:
-    """`where` is a vantage id (or "operator"), `member` the JSON document, `pcap` the file to open next."""
+                     pcap: str | None = None, own: OwnProbes = OwnProbes()) -> list[Finding]:
+    """`where` is a vantage id (or "operator"), `member` the JSON document, `pcap` the file to open next; `own`
+    the path walk's packets in that vantage."""
     out: list[Finding] = []
     file = pcap or analysis.file
 
@@ -44,6 +67,8 @@ def capture_findings(where: str, member: str, analysis: CaptureAnalysis, run: Ca
 
     prefix = "analysis." if run is not None else ""
     for i, f in enumerate(analysis.flows):
+        if own.sent(f.client):
+            continue
         ptr = f"{prefix}flows[{i}]"
         if f.blackhole:
             add("capture.blackhole", Severity.CRITICAL, Layer.ROUTE, _at(f.server),
@@ -60,6 +85,8 @@ def capture_findings(where: str, member: str, analysis: CaptureAnalysis, run: Ca
                 f"({f.syn_sent} sent): dropped on the way or at the server.", ptr,
                 f"tcpdump -nn -r {file} 'tcp[tcpflags] & tcp-syn != 0'")
     for i, ev in enumerate(analysis.icmp):
+        if own.quoted(ev.quoted):
+            continue
         about = f" about {ev.quoted}" if ev.quoted else ""
         quoted_dst = _quoted_target(ev.quoted)
         if ev.mtu is not None:

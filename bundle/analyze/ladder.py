@@ -117,12 +117,32 @@ def _ladder(manifest: Manifest, flow: Flow, docs: list[VantageDocs], findings: l
             if seen and verdicts[layer].verdict in (Verdict.FAIL, Verdict.WARN) and not verdicts[layer].explained_by:
                 verdicts[layer].noise = True
             seen = seen or layer is owner
+    _place_loss(verdicts[Layer.TRANSPORT], flow, client_doc)
     vantages = [_vantage_ladder(manifest, flow, d, findings) for d in docs]
     if owner is not None and cause is not None and findings[cause].vantage == flow.client:
         _split_paths(verdicts[owner], flow, vantages)
     proven = any(lv.verdict in (Verdict.PASS, Verdict.FAIL, Verdict.WARN) for lv in verdicts.values())
     return TargetLadder(target=flow.spec, client=flow.client, layers=[verdicts[layer] for layer in LAYERS],
                         owner=owner, cause=cause, proven=proven, vantages=vantages)
+
+
+def _place_loss(transport: LayerVerdict, flow: Flow, client_doc: VantageDocs | None) -> None:
+    """A failing handshake placed on the path: the client's TCP walk to the target's port stops after the last
+    hop that answered, while (when it did) its ICMP walk reached the target."""
+    if transport.verdict is not Verdict.FAIL or client_doc is None or client_doc.route is None:
+        return
+    for i, p in enumerate(client_doc.route.paths):
+        if p.protocol != "tcp" or p.port != flow.port or p.target not in flow.addresses or p.reached:
+            continue
+        last = p.last_responder()
+        icmp = next((q for q in client_doc.route.paths if q.protocol == "icmp" and q.target == p.target), None)
+        where = (f"after hop {last.ttl}, {last.responder}" if last is not None and last.kind == "time exceeded"
+                 else "before the first hop" if last is None else f"at hop {last.ttl}, {last.responder} "
+                                                                   f"({last.kind}{', ' + last.detail if last.detail else ''})")
+        also = (f"; ICMP reaches {p.target} in {len(icmp.hops)} hops: something past that hop drops TCP {p.port}"
+                if icmp is not None and icmp.reached and last is not None and last.kind == "time exceeded" else "")
+        transport.reasons.insert(0, f"the SYN dies {where}{also}")
+        transport.evidence.append(f"vantages/{client_doc.vantage}/route.json paths[{i}]")
 
 
 def _owner(verdicts: dict[Layer, LayerVerdict], findings: list[Finding], cause_of: dict[int, Explanation],

@@ -407,6 +407,9 @@ def _quoted(inner: bytes, version: int) -> str | None:
         return None
     if d is None or len(d.l4) < 4:
         return None
+    if d.proto in (1, 58) and len(d.l4) >= 8 and d.l4[0] in (8, 128):  # an echo: no ports, its id and sequence
+        ident, seq = struct.unpack_from("!HH", d.l4, 4)
+        return f"icmp {ntop(d.src)} > {ntop(d.dst)} id {ident} seq {seq}"
     sport, dport = struct.unpack_from("!HH", d.l4)
     name = {6: "tcp", 17: "udp"}.get(d.proto, str(d.proto))
     return f"{name} {_ep(d.src, sport)} > {_ep(d.dst, dport)}"

@@ -8,7 +8,7 @@ import ipaddress
 from dataclasses import dataclass, field
 
 from bundle.analyze._common import VantageDocs, about, in_vantage
-from bundle.analyze.capture import capture_findings
+from bundle.analyze.capture import OwnProbes, capture_findings
 from bundle.analyze.counters import counter_findings
 from bundle.analyze.dns import dns_findings
 from bundle.analyze.ladder import LAYERS, flows, target_ladders
@@ -79,8 +79,11 @@ def _findings(inp: Inputs) -> list[Finding]:
                               list(m.targets))
     for d in inp.docs:  # after the probes' findings: a probe's words name a failure before the packets do
         if d.capture is not None and d.capture.analysis is not None:
+            walks = d.route.paths if d.route is not None else []
+            own = OwnProbes(icmp_ids=frozenset(p.icmp_id for p in walks if p.icmp_id is not None),
+                            tcp_sports=frozenset(port for p in walks for port in p.tcp_sports))
             out += capture_findings(d.vantage, f"vantages/{d.vantage}/capture.json", d.capture.analysis, d.capture,
-                                    f"vantages/{d.vantage}/capture.pcapng")
+                                    f"vantages/{d.vantage}/capture.pcapng", own)
     for path, analysis in inp.operator:
         out += capture_findings("operator capture", path, analysis, None,
                                 path.rsplit("/", 1)[0] + "/" + analysis.file)
@@ -181,7 +184,9 @@ def _sentences(m: Manifest, findings: list[Finding], ladders: list[TargetLadder]
         explained = [lv.layer.value for lv in lad.layers if lv.explained_by and lv.layer is not lad.owner]
         sentences.append(f"For {lad.target} the {lad.owner.value if lad.owner else ''} layer owns it"
                          + (f" (it explains the {', '.join(explained)} failure)" if explained else "")
-                         + (f" (also the owner for {', '.join(others)})" if others else "") + ".")
+                         + (f" (also the owner for {', '.join(others)})" if others else "")
+                         + "".join(f"; {r}" for lv in lad.layers if lv.layer is lad.owner for r in lv.reasons
+                                   if r.startswith("the SYN dies")) + ".")
         if first is not None:
             sentences.append(first.summary)
             proof = list(dict.fromkeys(e.member for e in first.evidence))

@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from bundle.collect import icmp
+from bundle.collect import icmp, tracepath
 from bundle.collect.base import Artifact, Collector, SliceContext, SliceResult
 from bundle.netlink.rtnl import RawRoute, dump_routes
 from bundle.models import (
@@ -30,6 +30,7 @@ from bundle.models import (
     NeighborState,
     Nexthop,
     Route,
+    PathTrace,
     RouteLookup,
     RouteSlice,
     Rule,
@@ -199,6 +200,8 @@ def route_get(ipr: Any, target: str, names: dict[int, str], links: dict[str, Lin
 
 # A node fed a full BGP table holds ~1M routes: keep the first of them, count them all (per table).
 MAX_ROUTES = 50_000
+MAX_WALKS = 4  # targets whose path is walked
+WALK_BUDGET_S = 8.0  # per walk
 
 
 class Tables(NamedTuple):
@@ -259,6 +262,7 @@ class RouteCollector(Collector):
         reasons: list[str] = []
         pings = []
         sweeps = []
+        paths: list[PathTrace] = []
         if not ctx.passive:
             ctx.probe_gate()
             for lookup in (lk for lk in lookups if lk.ok and lk.source is None and lk.iif is None):
@@ -276,9 +280,10 @@ class RouteCollector(Collector):
                                                  budget_s=min(12.0, ctx.remaining() - 0.5), rtt_ms=rtt))
                     if sweeps[-1].status.value == "cut":
                         reasons.append(f"MTU sweep to {lookup.target} cut by its budget")
+            paths = self._walk(ctx, lookups, reasons)
         doc = RouteSlice(links=tables.links, addresses=tables.addresses, rules=tables.rules, routes=tables.routes,
                          route_limit=MAX_ROUTES, routes_per_table=tables.routes_per_table, neighbors=tables.neighbors,
-                         lookups=lookups, sysctls=tables.sysctls, pings=pings, mtu_sweeps=sweeps,
+                         lookups=lookups, sysctls=tables.sysctls, pings=pings, mtu_sweeps=sweeps, paths=paths,
                          active_probes=not ctx.passive)
         art = Artifact.document("route.json", doc, MediaType.ROUTE,
                                 "netlink RTM_GETLINK/GETADDR/GETRULE/GETROUTE/GETNEIGH dumps, RTM_GETROUTE per target, "
@@ -286,3 +291,19 @@ class RouteCollector(Collector):
         art.provenance.truncated = sum(tables.routes_per_table.values()) > len(tables.routes)
         status = SliceStatus.PARTIAL if reasons else SliceStatus.COMPLETE
         return SliceResult(status=status, artifacts=[art], reason="; ".join(reasons) or None)
+
+    @staticmethod
+    def _walk(ctx: SliceContext, lookups: list[RouteLookup], reasons: list[str]) -> list[PathTrace]:
+        """Path discovery for the first MAX_WALKS routable targets: ICMP once per address, and TCP to each port."""
+        routable = {lk.target for lk in lookups if lk.ok and lk.source is None and lk.iif is None}
+        wanted = list(dict.fromkeys((t.address, t.port) for t in ctx.targets if t.address in routable))[:MAX_WALKS]
+        walks = list(dict.fromkeys([(a, None) for a, _ in wanted] + [(a, p) for a, p in wanted if p is not None]))
+        out: list[PathTrace] = []
+        for address, port in walks:  # ICMP once per address, then TCP per port
+            if ctx.remaining() < 2:
+                reasons.append("path discovery cut by the deadline")
+                return out
+            out.append(tracepath.trace(address, port, budget_s=min(WALK_BUDGET_S, ctx.remaining() - 1)))
+            if out[-1].unavailable is not None:
+                return out
+        return out

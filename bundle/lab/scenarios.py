@@ -674,6 +674,58 @@ def _reject_with_endpoints(t: Topology) -> LabInfo:
     )
 
 
+ROUTERS = ("r1", "r2", "r3")
+ROUTED_SERVER = "10.244.13.2"
+_DROP_SYN_AT_R2 = f"""
+table inet nb_lab {{
+    chain forward {{ type filter hook forward priority 0; tcp dport {LISTEN_PORT} tcp flags & (syn | ack) == syn drop; }}
+}}
+"""
+
+
+def _routed_path(t: Topology, *, filtered: bool) -> None:
+    """pod -> r1 -> r2 -> r3 -> server, one /24 per link (10.244.1/11/12/13), static routes both ways; the
+    server listens on 8080 and 9090. filtered: r2 drops forwarded SYNs to 8080 (a firewall between sites)."""
+    for role in ("pod", *ROUTERS, "server"):
+        t.add_netns(role)
+    chain = ["pod", *ROUTERS, "server"]
+    for i, (a, b) in enumerate(zip(chain, chain[1:], strict=False)):
+        net = (1, 11, 12, 13)[i]
+        t.veth(a, "eth1" if a != "pod" else "eth0", b, "eth0")
+        t.address(a, "eth1" if a != "pod" else "eth0", f"10.244.{net}.{2 if a == 'pod' else 1}/24")
+        t.address(b, "eth0", f"10.244.{net}.{1 if a == 'pod' else 2}/24")
+    t.route("pod", "0.0.0.0/0", gateway="10.244.1.1")
+    t.route("r1", "10.244.12.0/24", gateway="10.244.11.2")
+    t.route("r1", "10.244.13.0/24", gateway="10.244.11.2")
+    t.route("r2", "10.244.1.0/24", gateway="10.244.11.1")
+    t.route("r2", "10.244.13.0/24", gateway="10.244.12.2")
+    t.route("r3", "10.244.1.0/24", gateway="10.244.12.1")
+    t.route("r3", "10.244.11.0/24", gateway="10.244.12.1")
+    t.route("server", "0.0.0.0/0", gateway="10.244.13.1")
+    for r in ROUTERS:
+        t.sysctl(r, "net.ipv4.ip_forward", "1")
+        # no ICMP rate limit on the lab's routers, so walkers run back to back (ours, traceroute, tracepath)
+        # each see every hop; a real router's limit shows as a silent hop, as in traceroute
+        t.sysctl(r, "net.ipv4.icmp_ratelimit", "0")
+    if filtered:
+        t.nft("r2", _DROP_SYN_AT_R2)
+    t.python("server", _LISTENER, "--port", str(LISTEN_PORT), "--send", "16")
+    t.python("server", _LISTENER, "--port", str(OTHER_PORT), "--send", "16")
+    t.wait_listening("server", LISTEN_PORT)
+    t.wait_listening("server", OTHER_PORT)
+
+
+def _filtered_path(t: Topology) -> LabInfo:
+    _routed_path(t, filtered=True)
+    return LabInfo(
+        scenario="filtered-path",
+        description=f"pod -> r1 -> r2 -> r3 -> server; r2 drops forwarded SYNs to {LISTEN_PORT} (ICMP and "
+                    f"{OTHER_PORT} pass): the TCP walk dies after hop 2 while ICMP reaches the server",
+        namespaces=dict(t.namespaces), targets=[f"{ROUTED_SERVER}:{LISTEN_PORT}", f"{ROUTED_SERVER}:{OTHER_PORT}"],
+        vantages=["pod"], verdict=Expect(f"{ROUTED_SERVER}:{LISTEN_PORT}", "transport", ("transport.connect_timeout",)),
+    )
+
+
 SCENARIOS: dict[str, Callable[[Topology], LabInfo]] = {
     "conntrack-full": _conntrack_full,
     "service-nft": _service_nft,
@@ -694,6 +746,7 @@ SCENARIOS: dict[str, Callable[[Topology], LabInfo]] = {
     "name-refused": _name_refused,
     "mtu-behind-dnat": _mtu_behind_dnat,
     "reject-with-endpoints": _reject_with_endpoints,
+    "filtered-path": _filtered_path,
 }
 
 

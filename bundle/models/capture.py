@@ -56,7 +56,8 @@ class IcmpEvent(Model):
     code: int
     description: str
     mtu: int | None = None
-    quoted: str | None = Field(default=None, description="the flow the error is about: proto src:port > dst:port")
+    quoted: str | None = Field(default=None, description="the flow the error is about: 'proto src:port > dst:port', "
+                                                         "or for an echo 'icmp src > dst id N seq M'")
 
 
 class CaptureEvent(Model):

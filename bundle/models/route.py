@@ -185,6 +185,34 @@ class MtuSweep(Model):
     unavailable: Unavailable | None = None
 
 
+class PathHop(Model):
+    ttl: int
+    responder: str | None = Field(default=None, description="who answered: a router's 'time exceeded' source, or "
+                                                            "the target itself")
+    kind: str = Field(description="time exceeded, reply (the target answered), unreachable, none (silence), error")
+    rtt_ms: float | None = None
+    detail: str | None = Field(default=None, description="SYN-ACK or RST for a TCP reply; the ICMP code or errno")
+
+
+class PathTrace(Model):
+    """TTL-stepped probes toward a target (`traceroute -n -I`, or `-T -p PORT` for protocol tcp)."""
+
+    target: str
+    protocol: str = Field(description="icmp or tcp")
+    port: int | None = None
+    hops: list[PathHop]
+    reached: bool
+    stopped: str = Field(description="reached, unreachable, N silent hops, max hops, time budget, error")
+    duration_s: float
+    unavailable: Unavailable | None = None
+    icmp_id: int | None = Field(default=None, description="the echo identifier of an ICMP walk")
+    tcp_sports: list[int] = Field(default_factory=list, description="the source ports of a TCP walk's SYNs")
+
+    def last_responder(self) -> PathHop | None:
+        """The farthest hop that answered before the target: where an unreached walk's packets die after."""
+        return next((h for h in reversed(self.hops) if h.responder is not None), None)
+
+
 class RouteSlice(Model):
     links: list[Link]
     addresses: list[Address]
@@ -198,4 +226,5 @@ class RouteSlice(Model):
     sysctls: Sysctls
     pings: list[PingResult] = []
     mtu_sweeps: list[MtuSweep] = []
+    paths: list[PathTrace] = Field(default_factory=list, description="path discovery per target (null before 1.2)")
     active_probes: bool

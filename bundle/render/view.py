@@ -19,6 +19,7 @@ from bundle.models import (
     KubeSlice,
     Manifest,
     NatSlice,
+    PathTrace,
     RouteLookup,
     RouteSlice,
     SliceRun,
@@ -56,6 +57,11 @@ class VantageView:
     nat: NatSlice | None = None
     counters: CountersSlice | None = None
 
+    def path(self, key: tuple[str, str, int | None]) -> PathTrace | None:
+        """This vantage's walk of (target, protocol, port), if it made one."""
+        return next((p for p in self.route.paths if (p.target, p.protocol, p.port) == key), None) \
+            if self.route is not None else None
+
     def target_sockets(self, address: str, port: int | None) -> list[Socket]:
         """The rows of one target: to it (client side) or on its port (server side)."""
         if self.sockets is None:
@@ -77,6 +83,12 @@ class View:
     report: FindingsReport | None = None
     timeline: list[TimelineRow] = field(default_factory=list)
     timeline_span_s: float = 0.0
+
+    @property
+    def path_keys(self) -> list[tuple[str, str, int | None]]:
+        """Every (target, protocol, port) some vantage walked, in the order first walked."""
+        return list(dict.fromkeys((p.target, p.protocol, p.port) for vv in self.vantages if vv.route is not None
+                                  for p in vv.route.paths))
 
 
 def inputs(bundle: Bundle) -> Inputs:

@@ -58,7 +58,7 @@ def test_json_outcome(tmp_path, mtu_lab):
     assert doc["bundle"] == str(out) and doc["exit_code"] == 0
     assert {s["slice"]: s["status"] for s in doc["slices"]} == {"route": "complete", "sockets": "complete",
                                                                  "dns": "complete", "nat": "complete",
-                                                                 "capture": "skipped"}
+                                                                 "capture": "skipped", "counters": "complete"}
     capture = next(s for s in doc["slices"] if s["slice"] == "capture")
     assert "no target" in capture["reason"]  # nothing to filter on: not captured, and it says so
 
