@@ -8,6 +8,7 @@ bundle format version; 5 bundle written but some slice partial or failed;
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import re
 import signal
@@ -95,7 +96,10 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--slice", action="append", dest="slices", metavar="NAME", help="only these slices")
     c.add_argument("--ticket")
     c.add_argument("--note")
-    c.add_argument("-o", "--output", type=Path)
+    c.add_argument("-o", "--output", type=Path, metavar="FILE",
+                   help="where to write the bundle (default: incident-YYYYmmdd-HHMM-<host>.tar.zst here); an "
+                        "existing file is never replaced unless --force")
+    c.add_argument("--force", action="store_true", help="replace an existing -o file")
     c.add_argument("--json", action="store_true", help="print the outcome as JSON")
 
     v = sub.add_parser("validate", help="verify a bundle: structure, checksums, schemas, version")
@@ -123,7 +127,9 @@ def _parser() -> argparse.ArgumentParser:
 
     rd = sub.add_parser("redact", help="a copy with IP addresses, MACs and hostnames replaced consistently")
     rd.add_argument("bundle", type=Path)
-    rd.add_argument("-o", "--output", type=Path, required=True)
+    rd.add_argument("-o", "--output", type=Path, required=True, metavar="FILE",
+                    help="the shareable bundle to write; an existing file is never replaced unless --force")
+    rd.add_argument("--force", action="store_true", help="replace an existing -o file")
     rd.add_argument("--map", type=Path, help="the mapping to use and update (default: OUTPUT.map.json, created); "
                                               "reuse it so two redacted bundles stay comparable")
     rd.add_argument("--keep-cidr", action="append", default=[], metavar="CIDR", help="leave these addresses as they are")
@@ -151,6 +157,19 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _sha256(path: Path) -> str:
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
+def _refuse_existing(out: Path | None, force: bool) -> None:
+    """Before any work: an existing output is evidence too (an earlier bundle, re-run from shell history)."""
+    if out is not None and not force and (out.exists() or out.is_symlink()):
+        from bundle.errors import BundleWriteError
+
+        raise BundleWriteError(f"{out} exists: not overwritten (--force replaces it)")
+
+
 def _cmd_collect(args: argparse.Namespace, argv: list[str]) -> int:
     from bundle.collect import vantage
     from bundle.collect.engine import CollectRequest, Progress, collect
@@ -160,6 +179,7 @@ def _cmd_collect(args: argparse.Namespace, argv: list[str]) -> int:
 
     if args.timeout <= 0:
         raise UsageError("--timeout must be positive")
+    _refuse_existing(args.output, args.force)
     targets = [parse_target(t) for t in args.target]
     specs = [vantage.named(n) for n in args.netns] + [vantage.pid(p) for p in args.netns_pid]
     specs += [vantage.path(p) for p in args.netns_path]
@@ -238,13 +258,16 @@ def _cmd_collect(args: argparse.Namespace, argv: list[str]) -> int:
     req = CollectRequest(finalize=_findings_member, kube=kube_req, pcaps=args.pcap, options=options,
                          targets=targets, vantages=vantage.dedupe(specs), output=args.output, passive=args.passive,
                          timeout_s=args.timeout, ticket=args.ticket, note=args.note, argv=argv,
-                         slices=args.slices, debug=args.debug, client=args.client)
+                         slices=args.slices, debug=args.debug, client=args.client, force=args.force)
     outcome = collect(req, progress)
+    sha = _sha256(outcome.path) if outcome.path is not None else None  # the ticket pins this exact file
     if args.json:
-        print(json.dumps({"bundle": str(outcome.path), "exit_code": outcome.exit_code,
+        print(json.dumps({"bundle": str(outcome.path), "sha256": sha, "exit_code": outcome.exit_code,
                           "slices": [s.model_dump(mode="json") for s in outcome.manifest.slices] if outcome.manifest else []}))
     else:
         print(outcome.path)
+        if sha:
+            sys.stderr.write(f"sha256 {sha}  {outcome.path}\n")
         if outcome.exit_code == 5 and outcome.manifest:
             bad = [f"{s.vantage}/{s.slice}: {s.status.value} ({s.reason})" for s in outcome.manifest.slices
                    if s.status.value in ("partial", "failed")]
@@ -379,9 +402,10 @@ def _cmd_redact(args: argparse.Namespace) -> int:
 
     if args.output.resolve() == args.bundle.resolve():
         raise UsageError("redact writes a new bundle: -o must differ from the input")
+    _refuse_existing(args.output, args.force)
     map_path: Path = args.map or args.output.with_name(args.output.name + ".map.json")
     redactor = Redactor.load(map_path, args.keep_cidr)
-    written = redact_bundle(args.bundle, args.output, redactor)
+    written = redact_bundle(args.bundle, args.output, redactor, overwrite=args.force)
     redactor.save(map_path)
     print(written)
     print(f"map (keep it; it is not in the bundle): {map_path}", file=sys.stderr)
@@ -389,18 +413,16 @@ def _cmd_redact(args: argparse.Namespace) -> int:
 
 
 def _cmd_render(args: argparse.Namespace) -> int:
+    from bundle._files import write_private
     from bundle.archive import read_bundle
     from bundle.render.html import render_html
 
     b = read_bundle(args.bundle, tables=False)
     out: Path = args.output or args.bundle.with_name(args.bundle.name.removesuffix(".tar.zst") + ".html")
     html = render_html(b)
-    tmp = out.with_name(f".{out.name}.part")
     try:
-        tmp.write_text(html, encoding="utf-8")
-        tmp.replace(out)
+        write_private(out, html.encode("utf-8"))  # the same unredacted evidence as the bundle: 0600 like it
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         from bundle.errors import RenderError
 
         raise RenderError(f"cannot write {out}: {exc.strerror}") from None

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bundle.archive import StagedBundle, read_bundle
+from bundle._files import write_private
 from bundle.errors import UsageError
 from bundle.models import Manifest, MediaType, Provenance
 
@@ -61,9 +62,8 @@ class Redactor:
         return cls(secrets.token_bytes(32), keep)
 
     def save(self, path: Path) -> None:
-        path.write_text(json.dumps({"key": self.key.hex(), "hostnames": self.hostnames,
-                                    "seen": dict(sorted(self.seen.items()))}, indent=1))
-        path.chmod(0o600)
+        write_private(path, json.dumps({"key": self.key.hex(), "hostnames": self.hostnames,
+                                        "seen": dict(sorted(self.seen.items()))}, indent=1).encode())
 
     def _bit(self, prefix: str) -> int:
         return hmac.new(self.key, prefix.encode(), hashlib.sha256).digest()[0] & 1
@@ -236,7 +236,7 @@ def _capture(r: Redactor, data: bytes, description: str, bpf: str) -> bytes:
         return bytes(out)
 
 
-def redact_bundle(src: Path, out: Path, r: Redactor) -> Path:
+def redact_bundle(src: Path, out: Path, r: Redactor, overwrite: bool = False) -> Path:
     """Read (and verify) src, write the redacted copy to out; the map is the caller's to save."""
     with tempfile.TemporaryDirectory() as tmp:
         extracted = Path(tmp)
@@ -272,7 +272,7 @@ def redact_bundle(src: Path, out: Path, r: Redactor) -> Path:
                 staged.add_bytes(path, data, member.media_type, prov)
             manifest = Manifest.model_validate_json(r.text(m.model_copy(update={"members": []}).model_dump_json()))
             manifest.members = list(staged.members.values())
-            return staged.write(manifest, out)
+            return staged.write(manifest, out, overwrite=overwrite)
         finally:
             staged.cleanup()
 

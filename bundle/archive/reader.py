@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import struct
 import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +20,7 @@ from typing import Any, TypeVar
 import pyzstd
 from pydantic import ValidationError
 
-from bundle.archive.writer import StagedBundle
+from bundle.archive.writer import MANIFEST_DIGEST, TRAILER_MAGIC, TRAILER_SIZE, TRAILER_TAG, StagedBundle
 from bundle.errors import InvalidBundle, UnsupportedFormatVersion
 from bundle.models import (
     DOCUMENT_MODELS,
@@ -43,6 +44,7 @@ from bundle.models import (
 )
 
 _CHUNK = 1 << 16
+DIGEST_SINCE = (1, 2)  # bundles of this format on end with the manifest's digest and carry zstd checksums
 M = TypeVar("M", bound=Model)
 
 
@@ -145,13 +147,15 @@ def read_bundle(
     except OSError as exc:
         raise InvalidBundle(f"cannot open: {exc.strerror}") from None
     with fh:
-        magic = fh.read(4)
-        if magic != b"\x28\xb5\x2f\xfd":
+        head = fh.read(5)
+        if head[:4] != b"\x28\xb5\x2f\xfd":
             raise InvalidBundle("not a zstd stream (expected a .tar.zst bundle)")
+        sealed = _check_trailer(fh)
+        checksummed = len(head) == 5 and bool(head[4] & 0x04)  # Frame_Header_Descriptor: Content_Checksum_flag
         fh.seek(0)
         try:
             with pyzstd.ZstdFile(fh, "r") as zf:
-                return _read_tar(zf, limits, extract_to, tables)
+                return _read_tar(zf, limits, extract_to, tables, checksummed and sealed)
         except pyzstd.ZstdError as exc:
             raise InvalidBundle(f"corrupt zstd stream: {exc}") from None
         except tarfile.TarError as exc:
@@ -160,13 +164,43 @@ def read_bundle(
             raise InvalidBundle("archive ends early (truncated)") from None
 
 
-def _read_tar(zf: Any, limits: ReadLimits, extract_to: Path | None, tables: bool) -> Bundle:
+def _check_trailer(fh: Any) -> bool:
+    """Whether the file ends with our SHA-256 trailer over every byte before it; InvalidBundle when it does and
+    the bytes differ. False (no trailer) is refused later for a format that always has one."""
+    end = fh.seek(0, 2)
+    if end < TRAILER_SIZE + 5:
+        fh.seek(0)
+        return False
+    fh.seek(end - TRAILER_SIZE)
+    tail = fh.read(TRAILER_SIZE)
+    magic, size = struct.unpack_from("<II", tail)
+    if magic != TRAILER_MAGIC or size != TRAILER_SIZE - 8 or tail[8:8 + len(TRAILER_TAG)] != TRAILER_TAG:
+        fh.seek(0)
+        return False
+    h = hashlib.sha256()
+    fh.seek(0)
+    left = end - TRAILER_SIZE
+    while left > 0:
+        chunk = fh.read(min(_CHUNK * 16, left))
+        if not chunk:
+            break
+        h.update(chunk)
+        left -= len(chunk)
+    fh.seek(0)
+    if h.digest() != tail[-32:]:
+        raise InvalidBundle("the file's SHA-256 does not match its trailer: the bundle was altered or damaged")
+    return True
+
+
+def _read_tar(zf: Any, limits: ReadLimits, extract_to: Path | None, tables: bool, checksummed: bool) -> Bundle:
     bundle: Bundle | None = None
     expected: dict[str, Member] = {}
     seen: set[str] = set()
     total = 0
     count = 0
     top = ""
+    raw = b""
+    digest_seen: str | None = None
     with tarfile.open(fileobj=zf, mode="r|") as tar:
         for info in tar:
             count += 1
@@ -177,11 +211,23 @@ def _read_tar(zf: Any, limits: ReadLimits, extract_to: Path | None, tables: bool
                 top = _check_first(info)
                 raw = _read_member(tar, info, limits.max_manifest_bytes, "manifest.json")
                 bundle = _load_manifest(raw)
+                if not checksummed and parse_version(bundle.manifest.format_version) >= DIGEST_SINCE:
+                    raise InvalidBundle("the file's SHA-256 trailer or the zstd content checksum is missing (a "
+                                        f"format {bundle.manifest.format_version} bundle always has both)")
                 if bundle.manifest.bundle_id != top:
                     raise InvalidBundle(f"top folder {top!r} is not the bundle id", "manifest.json")
                 expected = {m.path: m for m in bundle.manifest.members}
                 continue
             rel = _relative(name, top)
+            if rel == MANIFEST_DIGEST and rel not in expected:
+                if digest_seen is not None:
+                    raise InvalidBundle("duplicate member", rel)
+                digest_seen = _read_member(tar, info, 128, rel).strip().decode("ascii", "replace")
+                if digest_seen != hashlib.sha256(raw).hexdigest():
+                    raise InvalidBundle("the manifest's SHA-256 does not match (manifest.json altered)", rel)
+                continue
+            if digest_seen is not None:
+                raise InvalidBundle(f"a member after {MANIFEST_DIGEST}, which must be the last", rel)
             if not info.isreg():
                 raise InvalidBundle("not a regular file (links, devices and folders are refused)", rel)
             if rel in seen:
@@ -209,6 +255,9 @@ def _read_tar(zf: Any, limits: ReadLimits, extract_to: Path | None, tables: bool
                     bundle.texts[rel] = data
     if bundle is None:
         raise InvalidBundle("empty archive: no manifest.json")
+    if digest_seen is None and parse_version(bundle.manifest.format_version) >= DIGEST_SINCE:
+        raise InvalidBundle(f"{MANIFEST_DIGEST} is missing (a format {bundle.manifest.format_version} bundle ends "
+                            f"with it): the archive was cut or rewritten", MANIFEST_DIGEST)
     missing = sorted(set(expected) - seen)
     if missing:
         raise InvalidBundle("listed in the manifest but absent from the archive", missing[0])

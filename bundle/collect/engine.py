@@ -72,6 +72,7 @@ class CollectRequest:
     targets: list[Target]
     vantages: list[VantageSpec]
     output: Path | None = None
+    force: bool = False  # --force: replace an existing output file (never otherwise)
     passive: bool = False
     timeout_s: float = 60.0
     ticket: str | None = None
@@ -501,7 +502,7 @@ def _collect_vantages(req: CollectRequest, progress: Callable[[Progress], None] 
     tiers = iter(_BULK)
     while True:
         try:
-            written = staged.write(manifest, out)
+            written = staged.write(manifest, out, overwrite=req.force)
             break
         except BundleWriteError as exc:
             if not (isinstance(exc.__cause__, OSError) and exc.__cause__.errno == errno.ENOSPC):

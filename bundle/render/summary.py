@@ -16,11 +16,8 @@ _MARK = {"pass": "pass", "fail": "FAIL", "warn": "warn", "inconclusive": "inconc
 
 
 def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
     with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
+        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 def _md(text: str) -> str:

@@ -21,7 +21,6 @@ import pyzstd
 
 from bundle.models import (
     FORMAT_NAME,
-    FORMAT_VERSION,
     HostFacts,
     Invocation,
     Manifest,
@@ -43,6 +42,9 @@ ROUTE_DOC = json.dumps({
     "active_probes": False,
 }).encode()
 NOTE = b"operator note\n"
+# The corpus is written at format 1.1 (committed bytes stay the same): its cases are about the tar stream and
+# the manifest; 1.2's integrity (zstd checksums, the manifest's digest) is tested in test_integrity.py.
+CORPUS_FORMAT = "1.1"
 
 DROP = object()  # a manifest field to leave out
 Entry = tuple[tarfile.TarInfo, bytes | None]
@@ -55,7 +57,7 @@ def member(path: str, data: bytes, media: str) -> Member:
 
 def manifest(members: list[Member], **changes: object) -> dict[str, object]:
     m = Manifest(
-        format=FORMAT_NAME, format_version=FORMAT_VERSION, read_compatible_version=FORMAT_VERSION,
+        format=FORMAT_NAME, format_version=CORPUS_FORMAT, read_compatible_version=CORPUS_FORMAT,
         bundle_id=BUNDLE_ID, created=CREATED, finished=CREATED, tool_version="0.1.0",
         host=HostFacts(hostname="corpus", kernel="6.1"),
         invocation=Invocation(argv=["netbundle", "collect"], user="root", uid=0, exit_code=0, timeout_s=60),

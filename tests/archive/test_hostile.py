@@ -116,3 +116,29 @@ def test_a_format_1_0_bundle_still_reads_and_analyses(tmp_path):
     assert s.table is None and s.owners_hidden is None and len(s.sockets) == 1
     assert netbundle("validate", str(out)).returncode == 0
     assert "owners of 1 sockets are hidden" in netbundle("show", str(out)).stdout  # counted over the 1.0 rows
+
+
+def test_a_format_1_1_findings_json_is_kept_and_recomputed(tmp_path):
+    """1.1 wrote findings.json with free-text targets and finding ids in the ladder (media type findings.v1): a
+    1.2 reader verifies its checksum but does not read it; analyze, summary and show recompute the findings."""
+    from bundle.models import MediaType
+
+    old = json.dumps({"findings": [{"id": "route.no_route", "severity": "critical", "layer": "route",
+                                    "vantage": "host", "target": "10.9.9.9:80", "summary": "old words",
+                                    "evidence": [], "next_command": None}],
+                      "ladders": [{"target": "10.9.9.9:80", "layers": [], "owner": "route"}],
+                      "summary": ["old"], "proof": [], "capture": None}).encode()
+    members = [hostile.member("vantages/host/route.json", hostile.ROUTE_DOC, MediaType.ROUTE),
+               hostile.member("findings.json", old, MediaType.FINDINGS_V1)]
+    out = tmp_path / "old11.tar.zst"
+    out.write_bytes(hostile._with_manifest(members, [
+        hostile.reg(f"{hostile.BUNDLE_ID}/vantages/host/route.json", hostile.ROUTE_DOC),
+        hostile.reg(f"{hostile.BUNDLE_ID}/findings.json", old)],
+        format_version="1.1", read_compatible_version="1.1"))
+    b = read_bundle(out)
+    assert b.findings() is None and b.member("findings.json") is not None
+    assert netbundle("validate", str(out)).returncode == 0
+    analyzed = netbundle("analyze", str(out))
+    assert analyzed.returncode == 0 and "recomputed here" in analyzed.stdout and "old words" not in analyzed.stdout
+    summary = json.loads(netbundle("summary", str(out), "--format", "json", check=True).stdout)
+    assert summary["summary"] != ["old"]
