@@ -100,11 +100,23 @@ def _parser() -> argparse.ArgumentParser:
                    help="where to write the bundle (default: incident-YYYYmmdd-HHMM-<host>.tar.zst here); an "
                         "existing file is never replaced unless --force")
     c.add_argument("--force", action="store_true", help="replace an existing -o file")
+    c.add_argument("--sign", metavar="KEY", help="sign the bundle with this OpenSSH key (a private key file, or a "
+                   ".pub whose key is in the ssh-agent): writes BUNDLE.sig in SSHSIG format, namespace netbundle "
+                   "(check with `netbundle verify` or `ssh-keygen -Y verify`)")
     c.add_argument("--json", action="store_true", help="print the outcome as JSON")
 
     v = sub.add_parser("validate", help="verify a bundle: structure, checksums, schemas, version")
     v.add_argument("bundle", type=Path)
     v.add_argument("--json", action="store_true")
+    vf = sub.add_parser("verify", help="check a signed bundle: its signature (FILE.sig, OpenSSH SSHSIG, namespace "
+                                       "netbundle) against allowed signers, then everything validate checks",
+                        description="The same check as `ssh-keygen -Y verify -f ALLOWED -I ID -n netbundle -s "
+                                    "FILE.sig < FILE`, done without OpenSSH (Ed25519 keys), then `validate`.")
+    vf.add_argument("bundle", type=Path, help="the .tar.zst bundle")
+    vf.add_argument("--allowed-signers", type=Path, required=True, metavar="FILE",
+                    help="who may sign, in ssh-keygen's ALLOWED SIGNERS format (principals [options] key)")
+    vf.add_argument("--identity", metavar="PRINCIPAL", help="require this signer (default: any allowed one)")
+    vf.add_argument("--signature", type=Path, metavar="FILE", help="default: BUNDLE.sig")
 
     s = sub.add_parser("show", help="terminal summary of a bundle")
     s.add_argument("bundle", type=Path)
@@ -180,6 +192,10 @@ def _cmd_collect(args: argparse.Namespace, argv: list[str]) -> int:
     if args.timeout <= 0:
         raise UsageError("--timeout must be positive")
     _refuse_existing(args.output, args.force)
+    if args.sign and not Path(args.sign).is_file():
+        raise UsageError(f"--sign {args.sign}: no such key file")
+    if args.sign and args.output is not None:
+        _refuse_existing(args.output.with_name(args.output.name + ".sig"), args.force)
     targets = [parse_target(t) for t in args.target]
     specs = [vantage.named(n) for n in args.netns] + [vantage.pid(p) for p in args.netns_pid]
     specs += [vantage.path(p) for p in args.netns_path]
@@ -268,6 +284,18 @@ def _cmd_collect(args: argparse.Namespace, argv: list[str]) -> int:
         print(outcome.path)
         if sha:
             sys.stderr.write(f"sha256 {sha}  {outcome.path}\n")
+    if args.sign and outcome.path is not None:
+        from bundle.archive.signature import sign
+        from bundle.errors import SigningError
+
+        if args.force:  # the bundle it signed was just replaced
+            outcome.path.with_name(outcome.path.name + ".sig").unlink(missing_ok=True)
+        try:
+            sig = sign(outcome.path, args.sign)
+        except SigningError as exc:
+            raise SigningError(f"bundle written ({outcome.path}) but not signed: {exc}") from None
+        if not args.json:
+            sys.stderr.write(f"signed: {sig}\n")
         if outcome.exit_code == 5 and outcome.manifest:
             bad = [f"{s.vantage}/{s.slice}: {s.status.value} ({s.reason})" for s in outcome.manifest.slices
                    if s.status.value in ("partial", "failed")]
@@ -286,6 +314,17 @@ def _cmd_validate(args: argparse.Namespace) -> int:
                           "format_version": b.manifest.format_version, "members": len(b.manifest.members)}))
     else:
         print(f"{args.bundle}: valid netbundle {b.manifest.format_version}, {len(b.manifest.members)} members verified")
+    return 0
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from bundle.archive import read_bundle
+    from bundle.archive.signature import verify
+
+    signer = verify(args.bundle, args.allowed_signers, args.signature, args.identity)
+    b = read_bundle(args.bundle)
+    print(f"{args.bundle}: good netbundle signature by {signer.principal} ({signer.key_type} {signer.fingerprint}); "
+          f"valid netbundle {b.manifest.format_version}, {len(b.manifest.members)} members verified")
     return 0
 
 
@@ -493,7 +532,7 @@ def _lab_score(args: argparse.Namespace) -> int:
 
 # Every subcommand but collect, which also takes the raw argv for the manifest.
 _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
-    "validate": _cmd_validate, "show": _cmd_show, "analyze": _cmd_analyze, "summary": _cmd_summary,
+    "validate": _cmd_validate, "verify": _cmd_verify, "show": _cmd_show, "analyze": _cmd_analyze, "summary": _cmd_summary,
     "diff": _cmd_diff, "redact": _cmd_redact, "render": _cmd_render, "lab": _cmd_lab,
 }
 

@@ -10,6 +10,8 @@
     ├── ArchiveError                    exit 3
     │   ├── InvalidBundle                        hostile or corrupt bundle
     │   ├── UnsupportedFormatVersion    exit 4
+    │   ├── SignatureError              exit 3   a signature that does not verify (netbundle verify)
+    │   ├── SigningError                exit 9   the bundle is written, its signature could not be made
     │   └── BundleWriteError            exit 6
     │       └── StagingError                     one member not staged (the collect goes on)
     ├── LabError                        exit 7
@@ -68,6 +70,14 @@ class InvalidBundle(ArchiveError):
 
 class UnsupportedFormatVersion(ArchiveError):
     exit_code = 4
+
+
+class SignatureError(ArchiveError):
+    exit_code = 3
+
+
+class SigningError(ArchiveError):
+    exit_code = 9
 
 
 class BundleWriteError(ArchiveError):

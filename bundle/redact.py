@@ -27,7 +27,7 @@ from pathlib import Path
 from bundle.archive import StagedBundle, read_bundle
 from bundle._files import write_private
 from bundle.errors import UsageError
-from bundle.models import Manifest, MediaType, Provenance
+from bundle.models import FORMAT_VERSION, Manifest, MediaType, Provenance
 
 _IPV4 = re.compile(r"(?<![\d.])(?:\d{1,3}\.){3}\d{1,3}(?![\d.])")
 _IPV6 = re.compile(r"(?<![0-9A-Fa-f:])(?:[0-9A-Fa-f]{1,4}:){2,7}[0-9A-Fa-f:]{0,4}(?![0-9A-Fa-f:])|"
@@ -272,6 +272,9 @@ def redact_bundle(src: Path, out: Path, r: Redactor, overwrite: bool = False) ->
                 staged.add_bytes(path, data, member.media_type, prov)
             manifest = Manifest.model_validate_json(r.text(m.model_copy(update={"members": []}).model_dump_json()))
             manifest.members = list(staged.members.values())
+            with open(src, "rb") as fh:  # the copy names its original exactly (what a signature would cover)
+                manifest.redacted_from = hashlib.file_digest(fh, "sha256").hexdigest()
+            manifest.format_version = FORMAT_VERSION  # written, sealed and validated by this netbundle
             return staged.write(manifest, out, overwrite=overwrite)
         finally:
             staged.cleanup()

@@ -78,6 +78,10 @@ def test_redacted_bundle_keeps_nothing_and_means_the_same(lab, tmp_path):
     ids = lambda path: sorted(f["id"] for f in json.loads(netbundle("analyze", "--json", str(path), check=True).stdout)["findings"])  # noqa: E731
     assert ids(red) == ids(original)
     assert "key" in json.loads(mapping.read_text()) and mapping.read_bytes() not in b"".join(after.values())
+    import hashlib
+
+    # the copy names its original exactly (issue 16): the SHA-256 a signature over the original covers
+    assert json.loads(after["manifest.json"])["redacted_from"] == hashlib.sha256(original.read_bytes()).hexdigest()
 
 
 def test_one_map_keeps_two_bundles_comparable(lab, tmp_path):

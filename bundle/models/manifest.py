@@ -185,6 +185,8 @@ class Manifest(Model):
                                                            "before 1.2")
     slices: list[SliceRun]
     members: list[Member]
+    redacted_from: str | None = Field(default=None, description="the SHA-256 of the bundle this copy was redacted "
+                                                                "from (redact); null for an original")
 
     @field_validator("format")
     @classmethod
