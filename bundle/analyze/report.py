@@ -77,6 +77,7 @@ def _findings(inp: Inputs) -> list[Finding]:
     out += neighbor_findings([(by_id[d.vantage], d.route) for d in inp.docs if d.route is not None])
     out += transport_findings([VantageEvidence(by_id[d.vantage], d.route, d.sockets) for d in inp.docs],
                               list(m.targets))
+    out += unseen_targets(inp)
     for d in inp.docs:  # after the probes' findings: a probe's words name a failure before the packets do
         if d.capture is not None and d.capture.analysis is not None:
             walks = d.route.paths if d.route is not None else []
@@ -87,6 +88,30 @@ def _findings(inp: Inputs) -> list[Finding]:
     for path, analysis in inp.operator:
         out += capture_findings("operator capture", path, analysis, None,
                                 path.rsplit("/", 1)[0] + "/" + analysis.file)
+    return out
+
+
+def unseen_targets(inp: Inputs) -> list[Finding]:
+    """capture.target_unseen: a vantage's capture holds none of a target's packets (its route goes elsewhere,
+    the filter excluded it, or nothing was sent): said, so the capture is never read as proof about it."""
+    out: list[Finding] = []
+    by_id = {v.id: v for v in inp.manifest.vantages}
+    for d in inp.docs:
+        run = d.capture
+        if run is None or run.unavailable is not None or not run.interfaces:  # not captured, or before 1.2
+            continue
+        addresses = [t.address for t in inp.manifest.targets if t.address] + [
+            a for t in inp.manifest.targets if t.name for a in by_id[d.vantage].resolved.get(t.name, [])]
+        for address in dict.fromkeys(addresses):
+            if address in run.hosts_seen or len(run.hosts_seen) >= 256:
+                continue
+            out.append(Finding(
+                id="capture.target_unseen", severity=Severity.INFO, layer=Layer.ROUTE, vantage=d.vantage,
+                target=about(address),
+                summary=f"The capture in {d.vantage} (on {', '.join(run.interfaces)}, {run.packets_written} packets) "
+                        f"holds no IP packet to or from {address}: it proves nothing about {address}.",
+                evidence=[Evidence(member=f"vantages/{d.vantage}/capture.json", pointer="hosts_seen")],
+                next_command=in_vantage(by_id[d.vantage], f"ip route get {address}")))
     return out
 
 
@@ -197,7 +222,7 @@ def _sentences(m: Manifest, findings: list[Finding], ladders: list[TargetLadder]
                          f"{lad.owner.value if lad.owner else ''} layer is explained." if noise
                          else "No later layer disagrees.")
         vantage = first.vantage if first is not None else None
-        capture = _capture(m, vantage, findings, lad)
+        capture = _capture(m, vantage, findings, lad, first.target.address if first and first.target else None)
     elif interrupted:
         sentences.append("The collection was interrupted before it finished: nothing is proven; collect again.")
     elif not ladders or not any(lad.proven for lad in ladders):
@@ -222,11 +247,15 @@ def _sentences(m: Manifest, findings: list[Finding], ladders: list[TargetLadder]
                           proof=proof[:3], capture=capture)
 
 
-def _capture(m: Manifest, vantage: str | None, findings: list[Finding], lad: TargetLadder) -> str | None:
-    """The capture to open first: the cause's vantage's, else the client's."""
+def _capture(m: Manifest, vantage: str | None, findings: list[Finding], lad: TargetLadder,
+             address: str | None) -> str | None:
+    """The capture to open first: the cause's vantage's, else the client's — never one that holds none of the
+    cause's address's packets."""
     members = {mem.path for mem in m.members}
+    unseen = {f.vantage for f in findings if f.id == "capture.target_unseen" and f.target is not None
+              and f.target.address == address}
     for v in (vantage, lad.client):
         path = f"vantages/{v}/capture.pcapng"
-        if v and path in members:
+        if v and path in members and v not in unseen:
             return path
     return None

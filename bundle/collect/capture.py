@@ -8,6 +8,7 @@ the vantage's other slices are done (or at a limit), so its window covers their 
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import select
 import socket
@@ -40,11 +41,15 @@ DEFAULT_SNAPLEN = 128
 PACKET_OUTGOING = 4  # sockaddr_ll.sll_pkttype of a frame this host sent
 ARPHRD_LOOPBACK = 772
 DISK_FLOOR = 64 << 20
+MAX_INTERFACES = 4  # one capture socket per egress interface of the targets and nameservers, at most this many
+MAX_HOSTS = 256  # addresses counted in hosts_seen
 _ARPHRD_LINKTYPE = {1: 1, 772: 1, 65534: 101, 776: 101}  # ethernet, loopback (ethernet framing), none/tun, sit
 
 
-def default_filter(targets: tuple[ResolvedTarget, ...], dns: bool) -> str | None:
-    """The targets' hosts and ports, ICMP errors about anything, DNS when names matter; never SSH."""
+def default_filter(targets: tuple[ResolvedTarget, ...], dns: bool, ssh: str | None = None) -> str | None:
+    """The targets' hosts and ports, ICMP errors about anything, DNS when names matter. `ssh` is the operator's
+    own session ($SSH_CONNECTION: client, client port, server, server port): its packets are left out, and only
+    they — a target on port 22 is captured like any other."""
     parts = []
     for t in targets:
         host = f"host {t.address}"
@@ -55,11 +60,26 @@ def default_filter(targets: tuple[ResolvedTarget, ...], dns: bool) -> str | None
     parts.append("(icmp6 and (ip6[40] == 1 or ip6[40] == 2 or ip6[40] == 3))")
     if dns:
         parts.append("port 53")
-    return f"({' or '.join(parts)}) and not port 22"
+    expr = f"({' or '.join(parts)})"
+    session = _ssh_session(ssh)
+    return f"{expr} and not ({session})" if session else expr
 
 
-def _egress(addresses: list[str]) -> tuple[str | None, int]:
-    """The interface `route get` picks for the first routable address, and its link type."""
+def _ssh_session(value: str | None) -> str | None:
+    """'host C and host S and port CP and port SP' of an SSH_CONNECTION value, None when it is not one."""
+    parts = (value or "").split()
+    if len(parts) != 4 or not parts[1].isdigit() or not parts[3].isdigit():
+        return None
+    try:
+        client, server = (str(ipaddress.ip_address(a.split("%")[0])) for a in (parts[0], parts[2]))
+    except ValueError:
+        return None
+    return f"tcp and host {client} and host {server} and port {int(parts[1])} and port {int(parts[3])}"
+
+
+def _egress(addresses: list[str]) -> list[tuple[str, int]]:
+    """The interfaces `route get` picks for the addresses (each once, in order), with their link types."""
+    out: dict[str, int] = {}
     with IPRoute() as ipr:
         names = {m["index"]: (m.get_attr("IFLA_IFNAME"), m["ifi_type"]) for m in ipr.get_links()}
         for address in addresses:
@@ -69,8 +89,8 @@ def _egress(addresses: list[str]) -> tuple[str | None, int]:
                 continue
             oif = msg.get_attr("RTA_OIF")
             if oif in names:
-                return names[oif][0], _ARPHRD_LINKTYPE.get(names[oif][1], 1)
-    return None, 1
+                out.setdefault(names[oif][0], _ARPHRD_LINKTYPE.get(names[oif][1], 1))
+    return list(out.items())[:MAX_INTERFACES]
 
 
 def _linktype_of(ifname: str) -> int | None:
@@ -100,9 +120,10 @@ class CaptureCollector(Collector):
                                snaplen=_int(ctx, "snaplen", DEFAULT_SNAPLEN))
         expr = ctx.option("capture_filter")
         source = "operator" if expr else "default"
-        expr = expr or default_filter(ctx.targets, bool(ctx.option("dns_names")))
-        iface = ctx.option("capture_iface")
-        run = CaptureRun(interface=iface, filter=expr or "", filter_source=source, limits=limits)
+        names = bool(ctx.option("dns_names")) or any(t.name for t in ctx.targets)
+        expr = expr or default_filter(ctx.targets, names, os.environ.get("SSH_CONNECTION"))
+        chosen = ctx.option("capture_iface")
+        run = CaptureRun(interface=chosen, filter=expr or "", filter_source=source, limits=limits)
 
         def stop(status: SliceStatus, reason: str, why: MissingReason = MissingReason.SKIPPED) -> SliceResult:
             run.unavailable = Unavailable(unavailable=why, detail=reason)
@@ -115,76 +136,89 @@ class CaptureCollector(Collector):
         free = ctx.option("disk_free")
         if free is not None and int(free) < limits.bytes * 2 + DISK_FLOOR:
             return stop(SliceStatus.SKIPPED, f"only {int(free) >> 20} MiB free where the bundle is written")
-        cooked = iface == "any"
-        linktype: int | None
+        cooked = chosen == "any"
+        ifaces: list[tuple[str, int]]
         if cooked:
-            linktype = LINKTYPE_LINUX_SLL  # every interface: cooked headers rebuilt from each packet's address
-        elif iface:
-            linktype = _linktype_of(iface)
+            ifaces = [("any", LINKTYPE_LINUX_SLL)]  # every interface: cooked headers rebuilt from each address
+        elif chosen:
+            linktype = _linktype_of(chosen)
+            if linktype is None:
+                return stop(SliceStatus.FAILED, f"no interface {chosen} in this netns", MissingReason.ERROR)
+            ifaces = [(chosen, linktype)]
         else:
+            # every interface a target's route takes, and a nameserver's when names are resolved here
             toward = [t.address for t in ctx.targets]
-            if ctx.option("dns_names"):  # names alone: capture where the resolver's queries go
+            if names:
                 _, _, conf, _ = load_conf(ctx.option("vantage_kind") or "host", ctx.option("vantage_ref"))
                 toward += conf.nameservers if conf else []
-            iface, linktype = _egress(toward)
-            if iface is None:
+            ifaces = _egress(toward)
+            if not ifaces:
                 return stop(SliceStatus.SKIPPED, "no route to any target: no interface to capture on",
                             MissingReason.NOT_APPLICABLE)
-        if iface is None or linktype is None:
-            return stop(SliceStatus.FAILED, f"no interface {iface} in this netns", MissingReason.ERROR)
-        run.interface, run.linktype = iface, linktype
+        run.interface, run.linktype = ifaces[0]
+        run.interfaces = [name for name, _ in ifaces]
         try:
             # Compiled for the largest snaplen: a BPF program's return value trims the packet in the kernel,
             # and the original length would be lost (libpcap fixes its programs up the same way).
             # A cooked (SOCK_DGRAM) socket hands the filter the network header first: compile it for raw IP.
-            program = compile_filter(expr, DLT_RAW if cooked else linktype)
+            programs = {lt: compile_filter(expr, DLT_RAW if cooked else lt) for lt in {lt for _, lt in ifaces}}
         except BpfError as exc:
             return stop(SliceStatus.FAILED, f"capture filter: {exc}", MissingReason.ERROR)
+        socks: list[socket.socket] = []
         try:
-            sock = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM if cooked else socket.SOCK_RAW,
-                                 socket.htons(ETH_P_ALL))
-        except PermissionError as exc:
-            return stop(SliceStatus.SKIPPED, f"AF_PACKET socket: {exc.strerror}", MissingReason.NOT_PERMITTED)
-        with sock:
-            # libpcap's order: drop everything, bind, drain what slipped in, then the real filter.
-            attach_drop_all(sock)
-            if not cooked:
-                sock.bind((iface, ETH_P_ALL))
-            sock.setblocking(False)
-            while True:
+            for name, linktype in ifaces:
                 try:
-                    sock.recv(65535)
-                except BlockingIOError:
-                    break
-            attach(sock, program)
-            sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
-            sock.getsockopt(SOL_PACKET, PACKET_STATISTICS, 8)  # reading resets the counters
+                    sock = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM if cooked else socket.SOCK_RAW,
+                                         socket.htons(ETH_P_ALL))
+                except PermissionError as exc:
+                    return stop(SliceStatus.SKIPPED, f"AF_PACKET socket: {exc.strerror}",
+                                MissingReason.NOT_PERMITTED)
+                socks.append(sock)
+                # libpcap's order: drop everything, bind, drain what slipped in, then the real filter.
+                attach_drop_all(sock)
+                if not cooked:
+                    sock.bind((name, ETH_P_ALL))
+                sock.setblocking(False)
+                while True:
+                    try:
+                        sock.recv(65535)
+                    except BlockingIOError:
+                        break
+                attach(sock, programs[linktype])
+                sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+                sock.getsockopt(SOL_PACKET, PACKET_STATISTICS, 8)  # reading resets the counters
             run.started = datetime.now(UTC)
             run.monotonic_start_ns = time.monotonic_ns()
             start_wall_ns = time.time_ns()
             vantage = f"{ctx.vantage_id} (netns inode {os.stat('/proc/self/ns/net').st_ino})"
             out = bytearray(pcapng.section_header())
-            out += pcapng.interface(linktype, limits.snaplen, iface, vantage, expr)
+            for name, linktype in ifaces:  # one interface description each: packets name theirs by index
+                out += pcapng.interface(linktype, limits.snaplen, name, vantage, expr)
             ctx.probe_gate()  # from here on, other slices may send probes: we are listening
-            run.stopped_by = self._loop(ctx, sock, out, limits, run, cooked)
-            received, dropped = struct.unpack("II", sock.getsockopt(SOL_PACKET, PACKET_STATISTICS, 8))
-        run.kernel_received, run.kernel_dropped = received, dropped
+            run.stopped_by = self._loop(ctx, socks, out, limits, run, cooked)
+            stats = [struct.unpack("II", sock.getsockopt(SOL_PACKET, PACKET_STATISTICS, 8)) for sock in socks]
+        finally:
+            for sock in socks:
+                sock.close()
+        run.kernel_received, run.kernel_dropped = sum(r for r, _ in stats), sum(d for _, d in stats)
         run.finished = datetime.now(UTC)
         run.monotonic_end_ns = time.monotonic_ns()
-        stats = pcapng.statistics(0, time.time_ns(), start_wall_ns, received, dropped)
-        if len(out) + len(stats) <= limits.bytes:
-            out += stats
+        for i, (received, dropped) in enumerate(stats):
+            block = pcapng.statistics(i, time.time_ns(), start_wall_ns, received, dropped)
+            if len(out) + len(block) <= limits.bytes:
+                out += block
         run.bytes_written = len(out)
         run.analysis = _analyse(bytes(out))
         reasons = []
-        if dropped:
-            reasons.append(f"the kernel dropped {dropped} packets (receive buffer full)")
+        if run.kernel_dropped:
+            reasons.append(f"the kernel dropped {run.kernel_dropped} packets (receive buffer full)")
         if run.stopped_by is StopReason.INTERFACE_GONE:
-            reasons.append(f"{iface} went down or away during the capture ({run.interface_error}); "
+            reasons.append(f"an interface went down or away during the capture ({run.interface_error}); "
                            f"the {run.packets_written} packets before are kept")
+        where = ", ".join(run.interfaces)
         art = Artifact(name="capture.pcapng", data=bytes(out), media_type=MediaType.PCAPNG,
-                       provenance=Provenance(source=f"AF_PACKET on {iface}, snaplen {limits.snaplen}, "
+                       provenance=Provenance(source=f"AF_PACKET on {where}, snaplen {limits.snaplen}, "
                                                     f"{limits.packets} packets / {limits.bytes} bytes / "
                                                     f"{limits.seconds:g} s at most, BPF: {expr}",
                                              truncated=run.stopped_by in (StopReason.PACKETS, StopReason.BYTES),
@@ -195,11 +229,12 @@ class CaptureCollector(Collector):
                                                              "capture window, limits, kernel statistics, analysis",
                                                              started)])
 
-    def _loop(self, ctx: SliceContext, sock: socket.socket, out: bytearray, limits: CaptureLimits,
+    def _loop(self, ctx: SliceContext, socks: list[socket.socket], out: bytearray, limits: CaptureLimits,
               run: CaptureRun, cooked: bool) -> StopReason:
         end = time.monotonic() + limits.seconds
         anc = socket.CMSG_SPACE(16)
         view = memoryview(bytearray(limits.snaplen))  # cooked: the header is added in front, then cut again
+        index = {sock.fileno(): i for i, sock in enumerate(socks)}
         grace_until: float | None = None
         while True:
             now = time.monotonic()
@@ -212,33 +247,58 @@ class CaptureCollector(Collector):
                 grace_until = grace_until or now + 0.3
                 if now >= grace_until:
                     return StopReason.SLICES_DONE
-            ready, _, _ = select.select([sock], [], [], 0.05)
-            if not ready:
-                continue
-            while True:
-                try:
-                    # MSG_TRUNC: the kernel returns the frame's true length while copying only snaplen bytes
-                    origlen, ancdata, _flags, addr = sock.recvmsg_into([view], anc, socket.MSG_TRUNC)
-                except BlockingIOError:
-                    break
-                except OSError as exc:  # ENETDOWN, ENXIO: the interface went down or away; keep what we have
-                    run.interface_error = exc.strerror or str(exc)
-                    return StopReason.INTERFACE_GONE
-                if addr[2] == PACKET_OUTGOING and addr[3] == ARPHRD_LOOPBACK:
-                    continue  # loopback hands every packet over twice, sent and received: keep it once (as libpcap)
-                ts = _timestamp(ancdata)
-                data = bytes(view[: min(origlen, limits.snaplen)])
-                if cooked:  # the Linux cooked (SLL) header, from the packet's sockaddr_ll
-                    _ifname, proto, pkttype, hatype, hwaddr = addr
-                    head = _SLL.pack(pkttype, hatype, len(hwaddr), hwaddr[:8].ljust(8, b"\0"), proto)
-                    data, origlen = (head + data)[: limits.snaplen], origlen + len(head)
-                block = pcapng.packet(0, ts, data, origlen)
-                if run.packets_written >= limits.packets:
-                    return StopReason.PACKETS
-                if len(out) + len(block) > limits.bytes:
-                    return StopReason.BYTES
-                out += block
-                run.packets_written += 1
+            ready, _, _ = select.select(socks, [], [], 0.05)
+            for sock in ready:
+                iface = index[sock.fileno()]
+                while True:
+                    try:
+                        # MSG_TRUNC: the kernel returns the frame's true length while copying only snaplen bytes
+                        origlen, ancdata, _flags, addr = sock.recvmsg_into([view], anc, socket.MSG_TRUNC)
+                    except BlockingIOError:
+                        break
+                    except OSError as exc:  # ENETDOWN, ENXIO: the interface went down or away; keep what we have
+                        run.interface_error = exc.strerror or str(exc)
+                        return StopReason.INTERFACE_GONE
+                    if addr[2] == PACKET_OUTGOING and addr[3] == ARPHRD_LOOPBACK:
+                        continue  # loopback hands every packet over twice, sent and received: keep it once
+                    ts = _timestamp(ancdata)
+                    data = bytes(view[: min(origlen, limits.snaplen)])
+                    if cooked:  # the Linux cooked (SLL) header, from the packet's sockaddr_ll
+                        _ifname, proto, pkttype, hatype, hwaddr = addr
+                        head = _SLL.pack(pkttype, hatype, len(hwaddr), hwaddr[:8].ljust(8, b"\0"), proto)
+                        data, origlen = (head + data)[: limits.snaplen], origlen + len(head)
+                    block = pcapng.packet(iface, ts, data, origlen)
+                    if run.packets_written >= limits.packets:
+                        return StopReason.PACKETS
+                    if len(out) + len(block) > limits.bytes:
+                        return StopReason.BYTES
+                    out += block
+                    run.packets_written += 1
+                    _count_hosts(run, data, cooked, 16 if cooked else 0 if addr[3] in (65534, 776) else 14)
+
+
+def _count_hosts(run: CaptureRun, data: bytes, cooked: bool, at: int) -> None:
+    """Count a written packet under its source and destination addresses (at most MAX_HOSTS addresses), so a
+    target the capture never saw is said, not guessed. `at`: where the IP header starts (after the Ethernet or
+    cooked header; 0 for raw IP)."""
+    if at == 14 and not cooked and len(data) >= 18 and data[12:14] == b"\x81\x00":  # one VLAN tag
+        at += 4
+    if len(data) < at + 20:
+        return
+    version = data[at] >> 4
+    if version == 4:
+        pair = (data[at + 12:at + 16], data[at + 16:at + 20])
+    elif version == 6 and len(data) >= at + 40:
+        pair = (data[at + 8:at + 24], data[at + 24:at + 40])
+    else:
+        return
+    seen = run.hosts_seen
+    for raw in pair:
+        host = str(ipaddress.ip_address(raw))
+        if host in seen:
+            seen[host] += 1
+        elif len(seen) < MAX_HOSTS:
+            seen[host] = 1
 
 
 def _timestamp(ancdata: list[tuple[int, int, bytes]]) -> int:

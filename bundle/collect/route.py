@@ -294,8 +294,10 @@ class RouteCollector(Collector):
 
     @staticmethod
     def _walk(ctx: SliceContext, lookups: list[RouteLookup], reasons: list[str]) -> list[PathTrace]:
-        """Path discovery for the first MAX_WALKS routable targets: ICMP once per address, and TCP to each port."""
-        routable = {lk.target for lk in lookups if lk.ok and lk.source is None and lk.iif is None}
+        """Path discovery for the first MAX_WALKS targets reached through a gateway: ICMP once per address, and
+        TCP to each port."""
+        # a target on the link needs no walk: its first hop is itself
+        routable = {lk.target for lk in lookups if lk.ok and lk.source is None and lk.iif is None and lk.gateway}
         wanted = list(dict.fromkeys((t.address, t.port) for t in ctx.targets if t.address in routable))[:MAX_WALKS]
         walks = list(dict.fromkeys([(a, None) for a, _ in wanted] + [(a, p) for a, p in wanted if p is not None]))
         out: list[PathTrace] = []

@@ -112,7 +112,12 @@ class CaptureLimits(Model):
 class CaptureRun(Model):
     """One bounded capture in one vantage: where, with which filter and limits, and what stopped it."""
 
-    interface: str | None
+    interface: str | None = Field(description="the first interface captured on (see interfaces)")
+    interfaces: list[str] = Field(default_factory=list, description="every interface captured on: each egress "
+                                  "interface of the targets (and nameservers), one pcapng interface each (1.2)")
+    hosts_seen: dict[str, int] = Field(default_factory=dict, description="packets captured per address (source "
+                                       "or destination), at most 256 addresses: a target absent here was never "
+                                       "seen (1.2)")
     linktype: int | None = None
     filter: str
     filter_source: str = Field(description="default (built from the targets) or operator (--capture-filter)")
