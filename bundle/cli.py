@@ -12,10 +12,11 @@ import hashlib
 import json
 import re
 import signal
+import subprocess
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from bundle import __version__
 from bundle._entry import interrupt
@@ -35,13 +36,69 @@ class _Parser(argparse.ArgumentParser):
         _fatal(f"{message} (see --help)", 2)
 
 
+def _command(group: Any, name: str, **kw: Any) -> argparse.ArgumentParser:
+    """A subcommand whose own --help page starts with what it does (its help line, as a sentence)."""
+    text = kw.get("help", "")
+    kw.setdefault("description", (text[:1].upper() + text[1:] + ".") if text else None)
+    parser: argparse.ArgumentParser = group.add_parser(name, **kw)
+    return parser
+
+
+class _Names:
+    """Choices read only when needed (a --help page, or the option given): the registries import heavy modules
+    that other commands never need."""
+
+    def __init__(self, load: Callable[[], list[str]]) -> None:
+        self._load = load
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._load())
+
+    def __contains__(self, item: object) -> bool:
+        return item in self._load()
+
+
+def _existing(text: str) -> Path:
+    """A bundle argument: a missing file is said with its path (and which argument) before anything runs."""
+    path = Path(text)
+    if not path.exists():
+        raise argparse.ArgumentTypeError(f"no such file: {text}")
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"a folder, not a bundle: {text}")
+    return path
+
+
+def _read(path: Path, role: str = "", **kw: Any) -> Bundle:
+    """read_bundle, its refusal naming the file (and, for diff, which of the two)."""
+    from bundle.archive import read_bundle
+    from bundle.errors import ArchiveError
+
+    try:
+        return read_bundle(path, **kw)
+    except ArchiveError as exc:
+        exc.args = (f"{role + ' ' if role else ''}{path}: {exc}",)
+        raise
+
+
+def _slice_names() -> list[str]:
+    from bundle.collect.registry import collectors
+
+    return list(collectors())
+
+
+def _scenario_names() -> list[str]:
+    from bundle.lab.scenarios import SCENARIOS
+
+    return list(SCENARIOS)
+
+
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="netbundle", description="Network-incident evidence bundles for Linux and Kubernetes.")
     p.add_argument("--version", action="version", version=f"netbundle {__version__}")
     p.add_argument("--debug", action="store_true", help="re-raise errors with a traceback")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    c = sub.add_parser("collect", help="gather evidence into one .tar.zst bundle")
+    c = _command(sub, "collect", help="gather evidence into one .tar.zst bundle")
     c.add_argument("--target", "-t", action="append", default=[], metavar="IP[:PORT]|NAME[:PORT]",
                    help="repeatable; a name is resolved in each vantage by its own resolver first")
     c.add_argument("--netns", action="append", default=[], metavar="NAME", help="a named netns (repeatable)")
@@ -93,9 +150,10 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--nat-samples", type=int, default=3, metavar="K",
                    help="conntrack counter samples over the window (default 3, one per --socket-interval)")
     c.add_argument("--timeout", type=float, default=60.0, help="overall deadline in seconds (default 60)")
-    c.add_argument("--slice", action="append", dest="slices", metavar="NAME", help="only these slices")
-    c.add_argument("--ticket")
-    c.add_argument("--note")
+    c.add_argument("--slice", action="append", dest="slices", metavar="NAME", choices=_Names(_slice_names),
+                   help="only this slice (repeatable): %(choices)s")
+    c.add_argument("--ticket", metavar="ID", help="the incident's ticket, kept in the manifest and shown on top")
+    c.add_argument("--note", metavar="TEXT", help="a line for the next shift (what users see), kept in the manifest")
     c.add_argument("-o", "--output", type=Path, metavar="FILE",
                    help="where to write the bundle (default: incident-YYYYmmdd-HHMM-<host>.tar.zst here); an "
                         "existing file is never replaced unless --force")
@@ -105,40 +163,40 @@ def _parser() -> argparse.ArgumentParser:
                    "(check with `netbundle verify` or `ssh-keygen -Y verify`)")
     c.add_argument("--json", action="store_true", help="print the outcome as JSON")
 
-    v = sub.add_parser("validate", help="verify a bundle: structure, checksums, schemas, version")
-    v.add_argument("bundle", type=Path)
+    v = _command(sub, "validate", help="verify a bundle: structure, checksums, schemas, version")
+    v.add_argument("bundle", type=_existing, help="the .tar.zst bundle (as collect wrote it)")
     v.add_argument("--json", action="store_true")
-    vf = sub.add_parser("verify", help="check a signed bundle: its signature (FILE.sig, OpenSSH SSHSIG, namespace "
+    vf = _command(sub, "verify", help="check a signed bundle: its signature (FILE.sig, OpenSSH SSHSIG, namespace "
                                        "netbundle) against allowed signers, then everything validate checks",
                         description="The same check as `ssh-keygen -Y verify -f ALLOWED -I ID -n netbundle -s "
                                     "FILE.sig < FILE`, done without OpenSSH (Ed25519 keys), then `validate`.")
-    vf.add_argument("bundle", type=Path, help="the .tar.zst bundle")
+    vf.add_argument("bundle", type=_existing, help="the .tar.zst bundle")
     vf.add_argument("--allowed-signers", type=Path, required=True, metavar="FILE",
                     help="who may sign, in ssh-keygen's ALLOWED SIGNERS format (principals [options] key)")
     vf.add_argument("--identity", metavar="PRINCIPAL", help="require this signer (default: any allowed one)")
     vf.add_argument("--signature", type=Path, metavar="FILE", help="default: BUNDLE.sig")
 
-    s = sub.add_parser("show", help="terminal summary of a bundle")
-    s.add_argument("bundle", type=Path)
+    s = _command(sub, "show", help="terminal summary of a bundle")
+    s.add_argument("bundle", type=_existing, help="the .tar.zst bundle (as collect wrote it)")
     s.add_argument("--json", action="store_true")
 
-    a = sub.add_parser("analyze", help="recompute findings.json (the ladder and findings) from a bundle's documents")
-    a.add_argument("bundle", type=Path)
+    a = _command(sub, "analyze", help="recompute findings.json (the ladder and findings) from a bundle's documents")
+    a.add_argument("bundle", type=_existing, help="the .tar.zst bundle (as collect wrote it)")
     a.add_argument("--json", action="store_true", help="print the whole report as JSON")
 
-    sm = sub.add_parser("summary", help="the ladder, five sentences and the findings, ready for a ticket")
-    sm.add_argument("bundle", type=Path)
+    sm = _command(sub, "summary", help="the ladder, five sentences and the findings, ready for a ticket")
+    sm.add_argument("bundle", type=_existing, help="the .tar.zst bundle (as collect wrote it)")
     sm.add_argument("--format", choices=("md", "text", "json"), default="md")
 
-    d = sub.add_parser("diff", help="compare a failing bundle with a healthy one, differences that matter first")
-    d.add_argument("failing", type=Path)
-    d.add_argument("healthy", type=Path)
+    d = _command(sub, "diff", help="compare a failing bundle with a healthy one, differences that matter first")
+    d.add_argument("failing", type=_existing, help="the bundle from the node (or pod) in trouble")
+    d.add_argument("healthy", type=_existing, help="a bundle from a comparable node that works")
     d.add_argument("--format", choices=("text", "md", "json", "html"), default="text")
     d.add_argument("--pair", action="append", default=[], metavar="FAILING_VANTAGE=HEALTHY_VANTAGE",
                    help="pair two vantages by hand (default: by role, the last word of the vantage id)")
 
-    rd = sub.add_parser("redact", help="a copy with IP addresses, MACs and hostnames replaced consistently")
-    rd.add_argument("bundle", type=Path)
+    rd = _command(sub, "redact", help="a copy with IP addresses, MACs and hostnames replaced consistently")
+    rd.add_argument("bundle", type=_existing, help="the bundle to redact (it is not changed)")
     rd.add_argument("-o", "--output", type=Path, required=True, metavar="FILE",
                     help="the shareable bundle to write; an existing file is never replaced unless --force")
     rd.add_argument("--force", action="store_true", help="replace an existing -o file")
@@ -146,21 +204,22 @@ def _parser() -> argparse.ArgumentParser:
                                               "reuse it so two redacted bundles stay comparable")
     rd.add_argument("--keep-cidr", action="append", default=[], metavar="CIDR", help="leave these addresses as they are")
 
-    r = sub.add_parser("render", help="write the self-contained HTML appendix")
-    r.add_argument("bundle", type=Path)
+    r = _command(sub, "render", help="write the self-contained HTML appendix")
+    r.add_argument("bundle", type=_existing, help="the .tar.zst bundle (as collect wrote it)")
     r.add_argument("-o", "--output", type=Path)
 
-    lab = sub.add_parser("lab", help="reproducible incident scenarios in network namespaces")
+    lab = _command(sub, "lab", help="reproducible incident scenarios in network namespaces")
     lsub = lab.add_subparsers(dest="lab_command", required=True, parser_class=_Parser)
-    up = lsub.add_parser("up", help="build a scenario")
-    up.add_argument("scenario")
+    up = _command(lsub, "up", help="build a scenario")
+    up.add_argument("scenario", choices=_Names(_scenario_names), metavar="SCENARIO", help="one of: %(choices)s")
     up.add_argument("--json", action="store_true")
     up.add_argument("--prefix", help="namespace name prefix (default nb-SCENARIO)")
-    down = lsub.add_parser("down", help="remove a scenario")
-    down.add_argument("scenario")
+    down = _command(lsub, "down", help="remove a scenario")
+    down.add_argument("scenario", choices=_Names(_scenario_names), metavar="SCENARIO", help="one of: %(choices)s")
     down.add_argument("--prefix", help="namespace name prefix (default nb-SCENARIO)")
-    lsub.add_parser("list", help="scenarios and whether they are up")
-    sc = lsub.add_parser("score", help="build each scenario, collect, and hold the ladder against what the "
+    ls = _command(lsub, "list", help="scenarios and whether they are up (under any prefix)")
+    ls.add_argument("--prefix", help="only labs under this prefix")
+    sc = _command(lsub, "score", help="build each scenario, collect, and hold the ladder against what the "
                                        "scenario must conclude: right/wrong per scenario and a total (exit 7 if "
                                        "any is wrong)")
     sc.add_argument("scenarios", nargs="*", metavar="SCENARIO", help="default: every scenario")
@@ -180,6 +239,39 @@ def _refuse_existing(out: Path | None, force: bool) -> None:
         from bundle.errors import BundleWriteError
 
         raise BundleWriteError(f"{out} exists: not overwritten (--force replaces it)")
+
+
+_CAPTURE_DEFAULTS = {"capture_filter": None, "capture_iface": None, "capture_packets": 10000,
+                     "capture_bytes": 8 << 20, "capture_seconds": 10.0, "snaplen": 128}
+
+
+def _refuse_conflicts(args: argparse.Namespace) -> None:
+    """Options that would silently do nothing: refused, each named with what it conflicts with."""
+    if args.slices and "capture" not in args.slices:
+        given = [k for k, v in _CAPTURE_DEFAULTS.items() if getattr(args, k) != v]
+        if given:
+            raise UsageError(f"--{given[0].replace('_', '-')} needs the capture slice, and --slice leaves it out "
+                             f"(add --slice capture)")
+    if args.passive and args.names:
+        raise UsageError("--name asks the resolver, which sends DNS queries; --passive sends nothing: drop one "
+                         "(resolv.conf is read either way)")
+
+
+def _check_iface(name: str, specs: list[Any]) -> None:
+    """--capture-iface must exist in every vantage it will be used in: said before collecting, not after."""
+    if name == "any":
+        return
+    for sp in specs:
+        if sp.path is None:
+            argv = ["ip", "-j", "link", "show", "dev", name]
+        else:
+            argv = ["nsenter", f"--net={sp.path}", "ip", "-j", "link", "show", "dev", name]
+        try:
+            proc = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            return  # cannot look: the capture slice will say so
+        if proc.returncode != 0:
+            raise UsageError(f"--capture-iface {name}: no such interface in {sp.ref or sp.id}")
 
 
 def _cmd_collect(args: argparse.Namespace, argv: list[str]) -> int:
@@ -226,7 +318,9 @@ def _cmd_collect(args: argparse.Namespace, argv: list[str]) -> int:
             raise UsageError(f"--capture-filter: {exc}") from None
         options["capture_filter"] = args.capture_filter
     if args.capture_iface:
+        _check_iface(args.capture_iface, specs)
         options["capture_iface"] = args.capture_iface
+    _refuse_conflicts(args)
     options.update(capture_packets=str(args.capture_packets), capture_bytes=str(args.capture_bytes),
                    capture_seconds=str(args.capture_seconds), snaplen=str(args.snaplen))
     if len(args.names) > 20:
@@ -237,13 +331,13 @@ def _cmd_collect(args: argparse.Namespace, argv: list[str]) -> int:
     if args.names:
         options["dns_names"] = ",".join(args.names)
     if args.dns_server:
-        options["dns_server"] = parse_address(args.dns_server)
+        options["dns_server"] = parse_address(args.dns_server, "--dns-server")
     if args.dns_timeout is not None:
         if args.dns_timeout <= 0:
             raise UsageError("--dns-timeout must be positive")
         options["dns_timeout"] = str(args.dns_timeout)
     if args.route_from:
-        options["route_from"] = parse_address(args.route_from)
+        options["route_from"] = parse_address(args.route_from, "--route-from")
     if args.route_iif:
         options["route_iif"] = args.route_iif
     if not 0 <= args.conntrack_rows <= MAX_KEEP or args.nat_samples < 1:
@@ -308,7 +402,7 @@ def _cmd_collect(args: argparse.Namespace, argv: list[str]) -> int:
 def _cmd_validate(args: argparse.Namespace) -> int:
     from bundle.archive import read_bundle
 
-    b = read_bundle(args.bundle)
+    b = _read(args.bundle)
     if args.json:
         print(json.dumps({"valid": True, "bundle_id": b.manifest.bundle_id,
                           "format_version": b.manifest.format_version, "members": len(b.manifest.members)}))
@@ -322,7 +416,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     from bundle.archive.signature import verify
 
     signer = verify(args.bundle, args.allowed_signers, args.signature, args.identity)
-    b = read_bundle(args.bundle)
+    b = _read(args.bundle)
     print(f"{args.bundle}: good netbundle signature by {signer.principal} ({signer.key_type} {signer.fingerprint}); "
           f"valid netbundle {b.manifest.format_version}, {len(b.manifest.members)} members verified")
     return 0
@@ -332,7 +426,7 @@ def _cmd_show(args: argparse.Namespace) -> int:
     from bundle.archive import read_bundle
     from bundle.render.text import summary
 
-    b = read_bundle(args.bundle, tables=False)
+    b = _read(args.bundle, tables=False)
     if args.json:
         print(b.manifest.model_dump_json(indent=2))
     else:
@@ -356,7 +450,7 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     from bundle.archive import read_bundle
     from bundle.render.view import inputs
 
-    b = read_bundle(args.bundle, tables=False)
+    b = _read(args.bundle, tables=False)
     report = build_report(inputs(b))
     stored = b.findings()
     if args.json:
@@ -383,7 +477,7 @@ def _cmd_summary(args: argparse.Namespace) -> int:
     from bundle.archive import read_bundle
     from bundle.render.summary import ticket_summary
 
-    b = read_bundle(args.bundle, tables=False)
+    b = _read(args.bundle, tables=False)
     sys.stdout.write(ticket_summary(b, args.bundle, args.format))
     return 0
 
@@ -391,10 +485,9 @@ def _cmd_summary(args: argparse.Namespace) -> int:
 def _cmd_diff(args: argparse.Namespace) -> int:
     from bundle.analyze._common import VantageDocs
     from bundle.analyze.diff import diff
-    from bundle.archive import read_bundle
 
-    def sides(path: Path) -> list[VantageDocs]:
-        b = read_bundle(path, tables=False)
+    def sides(path: Path, role: str) -> list[VantageDocs]:
+        b = _read(path, role, tables=False)
 
         def ruleset(vid: str) -> str | None:
             data = b.texts.get(f"vantages/{vid}/nft-ruleset.txt")
@@ -409,7 +502,7 @@ def _cmd_diff(args: argparse.Namespace) -> int:
         if not sep or not f or not h:
             raise UsageError(f"--pair {item!r}: expected FAILING_VANTAGE=HEALTHY_VANTAGE")
         overrides[f] = h
-    report = diff(sides(args.failing), sides(args.healthy), overrides)
+    report = diff(sides(args.failing, "failing"), sides(args.healthy, "healthy"), overrides)
     if args.format == "html":
         from bundle.render.html import render_diff_html
 
@@ -456,7 +549,7 @@ def _cmd_render(args: argparse.Namespace) -> int:
     from bundle.archive import read_bundle
     from bundle.render.html import render_html
 
-    b = read_bundle(args.bundle, tables=False)
+    b = _read(args.bundle, tables=False)
     out: Path = args.output or args.bundle.with_name(args.bundle.name.removesuffix(".tar.zst") + ".html")
     html = render_html(b)
     try:
@@ -484,8 +577,11 @@ def _cmd_lab(args: argparse.Namespace) -> int:
     elif args.lab_command == "score":
         return _lab_score(args)
     else:
-        for name, state in scenarios.status().items():
-            print(f"{name:<12} {state}")
+        rows = scenarios.status(args.prefix)
+        width = max([len(r[0]) for r in rows] + [8])
+        for name, prefix, ns in rows:
+            where = f"up under {prefix}: {' '.join(ns)}" if ns else "down"
+            print(f"{name:<{width}}  {where}")
     return 0
 
 

@@ -236,6 +236,9 @@ def _layer(manifest: Manifest, layer: Layer, flow: Flow, docs: list[VantageDocs]
         v.reasons.append(f"privilege-limited in {limited[0].vantage}: {limited[0].reason}")
     if v.verdict is Verdict.NOT_COLLECTED:
         skipped = [r for r in runs if r.status is not SliceStatus.COMPLETE]
+        ran = any(r.status is SliceStatus.COMPLETE for r in runs)
+        if not skipped and ran and (layer is Layer.DNS and not flow.names or layer is Layer.SERVICE):
+            v.verdict = Verdict.NOT_APPLICABLE  # the slice ran; the layer has nothing to say about this target
         v.reasons.append(skipped[0].reason or skipped[0].status.value if skipped else
                          {Layer.ROUTE: "no route slice", Layer.TRANSPORT: "no connect probe (no port, or --passive)",
                           Layer.DNS: "no name to resolve for this target",

@@ -4,6 +4,8 @@ conntrack entries still translated to an endpoint that is gone, and more than on
 
 from __future__ import annotations
 
+import shlex
+
 from bundle.analyze._common import FindingList, about
 from bundle.models import Finding, Layer, NatSlice, Severity, Unavailable, Vantage
 from bundle.models.nat import EndpointSliceView, ServiceEntry
@@ -89,7 +91,7 @@ def nat_findings(vantage: Vantage, doc: NatSlice, configured_mode: str | None = 
     for i, entry in enumerate(doc.services):
         if slices is None:
             break
-        _service_vs_slices(found, vantage, i, entry, slices)
+        _service_vs_slices(found, vantage, i, entry, slices, doc.proxy.mode)
 
     if not isinstance(doc.table, Unavailable) and slices is not None:
         frontends = {(s.address, s.port): s for s in doc.services if s.address and not s.reject}
@@ -112,8 +114,21 @@ def nat_findings(vantage: Vantage, doc: NatSlice, configured_mode: str | None = 
     return found.items
 
 
+def _rules_of(entry: ServiceEntry, mode: str) -> str:
+    """The read-only command that shows this frontend's rules in the datapath the node runs."""
+    if mode == "nftables":
+        chain = next((e.chain for e in entry.endpoints if e.chain), None)
+        return (f"nft list chain ip kube-proxy {shlex.quote(chain)}" if chain else
+                "nft list map ip kube-proxy service-ips")
+    if mode == "ipvs":
+        host = f"[{entry.address}]" if entry.address and ":" in entry.address else entry.address
+        return f"ipvsadm -Ln -t {host}:{entry.port}" if host else "ipvsadm -Ln"
+    chain = next((e.chain for e in entry.endpoints if e.chain), None)
+    return "iptables-save -t nat | grep -F " + shlex.quote(chain or entry.service)
+
+
 def _service_vs_slices(found: FindingList, vantage: Vantage, i: int, entry: ServiceEntry,
-                       slices: list[EndpointSliceView]) -> None:
+                       slices: list[EndpointSliceView], doc_mode: str) -> None:
     name, port_name = _split(entry.service)
     ready, known = _ready(slices, name, port_name)
     if not known:
@@ -133,10 +148,10 @@ def _service_vs_slices(found: FindingList, vantage: Vantage, i: int, entry: Serv
                   f"{'is' if len(stale) == 1 else 'are'} not a ready endpoint in the EndpointSlices "
                   f"(ready: {', '.join(sorted(ready)) or 'none'}): connections sent there hang or are refused "
                   f"while the pod IPs themselves answer.", f"services[{i}].endpoints",
-                  "iptables-save -t nat | grep -F " + (entry.endpoints[0].chain or "KUBE-SEP"))
+                  _rules_of(entry, doc_mode))
     missing = sorted(ready - programmed)
     if missing and not entry.reject and entry.kind != "virtual server":
         found.add("service.endpoint_not_programmed", Severity.WARNING, about(entry.address, entry.port),
                   f"In {vantage.id} ready endpoints of {entry.service} are missing from {front}'s rules: "
                   f"{', '.join(missing)}: they receive no traffic through the Service.", f"services[{i}].endpoints",
-                  "iptables-save -t nat | grep -F " + repr(entry.service))
+                  _rules_of(entry, doc_mode))

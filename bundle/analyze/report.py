@@ -51,6 +51,7 @@ def build_report(inp: Inputs) -> FindingsReport:
     client = client_of(m)
     findings = _findings(inp)
     findings += dead_answers(m, client, inp.docs)
+    findings = _one_fact_once(findings)
     _calibrate(findings, inp)
     findings.sort(key=lambda f: (LAYERS.index(f.layer), _SEVERITY[f.severity]))
     ladders, explanations = target_ladders(m, inp.docs, findings, client)
@@ -88,6 +89,26 @@ def _findings(inp: Inputs) -> list[Finding]:
     for path, analysis in inp.operator:
         out += capture_findings("operator capture", path, analysis, None,
                                 path.rsplit("/", 1)[0] + "/" + analysis.file)
+    return out
+
+
+# A probe's finding and the capture's finding of the same handshake, seen from the same vantage: one fact.
+_SAME_FACT = {"capture.syn_rst": "transport.refused", "capture.syn_unanswered": "transport.connect_timeout"}
+
+
+def _one_fact_once(findings: list[Finding]) -> list[Finding]:
+    """The capture's words for a handshake the vantage's own probe already reported (refused, timed out) are
+    folded into the probe's finding as more evidence: one critical finding per fact, its packets cited."""
+    out: list[Finding] = []
+    for f in findings:
+        twin = _SAME_FACT.get(f.id)
+        probe = next((p for p in findings if twin and p.id == twin and p.vantage == f.vantage
+                      and p.target is not None and f.target is not None
+                      and (p.target.address, p.target.port) == (f.target.address, f.target.port)), None)
+        if probe is None:
+            out.append(f)
+        else:
+            probe.evidence += [e for e in f.evidence if e not in probe.evidence]
     return out
 
 

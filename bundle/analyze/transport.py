@@ -156,5 +156,7 @@ def transport_findings(evidence: list[VantageEvidence], targets: list[Target]) -
             add("transport.owners_hidden", Severity.INFO, v, None,
                 f"In {v.id}, the owners of {hidden} sockets are hidden: {s.owner_scan.denied} of "
                 f"{s.owner_scan.processes} processes could not be read as uid {s.owner_scan.uid}. An empty owner "
-                f"is not 'no process'.", "owner_scan", "sudo ss -tanp")
+                f"is not 'no process'.", "owner_scan",
+                # as root already, hidden owners live in another PID namespace: their inode and uid still show
+                "ss -tanpe" if s.owner_scan.uid == 0 else "sudo ss -tanp")
     return out

@@ -41,12 +41,12 @@ def parse_target(spec: str) -> Target:
     return Target(spec=spec, name=host, port=port)
 
 
-def parse_address(spec: str) -> str:
-    """An option that takes an IP address only."""
+def parse_address(spec: str, option: str) -> str:
+    """An option that takes an IP address only; a bad one is named with its option."""
     try:
         return str(ipaddress.ip_address(spec.strip()))
     except ValueError:
-        raise UsageError(f"{spec!r} is not an IP address") from None
+        raise UsageError(f"{option} {spec!r}: not an IP address") from None
 
 
 def _port(spec: str, text: str) -> int:

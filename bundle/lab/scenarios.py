@@ -769,7 +769,9 @@ def running(scenario: str, prefix: str) -> Iterator[LabInfo]:
     build = _check(scenario)
     with Topology(prefix) as topo:
         try:
-            yield build(topo)
+            info = build(topo)
+            (topo.run_dir() / "scenario").write_text(scenario + "\n")
+            yield info
         except NetlinkError as exc:
             raise LabError(f"netlink: {os.strerror(exc.code)}") from None
 
@@ -781,6 +783,7 @@ def up(scenario: str, prefix: str | None = None) -> LabInfo:
     try:
         info = build(topo)
         info.prefix = prefix if prefix and prefix != _prefix(scenario) else None
+        (topo.run_dir() / "scenario").write_text(scenario + "\n")  # lab list finds it under any prefix
         return info
     except NetlinkError as exc:
         topo.teardown()
@@ -801,10 +804,24 @@ def down(scenario: str, prefix: str | None = None) -> list[str]:
     return removed
 
 
-def status() -> dict[str, str]:
+def status(prefix: str | None = None) -> list[tuple[str, str, list[str]]]:
+    """(scenario, prefix, its namespaces now) of every lab up — under its default prefix or another one
+    (`lab up --prefix` records its scenario in the lab's run folder) — and of each scenario that is down;
+    with `prefix`, only labs under that prefix."""
     have = existing_namespaces()
-    out = {}
+    rows: list[tuple[str, str, list[str]]] = []
+    seen: set[str] = set()
+    for folder in sorted(LAB_RUN_DIR.glob("*/scenario")) if LAB_RUN_DIR.is_dir() else []:
+        pre, scenario = folder.parent.name, folder.read_text().strip()
+        ns = [n for n in have if n.startswith(pre + "-")]
+        if scenario in SCENARIOS and ns:
+            rows.append((scenario, pre, ns))
+            seen.add(pre)
     for name in SCENARIOS:
-        ns = [n for n in have if n.startswith(_prefix(name) + "-")]
-        out[name] = f"up ({' '.join(ns)})" if ns else "down"
-    return out
+        pre = _prefix(name)
+        ns = [n for n in have if n.startswith(pre + "-")]
+        if pre not in seen:
+            rows.append((name, pre, ns))
+    if prefix is not None:
+        rows = [r for r in rows if r[1] == prefix]
+    return sorted(rows, key=lambda r: (not r[2], r[0], r[1]))

@@ -67,6 +67,7 @@ class Verdict(StrEnum):
     FAIL = "fail"
     WARN = "warn"
     INCONCLUSIVE = "inconclusive"
+    NOT_APPLICABLE = "not applicable"  # collected, but the layer does not apply (no name; not a Service)
     NOT_COLLECTED = "not collected"
 
 

@@ -12,7 +12,8 @@ from bundle.archive import Bundle
 from bundle.models import FindingsReport, LayerVerdict, TargetLadder
 from bundle.render.view import build_view
 
-_MARK = {"pass": "pass", "fail": "FAIL", "warn": "warn", "inconclusive": "inconclusive", "not collected": "-"}
+_MARK = {"pass": "pass", "fail": "FAIL", "warn": "warn", "inconclusive": "inconclusive", "not applicable": "n/a",
+         "not collected": "-"}
 
 
 def _sha256(path: Path) -> str:

@@ -11,6 +11,13 @@ def _clean(text: object) -> str:
     return "".join(ch if ch.isprintable() else "?" for ch in str(text))
 
 
+_STOPPED = {"packet_limit": "stopped at its packet limit", "byte_limit": "stopped at its size limit",
+            "time_limit": "stopped at its time limit", "other_slices_done": "stopped when the other slices ended",
+            "deadline": "stopped by the deadline", "interface_gone": "stopped: the interface went away"}
+_SWEEP = {"found": "found a narrower path", "all_pass": "every size passes", "no_reply": "no reply at all",
+          "cut": "cut by its time budget", "unavailable": "not run"}
+
+
 def summary(bundle: Bundle) -> str:
     view = build_view(bundle)
     m = view.manifest
@@ -45,8 +52,16 @@ def summary(bundle: Bundle) -> str:
                 res = f"{lk.type} {via}dev {lk.dev}{src} mtu {lk.mtu}" if lk.ok else f"error: {lk.error}"
                 out.append(f"         route get {_clean(lookup_label(lk))}: {_clean(res)}")
             for sw in vv.route.mtu_sweeps:
-                out.append(f"         mtu sweep {_clean(sw.target)}: {sw.status.value}, path MTU "
-                           f"{sw.path_mtu or '?'} (pass {sw.largest_pass}, fail {sw.smallest_fail}) in {sw.duration_s:.1f}s")
+                out.append(f"         mtu sweep {_clean(sw.target)}: {_SWEEP[sw.status.value]}"
+                           + (f", path MTU {sw.path_mtu}" if sw.path_mtu else "")
+                           + (f" (largest DF payload passing {sw.largest_pass}" if sw.largest_pass is not None else "")
+                           + (f", smallest failing {sw.smallest_fail})" if sw.smallest_fail is not None
+                              else ")" if sw.largest_pass is not None else "")
+                           + f" in {sw.duration_s:.1f}s")
+            for walk in vv.route.paths:
+                hops = " ".join(f"{h.ttl}:{h.responder or '*'}" for h in walk.hops)
+                probe = f"tcp {walk.port}" if walk.port else "icmp"
+                out.append(f"         path {_clean(walk.target)} ({probe}): {_clean(hops)} — {walk.stopped}")
         if vv.sockets:
             sk = vv.sockets
             counts = " ".join(f"{k.replace(' ', ':')}={n}" for k, n in sk.counts.items()) or "none"
@@ -69,9 +84,10 @@ def summary(bundle: Bundle) -> str:
                 a = c.analysis
                 flows = (f", {a.flows_total} TCP flows, {len(a.dns)} DNS transactions, {len(a.icmp)} ICMP errors"
                          if a else "")
-                out.append(f"         capture on {_clean(c.interface)} [{_clean(c.filter)}]: {c.packets_written} "
-                           f"packets, {c.bytes_written} bytes, stopped by {c.stopped_by.value if c.stopped_by else '?'}"
-                           f", kernel drops {c.kernel_dropped}{flows}")
+                where = ", ".join(c.interfaces) or c.interface or "?"
+                stopped = _STOPPED.get(c.stopped_by.value, c.stopped_by.value) if c.stopped_by else "not started"
+                out.append(f"         capture on {_clean(where)} [{_clean(c.filter)}]: {c.packets_written} "
+                           f"packets, {c.bytes_written} bytes, {stopped}, kernel drops {c.kernel_dropped}{flows}")
         if vv.dns:
             d = vv.dns
             if d.resolv_conf:
@@ -81,6 +97,10 @@ def summary(bundle: Bundle) -> str:
                            f"timeout:{rc.options.timeout} attempts:{rc.options.attempts}")
             for nr in d.names:
                 r = nr.resolution
+                if not d.active_probes:
+                    out.append(f"         dns {_clean(nr.name)}: not asked (--passive); the resolver would send "
+                               f"{r.expected_queries} queries")
+                    continue
                 got = ", ".join(r.addresses) or r.outcome.value
                 fq = f"; FQDN directly: {len(nr.fqdn.queries)} queries" if nr.fqdn else ""
                 out.append(f"         dns {_clean(nr.name)}: {_clean(got)} after {len(r.queries)}/{r.expected_queries} "

@@ -84,8 +84,13 @@ def test_symptom_explained_by_stale_dnat(scored):
     transport = lad.layers[1]
     assert transport.verdict is Verdict.FAIL and _ids(report, transport.explained_by) == {"service.stale_dnat"}
     [e] = [e for e in report.explanations if e.rule == "stale_dnat"]
-    assert {"transport.connect_timeout", "capture.syn_unanswered"} <= _ids(report, e.effects)
+    assert {"transport.connect_timeout", "transport.syn_sent_stuck"} <= _ids(report, e.effects)
     assert all(report.findings[i].vantage == lad.client for i in e.effects)  # the client's symptoms
+    # the capture's unanswered SYN is the same fact as the probe's timeout: one finding, its packets cited
+    [timeout] = [f for f in report.findings if f.id == "transport.connect_timeout" and f.vantage == lad.client]
+    assert any(ev.member.endswith("/capture.json") for ev in timeout.evidence)
+    assert not [f for f in report.findings if f.id == "capture.syn_unanswered" and f.vantage == lad.client
+                and f.target is not None and f.target.address == "10.96.0.20"]
     assert "explains the transport failure" in report.summary[1]
 
 
@@ -231,7 +236,7 @@ def test_healthy_is_all_pass(healthy_lab, tmp_path):
     assert report is not None and report.ladders
     for lad in report.ladders:
         assert lad.owner is None and lad.proven
-        assert {lv.verdict.value for lv in lad.layers} <= {"pass", "not collected"}, lad
+        assert {lv.verdict.value for lv in lad.layers} <= {"pass", "not applicable", "not collected"}, lad
         assert [lv.verdict.value for lv in lad.layers[:2]] == ["pass", "pass"]
     assert "No layer fails" in report.summary[1]
 
