@@ -165,7 +165,7 @@ def _parser() -> argparse.ArgumentParser:
 
     v = _command(sub, "validate", help="verify a bundle: structure, checksums, schemas, version")
     v.add_argument("bundle", type=_existing, help="the .tar.zst bundle (as collect wrote it)")
-    v.add_argument("--json", action="store_true")
+    v.add_argument("--json", action="store_true", help="print the result as JSON")
     vf = _command(sub, "verify", help="check a signed bundle: its signature (FILE.sig, OpenSSH SSHSIG, namespace "
                                        "netbundle) against allowed signers, then everything validate checks",
                         description="The same check as `ssh-keygen -Y verify -f ALLOWED -I ID -n netbundle -s "
@@ -178,7 +178,7 @@ def _parser() -> argparse.ArgumentParser:
 
     s = _command(sub, "show", help="terminal summary of a bundle")
     s.add_argument("bundle", type=_existing, help="the .tar.zst bundle (as collect wrote it)")
-    s.add_argument("--json", action="store_true")
+    s.add_argument("--json", action="store_true", help="print the manifest as JSON")
 
     a = _command(sub, "analyze", help="recompute findings.json (the ladder and findings) from a bundle's documents")
     a.add_argument("bundle", type=_existing, help="the .tar.zst bundle (as collect wrote it)")
@@ -209,10 +209,11 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("-o", "--output", type=Path)
 
     lab = _command(sub, "lab", help="reproducible incident scenarios in network namespaces")
-    lsub = lab.add_subparsers(dest="lab_command", required=True, parser_class=_Parser)
+    lsub = lab.add_subparsers(dest="lab_command", required=True, parser_class=_Parser, metavar="COMMAND",
+                              help="up, down, list or score (each has its --help)")
     up = _command(lsub, "up", help="build a scenario")
     up.add_argument("scenario", choices=_Names(_scenario_names), metavar="SCENARIO", help="one of: %(choices)s")
-    up.add_argument("--json", action="store_true")
+    up.add_argument("--json", action="store_true", help="print the lab (namespaces, targets, commands) as JSON")
     up.add_argument("--prefix", help="namespace name prefix (default nb-SCENARIO)")
     down = _command(lsub, "down", help="remove a scenario")
     down.add_argument("scenario", choices=_Names(_scenario_names), metavar="SCENARIO", help="one of: %(choices)s")
@@ -224,7 +225,7 @@ def _parser() -> argparse.ArgumentParser:
                                        "any is wrong)")
     sc.add_argument("scenarios", nargs="*", metavar="SCENARIO", help="default: every scenario")
     sc.add_argument("--keep", type=Path, metavar="DIR", help="keep each scenario's bundle there")
-    sc.add_argument("--json", action="store_true")
+    sc.add_argument("--json", action="store_true", help="print the scores as JSON")
     return p
 
 
