@@ -65,11 +65,11 @@ def _about(f: Finding, flow: Flow) -> bool:
 
 
 def target_ladders(manifest: Manifest, docs: list[VantageDocs], findings: list[Finding],
-                   client: str | None) -> tuple[list[TargetLadder], list[Explanation]]:
+                   placed: list[Flow]) -> tuple[list[TargetLadder], list[Explanation]]:
     ladders: list[TargetLadder] = []
     merged: dict[tuple[str, int], Explanation] = {}
     by_id = {d.vantage: d for d in docs}
-    for flow in flows(manifest, client, docs):
+    for flow in placed:
         found = explanations(Case(flow, findings, by_id))
         for e in found:
             key = (e.rule, e.cause)

@@ -13,7 +13,7 @@ from bundle.analyze.counters import counter_findings
 from bundle.analyze.dns import dns_findings
 from bundle.analyze.ladder import LAYERS, flows, target_ladders
 from bundle.analyze.nat import nat_findings
-from bundle.analyze.roles import client_of, frontends
+from bundle.analyze.roles import Flow, client_of, frontends
 from bundle.analyze.route import neighbor_findings, route_findings
 from bundle.analyze.transport import VantageEvidence, transport_findings
 from bundle.models import (
@@ -49,12 +49,13 @@ class Inputs:
 def build_report(inp: Inputs) -> FindingsReport:
     m = inp.manifest
     client = client_of(m)
+    placed = flows(m, client, inp.docs)
     findings = _findings(inp)
-    findings += dead_answers(m, client, inp.docs)
+    findings += dead_answers(m, client, inp.docs, placed)
     findings = _one_fact_once(findings)
     _calibrate(findings, inp)
     findings.sort(key=lambda f: (LAYERS.index(f.layer), _SEVERITY[f.severity]))
-    ladders, explanations = target_ladders(m, inp.docs, findings, client)
+    ladders, explanations = target_ladders(m, inp.docs, findings, placed)
     for e in explanations:  # a cause of a client's failure is critical, whatever it weighs alone
         findings[e.cause].severity = Severity.CRITICAL
     return _sentences(m, findings, ladders, explanations)
@@ -150,7 +151,7 @@ def _calibrate(findings: list[Finding], inp: Inputs) -> None:
                           "to it proves nothing (normal, not a fault).")
 
 
-def dead_answers(m: Manifest, client: str | None, docs: list[VantageDocs]) -> list[Finding]:
+def dead_answers(m: Manifest, client: str | None, docs: list[VantageDocs], placed: list[Flow]) -> list[Finding]:
     """dns.dead_answer: the client's resolver answered a name target with an address that no collected vantage
     holds and that a route on the client's side refuses (blackhole, unreachable, prohibit, or no route) — the
     pod behind the record is gone (a stale DNS record, a cache). A route that merely forwards it elsewhere is not
@@ -160,12 +161,13 @@ def dead_answers(m: Manifest, client: str | None, docs: list[VantageDocs]) -> li
     if vantage is None:
         return out
     by_id = {d.vantage: d for d in docs}
-    for flow in flows(m, client, docs):
+    fronts = frontends(docs)
+    for flow in placed:
         if not flow.names or flow.spec not in {t.spec for t in m.targets}:
             continue
         name = next(iter(flow.names))
         for address in sorted(flow.addresses):
-            if any(d.holds(address) for d in docs) or address in frontends(docs):
+            if any(d.holds(address) for d in docs) or address in fronts:
                 continue
             refused = next((r for v in [client, *flow.path] if (r := refusing_route(by_id.get(v or ""), address))),
                            None)

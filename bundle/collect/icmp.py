@@ -37,7 +37,8 @@ def overhead(family: int) -> int:
     return 28 if family == 4 else 48
 
 
-def _checksum(data: bytes) -> int:
+def checksum(data: bytes) -> int:
+    """The Internet checksum (RFC 1071) of an ICMP message."""
     if len(data) % 2:
         data += b"\0"
     s = sum(struct.unpack(f"!{len(data) // 2}H", data))
@@ -88,7 +89,7 @@ class IcmpProber:
         body = bytes((i & 0xFF for i in range(payload)))
         if self.family == 4:
             hdr = struct.pack("!BBHHH", 8, 0, 0, self.ident, seq)
-            pkt = struct.pack("!BBHHH", 8, 0, _checksum(hdr + body), self.ident, seq) + body
+            pkt = struct.pack("!BBHHH", 8, 0, checksum(hdr + body), self.ident, seq) + body
         else:
             pkt = struct.pack("!BBHHH", 128, 0, 0, self.ident, seq) + body  # kernel fills the checksum
         start = time.monotonic()

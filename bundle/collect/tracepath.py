@@ -14,7 +14,7 @@ import socket
 import struct
 import time
 
-from bundle.collect.icmp import family_of
+from bundle.collect.icmp import checksum, family_of
 from bundle.models import MissingReason, PathHop, PathTrace, Unavailable
 
 MAX_HOPS = 16
@@ -22,15 +22,6 @@ SILENT_STOP = 3  # silent hops in a row after which the walk stops
 PROBE_TIMEOUT_S = 1.0
 _TIME_EXCEEDED = {4: 11, 6: 3}
 _UNREACHABLE = {4: 3, 6: 1}
-
-
-def _checksum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    s = (s >> 16) + (s & 0xFFFF)
-    s += s >> 16
-    return int(~s & 0xFFFF)
 
 
 def _quoted(data: bytes, family: int) -> tuple[int, int, bytes, bytes] | None:
@@ -91,7 +82,7 @@ class _Walker:
         seq = ttl
         if self.family == 4:
             hdr = struct.pack("!BBHHH", 8, 0, 0, self.ident, seq)
-            pkt = struct.pack("!BBHHH", 8, 0, _checksum(hdr + b"netbundle"), self.ident, seq) + b"netbundle"
+            pkt = struct.pack("!BBHHH", 8, 0, checksum(hdr + b"netbundle"), self.ident, seq) + b"netbundle"
             proto, reply_type = 1, 0
         else:
             pkt = struct.pack("!BBHHH", 128, 0, 0, self.ident, seq) + b"netbundle"
