@@ -321,7 +321,6 @@ def _cmd_collect(args: argparse.Namespace, argv: list[str]) -> int:
     if args.capture_iface:
         _check_iface(args.capture_iface, specs)
         options["capture_iface"] = args.capture_iface
-    _refuse_conflicts(args)
     options.update(capture_packets=str(args.capture_packets), capture_bytes=str(args.capture_bytes),
                    capture_seconds=str(args.capture_seconds), snaplen=str(args.snaplen))
     if len(args.names) > 20:
@@ -329,6 +328,7 @@ def _cmd_collect(args: argparse.Namespace, argv: list[str]) -> int:
     for name in args.names:
         if not valid_name(name):
             raise UsageError(f"not a DNS name: {name!r}")
+    _refuse_conflicts(args)
     if args.names:
         options["dns_names"] = ",".join(args.names)
     if args.dns_server:

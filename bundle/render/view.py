@@ -12,12 +12,14 @@ from bundle.models import (
     UNRESOLVED_NEIGHBOR_STATES,
     CaptureAnalysis,
     CaptureRun,
+    ConnectProbe,
     CountersSlice,
     DnsSlice,
     Finding,
     FindingsReport,
     KubeSlice,
     Manifest,
+    MtuSweep,
     NatSlice,
     PathTrace,
     RouteLookup,
@@ -83,6 +85,14 @@ class View:
     report: FindingsReport | None = None
     timeline: list[TimelineRow] = field(default_factory=list)
     timeline_span_s: float = 0.0
+
+    @property
+    def sweeps(self) -> list[tuple[VantageView, MtuSweep]]:
+        return [(vv, sw) for vv in self.vantages if vv.route is not None for sw in vv.route.mtu_sweeps]
+
+    @property
+    def probes(self) -> list[tuple[VantageView, ConnectProbe]]:
+        return [(vv, p) for vv in self.vantages if vv.sockets is not None for p in vv.sockets.probes]
 
     @property
     def path_keys(self) -> list[tuple[str, str, int | None]]:
