@@ -104,6 +104,8 @@ def test_show_speaks_words(tmp_path, mtu_lab):
     shown = netbundle("show", str(out), check=True).stdout
     assert "None" not in shown and "all_pass" not in shown and "other_slices_done" not in shown
     assert "found a narrower path, path MTU 1400 (largest DF payload passing 1372, smallest failing 1373)" in shown
+    summary = netbundle("summary", str(out), check=True).stdout
+    assert "| dns | n/a |" in summary  # the DNS slice ran; an IP target has no name: not "not collected"
 
 
 def test_next_command_fits_the_datapath():

@@ -69,6 +69,9 @@ def test_findings_json_is_analyze_and_the_appendix_opens(scored, tmp_path, scena
     recomputed = json.loads(netbundle("analyze", "--json", str(out), check=True).stdout)
     assert recomputed == json.loads(stored.model_dump_json())
     assert stored.summary and len(stored.summary) <= 5
+    # one fact, one finding: repeated symptoms of one kind, vantage and target are counted, not listed
+    keys = [(f.id, f.vantage, f.target) for f in stored.findings]
+    assert len(keys) == len({(i, v, t.model_dump_json() if t else None) for i, v, t in keys}), keys
     for lad in stored.ladders:
         assert lad.client is not None and lad.vantages and {v.role.value for v in lad.vantages} >= {"client"}
         if lad.owner is not None:  # a layer before the owner fails only as the cause's symptom
@@ -145,6 +148,8 @@ def test_refused_name_target_reaches_its_ladder(scored):
     transport = lad.layers[1]
     assert "transport.refused" in _ids(report, transport.findings)
     assert report.findings[lad.cause].vantage.endswith("-server")  # type: ignore[index]
+    # the probe's refusal and the capture's RST are one fact: one critical finding, the packets as its evidence
+    assert not [f for f in report.findings if f.id == "capture.syn_rst" and f.vantage == lad.client]
 
 
 def test_refusal_by_an_unsynced_proxy_is_the_service_plane(scored):

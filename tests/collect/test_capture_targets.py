@@ -97,3 +97,6 @@ def test_a_target_the_capture_never_saw_is_said(two_links):
     assert "10.244.20.77" not in run.hosts_seen and run.hosts_seen[SSH_PEER] > 0  # type: ignore[union-attr]
     summary = netbundle("summary", str(out), "--format", "text", check=True).stdout
     assert "holds no IP packet to or from 10.244.20.77" in summary
+    # the failing target's row is the one owned; its capture never saw it, so no capture is offered as proof
+    assert any(lad.owner is not None for lad in report.ladders if lad.target == "10.244.20.77:80")
+    assert report.capture is None
