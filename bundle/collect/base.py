@@ -27,6 +27,13 @@ class ResolvedTarget:
     address: str
     port: int | None = None
     name: str | None = None
+    # the forms a socket row may show it in: an IPv4 target also as ::ffff:a.b.c.d (a dual-stack socket's
+    # v4-mapped peer — Java clients, servers bound to ::)
+    forms: frozenset[str] = field(init=False, default=frozenset())
+
+    def __post_init__(self) -> None:
+        mapped = {f"::ffff:{self.address}"} if "." in self.address and ":" not in self.address else set()
+        object.__setattr__(self, "forms", frozenset({self.address} | mapped))
 
 
 @dataclass(frozen=True)

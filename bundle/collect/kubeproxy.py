@@ -191,10 +191,13 @@ def services_from_ipvsadm(text: str, source: str = "ipvsadm -Ln") -> list[Servic
 
 def services_from_proc_ip_vs(text: str) -> list[ServiceEntry]:
     """/proc/net/ip_vs prints addresses in hex (0A600014:01BB); turned into ipvsadm -Ln's form and parsed."""
-    def conv(hexaddr: str) -> str:
-        addr, _, port = hexaddr.partition(":")
-        ip = str(ipaddress.ip_address(int(addr, 16))) if len(addr) == 8 else f"[{ipaddress.ip_address(int(addr, 16))}]"
-        return f"{ip}:{int(port, 16)}"
+    def conv(field: str) -> str:
+        """IPv4 as hex (0A600014:01BB); IPv6 as the kernel's %pI6, bracketed ([fd00:0010:...:000a]:01BB)."""
+        if field.startswith("["):
+            addr, _, port = field[1:].partition("]:")
+            return f"[{ipaddress.IPv6Address(addr)}]:{int(port, 16)}"
+        addr, _, port = field.partition(":")
+        return f"{ipaddress.IPv4Address(int(addr, 16))}:{int(port, 16)}"
 
     lines = []
     for line in text.splitlines():

@@ -54,9 +54,9 @@ def _is_target_row(s: DiagSocket, targets: tuple[ResolvedTarget, ...]) -> bool:
     """Client side (to the target) or server side (on the target's port, or its address when no port)."""
     for t in targets:
         if t.port is None:
-            if t.address in (s.remote, s.local):
+            if s.remote in t.forms or s.local in t.forms:
                 return True
-        elif (s.remote == t.address and s.rport == t.port) or s.lport == t.port:
+        elif (s.remote in t.forms and s.rport == t.port) or s.lport == t.port:
             return True
     return False
 
@@ -110,7 +110,7 @@ def _sample(socks: list[DiagSocket], at: float, targets: tuple[ResolvedTarget, .
             if s.tcp is not None:
                 retrans += s.tcp[TOTAL_RETRANS]
             for t in targets:
-                if s.remote == t.address and (t.port is None or s.rport == t.port):
+                if s.remote in t.forms and (t.port is None or s.rport == t.port):
                     per_target[t.spec][s.state] += 1
         else:
             udp[s.state] += 1

@@ -32,8 +32,10 @@ CTA_PROTOINFO_TCP, CTA_PROTOINFO_TCP_STATE = 1, 1
 PROTOCOLS = {1: "icmp", 2: "igmp", 6: "tcp", 17: "udp", 58: "icmpv6", 132: "sctp", 33: "dccp", 136: "udplite", 47: "gre"}
 TCP_STATES = {0: "NONE", 1: "SYN_SENT", 2: "SYN_RECV", 3: "ESTABLISHED", 4: "FIN_WAIT", 5: "CLOSE_WAIT",
               6: "LAST_ACK", 7: "TIME_WAIT", 8: "CLOSE", 9: "SYN_SENT2"}
+# enum ip_conntrack_status, include/uapi/linux/netfilter/nf_conntrack_common.h (bit 12 is also NAT_CLASH)
 STATUS_BITS = {0: "EXPECTED", 1: "SEEN_REPLY", 2: "ASSURED", 3: "CONFIRMED", 4: "SRC_NAT", 5: "DST_NAT",
-               8: "SRC_NAT_DONE", 9: "DST_NAT_DONE", 10: "DYING", 12: "TEMPLATE", 13: "UNTRACKED"}
+               6: "SEQ_ADJUST", 7: "SRC_NAT_DONE", 8: "DST_NAT_DONE", 9: "DYING", 10: "FIXED_TIMEOUT",
+               11: "TEMPLATE", 12: "UNTRACKED", 13: "HELPER", 14: "OFFLOAD", 15: "HW_OFFLOAD"}
 
 _NLMSGHDR = struct.Struct("=IHHII")
 _NLA = struct.Struct("=HH")

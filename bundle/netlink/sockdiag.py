@@ -29,7 +29,7 @@ _NLMSGHDR = struct.Struct("=IHHII")
 # inet_diag_req_v2: family, protocol, ext, pad, states; inet_diag_sockid (ports big-endian, addresses raw)
 _REQ = struct.Struct("=BBBxI" + "HH16s16sI8s")
 # inet_diag_msg: family, state, timer, retrans; sockid; expires, rqueue, wqueue, uid, inode
-# family, state, timer, retrans; sport, dport (big-endian, swapped after), src, dst, if, cookie;
+# family, state, timer, retrans; sport, dport (network order, read native then ntohs), src, dst, if, cookie;
 # expires, rqueue, wqueue, uid, inode: 72 bytes, unpacked in one call
 _MSG = struct.Struct("=BBBBHH16s16sI8sIIIII")
 _RTA = struct.Struct("=HH")
@@ -89,8 +89,10 @@ def _addr(family: int, raw: bytes) -> str:
     return text
 
 
-def _swap16(v: int) -> int:
-    return ((v & 0xFF) << 8) | (v >> 8)
+def _port(v: int) -> int:
+    """A port read native-endian from its network-order bytes: ntohs is a swap on little-endian hosts and
+    nothing on big-endian ones (s390x), where a plain swap would be wrong."""
+    return socket.ntohs(v)
 
 
 def decode_message(payload: memoryview | bytes, protocol: int) -> DiagSocket:
@@ -112,7 +114,7 @@ def _decode(buf: memoryview | bytes | bytearray, start: int, end: int, protocol:
         off += (rlen + 3) & ~3
     # positional: this runs once per socket, tens of thousands of times
     return DiagSocket(protocol, 4 if fam == socket.AF_INET else 6, TCP_STATES.get(state) or str(state),
-                      _addr(fam, src), _swap16(sport), _addr(fam, dst), _swap16(dport), ifindex,
+                      _addr(fam, src), _port(sport), _addr(fam, dst), _port(dport), ifindex,
                       int.from_bytes(cookie, "little"), TIMERS.get(timer) or str(timer), expires, retrans, rq, wq,
                       uid, inode, tcp)
 

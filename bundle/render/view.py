@@ -68,8 +68,9 @@ class VantageView:
         """The rows of one target: to it (client side) or on its port (server side)."""
         if self.sockets is None:
             return []
+        forms = {address, f"::ffff:{address}"}  # a dual-stack socket shows an IPv4 peer v4-mapped
         return [s for s in self.sockets.sockets
-                if (s.remote == address and (port is None or s.rport == port)) or (port is not None and s.lport == port)]
+                if (s.remote in forms and (port is None or s.rport == port)) or (port is not None and s.lport == port)]
 
 
 @dataclass

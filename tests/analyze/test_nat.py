@@ -129,3 +129,34 @@ def test_proc_ip_vs_reads_as_ipvsadm():
         return [(e.protocol, e.address, e.port, [(x.address, x.port, x.weight) for x in e.endpoints]) for e in entries]
 
     assert shape(services_from_proc_ip_vs(proc)) == shape(services_from_ipvsadm(text))
+
+
+def test_proc_ip_vs_with_ipv6_services_reads_as_ipvsadm():
+    """A dual-stack IPVS node: the kernel prints IPv6 services and real servers as [%pI6]:PORT (ip_vs_ctl.c,
+    every group of four hex digits); `ipvsadm -Ln` prints them compressed. Both read as the same map (the
+    NAT slice failed on the first IPv6 line: int("[fd00", 16))."""
+    proc = ("IP Virtual Server version 1.2.1 (size=4096)\n"
+            "Prot LocalAddress:Port Scheduler Flags\n"
+            "  -> RemoteAddress:Port Forward Weight ActiveConn InActConn\n"
+            "TCP  0A600014:01BB rr \n"
+            "  -> 0AF40103:1F90      Masq    1      0          0\n"
+            "TCP  [fd00:0010:0096:0000:0000:0000:0000:0014]:01BB rr \n"
+            "  -> [fd00:0010:0244:0001:0000:0000:0000:0003]:1F90      Masq    1      0          0\n"
+            "  -> [fd00:0010:0244:0002:0000:0000:0000:0009]:1F90      Masq    2      0          0\n")
+    ipvsadm = ("IP Virtual Server version 1.2.1 (size=4096)\n"
+               "Prot LocalAddress:Port Scheduler Flags\n"
+               "  -> RemoteAddress:Port           Forward Weight ActiveConn InActConn\n"
+               "TCP  10.96.0.20:443 rr\n"
+               "  -> 10.244.1.3:8080              Masq    1      0          0\n"
+               "TCP  [fd00:10:96::14]:443 rr\n"
+               "  -> [fd00:10:244:1::3]:8080      Masq    1      0          0\n"
+               "  -> [fd00:10:244:2::9]:8080      Masq    2      0          0\n")
+
+    def shape(entries):
+        return [(e.protocol, e.address, e.port, [(x.address, x.port, x.weight, x.share) for x in e.endpoints])
+                for e in entries]
+
+    got = shape(services_from_proc_ip_vs(proc))
+    assert got == shape(services_from_ipvsadm(ipvsadm))
+    assert got[1] == ("tcp", "fd00:10:96::14", 443, [("fd00:10:244:1::3", 8080, 1, 0.333333),
+                                                      ("fd00:10:244:2::9", 8080, 2, 0.666667)])

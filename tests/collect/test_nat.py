@@ -160,6 +160,35 @@ def test_dump_equals_conntrack_tool(tmp_path):
         assert matched == 40 and sorted(entries) == want
 
 
+@pytest.mark.privileged
+def test_status_bits_are_the_kernels(tmp_path):
+    """Every bit of enum ip_conntrack_status decodes to its uapi name (the names from bit 7 up were shifted):
+    entries made with `conntrack -I` carrying the bits the tool can set (ASSURED, SEEN_REPLY, FIXED_TIMEOUT and
+    a DNAT, which the kernel marks DST_NAT and, once set up, *_NAT_DONE); `conntrack -L -o extended` shows
+    the same entry [ASSURED]; a live entry is never DYING."""
+    import json
+    import sys
+
+    assert ctnetlink.STATUS_BITS == {0: "EXPECTED", 1: "SEEN_REPLY", 2: "ASSURED", 3: "CONFIRMED", 4: "SRC_NAT",
+                                     5: "DST_NAT", 6: "SEQ_ADJUST", 7: "SRC_NAT_DONE", 8: "DST_NAT_DONE",
+                                     9: "DYING", 10: "FIXED_TIMEOUT", 11: "TEMPLATE", 12: "UNTRACKED", 13: "HELPER",
+                                     14: "OFFLOAD", 15: "HW_OFFLOAD"}
+    with Topology(f"nbt-cts-{os.getpid() % 100000}") as t:
+        ns = t.add_netns("node")
+        _in_netns(ns, "conntrack", "-I", "-p", "tcp", "-s", "10.244.1.2", "-d", "10.96.0.20", "--sport", "40000",
+                  "--dport", "443", "--state", "ESTABLISHED", "-t", "100", "-u", "ASSURED,SEEN_REPLY,FIXED_TIMEOUT",
+                  "--dst-nat", "10.244.1.3")
+        shown = _in_netns(ns, "conntrack", "-L", "-o", "extended")
+        assert "[ASSURED]" in shown and "src=10.244.1.3" in shown
+        script = ("from bundle.netlink import ctnetlink; import json, socket\n"
+                  "t = ctnetlink.dump(lambda a: True, 10)\n"
+                  "print(json.dumps([[e.status, ctnetlink.status_names(e.status)] for e in t.entries]))")
+        [[status, names]] = json.loads(_in_netns(ns, sys.executable, "-c", script))
+    assert {"ASSURED", "SEEN_REPLY", "CONFIRMED", "FIXED_TIMEOUT", "DST_NAT"} <= set(names), names
+    assert "DYING" not in names and status >> 9 & 1 == 0
+    assert status >> 10 & 1 == 1  # FIXED_TIMEOUT is bit 10 in the kernel's own value
+
+
 def _nat_docs(path: Path) -> dict[str, NatSlice]:
     b = read_bundle(path)
     return {v.id: doc for v in b.manifest.vantages if (doc := b.nat(v.id)) is not None}

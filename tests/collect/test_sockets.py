@@ -174,3 +174,43 @@ def test_non_root_still_completes_and_names_hidden_owners(tmp_path, lab):
     assert "not permitted" in listener.owner_unknown.detail
     show = netbundle("show", str(out)).stdout
     assert "transport.owners_hidden" not in show and "owners of 1 sockets are hidden" in show
+
+
+_MAPPED_CLIENT = """
+import socket, sys, time
+srv = socket.socket(); srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+srv.bind(("127.0.0.1", 9931)); srv.listen()
+cli = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)  # a dual-stack client (a JVM's), dialing IPv4 mapped
+cli.connect(("::ffff:127.0.0.1", 9931))
+conn, _ = srv.accept()
+print("ready", flush=True)
+time.sleep(30)
+"""
+
+
+@pytest.mark.privileged
+def test_a_v4_mapped_row_is_the_ipv4_targets(tmp_path):
+    """A socket row whose peer is ::ffff:127.0.0.1 belongs to the target 127.0.0.1: kept as a target row and
+    counted in the target's state trend (it was neither)."""
+    ns = f"nbt-mapped-{__import__('os').getpid() % 100000}"
+    netns.create(ns)
+    proc = None
+    try:
+        with IPRoute(netns=ns) as ipr:
+            ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
+        proc = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-c", _MAPPED_CLIENT],
+                                stdout=subprocess.PIPE, text=True)
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        out = tmp_path / "b.tar.zst"
+        assert netbundle("collect", "--passive", "--slice", "sockets", "--netns", ns, "--target", "127.0.0.1:9931",
+                         "--socket-samples", "1", "-o", str(out)).returncode == 0
+        doc = read_bundle(out).sockets(f"netns-{ns}")
+        assert doc is not None
+        mapped = [s for s in doc.sockets if s.remote == "::ffff:127.0.0.1" and s.rport == 9931]
+        assert len(mapped) == 1 and mapped[0].state == "ESTAB"
+        assert doc.samples[0].to_targets["127.0.0.1:9931"] == {"ESTAB": 1}
+    finally:
+        if proc is not None:
+            proc.kill()
+            proc.communicate()
+        netns.remove(ns)
