@@ -14,13 +14,24 @@ NEAR_MAX = 0.9
 DROP_COUNTERS = ("insert_failed", "drop", "early_drop")
 
 
-def _ready(slices: list[EndpointSliceView], service: str, port_name: str | None) -> tuple[set[str], bool]:
-    """(ready addresses, found) of a Service in the EndpointSlices. Ports are matched by name
-    (kube-proxy's comment carries the port name) when the slice names its ports."""
+def _family(address: str | None) -> str | None:
+    """The EndpointSlice addressType a frontend's endpoints have: a dual-stack Service has one slice per family,
+    and each family's frontend (ClusterIP) is programmed with that family's endpoints only."""
+    if not address:
+        return None
+    return "IPv6" if ":" in address else "IPv4"
+
+
+def _ready(slices: list[EndpointSliceView], service: str, port_name: str | None,
+           family: str | None = None) -> tuple[set[str], bool]:
+    """(ready addresses, found) of a Service in the EndpointSlices of the frontend's family. Ports are matched by
+    name (kube-proxy's comment carries the port name) when the slice names its ports."""
     ready: set[str] = set()
     found = False
     for s in slices:
         if s.service != service:
+            continue
+        if family is not None and (s.address_type or "IPv4") != family:
             continue
         if port_name is not None and s.ports and not any((p.name or "") == port_name for p in s.ports):
             continue
@@ -102,7 +113,7 @@ def nat_findings(vantage: Vantage, doc: NatSlice, configured_mode: str | None = 
             if front is None:
                 continue
             name, port_name = _split(front.service)
-            ready, known = _ready(slices, name, port_name)
+            ready, known = _ready(slices, name, port_name, _family(front.address))
             now = {(ep.address, ep.port) for ep in front.endpoints}
             if known and e.reply.src not in ready and (e.reply.src, e.reply.sport or 0) not in now:
                 add("service.conntrack_stale_endpoint", Severity.WARNING, about(front.address, front.port),
@@ -130,7 +141,7 @@ def _rules_of(entry: ServiceEntry, mode: str) -> str:
 def _service_vs_slices(found: FindingList, vantage: Vantage, i: int, entry: ServiceEntry,
                        slices: list[EndpointSliceView], doc_mode: str) -> None:
     name, port_name = _split(entry.service)
-    ready, known = _ready(slices, name, port_name)
+    ready, known = _ready(slices, name, port_name, _family(entry.address))
     if not known:
         return
     front = f"{entry.address or '*'}:{entry.port}/{entry.protocol}"

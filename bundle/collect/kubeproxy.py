@@ -342,8 +342,10 @@ def endpoint_slices(objects: list[Any]) -> list[EndpointSliceView]:
                                      node=e.get("nodeName") if isinstance(e.get("nodeName"), str) else None,
                                      zone=e.get("zone") if isinstance(e.get("zone"), str) else None))
         ns = str(meta.get("namespace", "default"))
+        kind = obj.get("addressType")
         out.append(EndpointSliceView(namespace=ns, name=str(meta.get("name", "")),
-                                     service=f"{ns}/{labels.get('kubernetes.io/service-name', '')}", ports=ports,
+                                     service=f"{ns}/{labels.get('kubernetes.io/service-name', '')}",
+                                     address_type=kind if isinstance(kind, str) else None, ports=ports,
                                      endpoints=eps))
     return out
 

@@ -126,6 +126,7 @@ class EndpointSliceView(Model):
     namespace: str
     name: str
     service: str
+    address_type: str | None = Field(default=None, description="IPv4, IPv6 or FQDN (null before 1.2: IPv4)")
     ports: list[SlicePort]
     endpoints: list[SliceEndpoint]
 

@@ -160,3 +160,25 @@ def test_proc_ip_vs_with_ipv6_services_reads_as_ipvsadm():
     assert got == shape(services_from_ipvsadm(ipvsadm))
     assert got[1] == ("tcp", "fd00:10:96::14", 443, [("fd00:10:244:1::3", 8080, 1, 0.333333),
                                                       ("fd00:10:244:2::9", 8080, 2, 0.666667)])
+
+
+def test_a_dual_stack_service_is_judged_per_family():
+    """A dual-stack Service has one EndpointSlice per address family; each family's ClusterIP is programmed with
+    its own family's endpoints. The IPv6 pods are not 'missing' from the IPv4 frontend (they were, for every
+    dual-stack Service), and a stale IPv6 endpoint is still caught on the IPv6 frontend."""
+    def family_slice(kind: str, ready: list[str]) -> dict:
+        return {"kind": "EndpointSlice", "addressType": kind,
+                "metadata": {"name": f"pay-{kind.lower()}", "namespace": "default",
+                             "labels": {"kubernetes.io/service-name": "payments"}},
+                "ports": [{"name": "https", "port": 8080}],
+                "endpoints": [{"addresses": [a], "conditions": {"ready": True}} for a in ready]}
+
+    pair = endpoint_slices([family_slice("IPv4", ["10.244.1.3"]), family_slice("IPv6", ["fd00:10:244:1::3"])])
+    assert [s.address_type for s in pair] == ["IPv4", "IPv6"]
+    v6 = ServiceEntry(service="default/payments:https", kind="cluster IP", protocol="tcp", address="fd00:10:96::14",
+                      port=443, source="ip6tables-nft nat KUBE-SERVICES",
+                      endpoints=[DataplaneEndpoint(address="fd00:10:244:1::3", port=8080, share=1.0, chain="KUBE-SEP-Y")])
+    assert _ids(_doc([_svc(["10.244.1.3"]), v6], pair)) == []
+    stale = v6.model_copy(update={"endpoints": [DataplaneEndpoint(address="fd00:10:244:2::9", port=8080, share=1.0)]})
+    assert _ids(_doc([_svc(["10.244.1.3"]), stale], pair)) == ["service.endpoint_not_programmed",
+                                                               "service.stale_dnat"]
