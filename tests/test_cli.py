@@ -144,3 +144,16 @@ def test_kubectl_plugin(tmp_path, healthy_lab):
                           timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert subprocess.run([kubectl, "netbundle", "validate", str(out)], env=env, timeout=60).returncode == 0
+
+
+def test_an_ipv6_service_target_reads_back_as_itself():
+    """A Service's IPv6 ClusterIP port becomes a target written [addr]:port, which parses back to the same
+    address and port (fd00:10:96::a:443 read as the address fd00:10:96::a:443)."""
+    from bundle.collect.targets import parse_target
+    from bundle.models import endpoint_spec
+
+    for address, port in (("fd00:10:96::a", 443), ("10.96.0.10", 53), ("fd00::1", None)):
+        spec = endpoint_spec(address, port)
+        t = parse_target(spec)
+        assert (t.address, t.port) == (address, port), spec
+    assert endpoint_spec("fd00:10:96::a", 443) == "[fd00:10:96::a]:443"

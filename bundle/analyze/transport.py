@@ -19,6 +19,7 @@ from bundle.models import (
     SocketsSlice,
     Target,
     Vantage,
+    endpoint_spec,
 )
 
 CLOSE_WAIT_THRESHOLD = 16
@@ -77,7 +78,7 @@ def transport_findings(evidence: list[VantageEvidence], targets: list[Target]) -
             if p.outcome is ConnectOutcome.REFUSED:
                 add("transport.refused", Severity.CRITICAL, v, about(p.address, p.port, _name(p.target)),
                     f"From {v.id}, a TCP connect to {p.target} was refused (RST): nothing accepts on port "
-                    f"{p.port} at {p.address}.", f"probes[{i}]", f"ss -tan dst {p.address}:{p.port}")
+                    f"{p.port} at {p.address}.", f"probes[{i}]", f"ss -tan dst {endpoint_spec(p.address, p.port)}")
             elif p.outcome is ConnectOutcome.TIMEOUT:
                 add("transport.connect_timeout", Severity.CRITICAL, v, about(p.address, p.port, _name(p.target)),
                     f"From {v.id}, TCP connects to {p.target} got no answer within {p.timeout_s:g} s "

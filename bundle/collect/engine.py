@@ -57,6 +57,7 @@ from bundle.models import (
     Target,
     Vantage,
     VantageKind,
+    endpoint_spec,
 )
 from bundle.models.kube import KubeSlice, PodVantage
 
@@ -326,7 +327,7 @@ def _kube_first(req: CollectRequest, kreq: KubeRequest, staged: StagedBundle,
         staged.add_bytes(path, data, media, Provenance(vantage=KUBE_VANTAGE, slice="kube", source=source))
     addresses, names = kube.service_targets(doc)
     have = {(t.address, t.port) for t in req.targets}
-    targets = list(req.targets) + [Target(spec=f"{a}:{p}", address=a, port=p) for a, p in addresses
+    targets = list(req.targets) + [Target(spec=endpoint_spec(a, p), address=a, port=p) for a, p in addresses
                                    if (a, p) not in have]
     options = dict(req.options)
     if names:

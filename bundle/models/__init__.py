@@ -56,6 +56,7 @@ from bundle.models.manifest import (
     Target,
     Vantage,
     VantageKind,
+    endpoint_spec,
     parse_version,
 )
 from bundle.models.kube import (
@@ -253,5 +254,6 @@ __all__ = [
     "VantageKind",
     "VantageLadder",
     "Verdict",
+    "endpoint_spec",
     "parse_version",
 ]

@@ -131,6 +131,13 @@ class Vantage(Model):
                                   "evidence taken after that may show the teardown, not the incident")
 
 
+def endpoint_spec(address: str, port: int | None) -> str:
+    """An address and port as written on a command line: 10.96.0.20:443, [fd00:10:96::14]:443, a bare address."""
+    if port is None:
+        return address
+    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+
+
 class Target(Model):
     spec: str = Field(description="as the operator wrote it")
     address: str | None = Field(default=None, description="an IP target's address")
