@@ -234,6 +234,9 @@ def _sha256(path: Path) -> str:
         return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
+MAX_CAPTURE_BYTES = 256 << 20  # half the reader's member limit: the bundle's other members fit beside it
+
+
 def _refuse_existing(out: Path | None, force: bool) -> None:
     """Before any work: an existing output is evidence too (an earlier bundle, re-run from shell history)."""
     if out is not None and not force and (out.exists() or out.is_symlink()):
@@ -280,6 +283,7 @@ def _cmd_collect(args: argparse.Namespace, argv: list[str]) -> int:
     from bundle.collect.engine import CollectRequest, Progress, collect
     from bundle.collect.targets import parse_address, parse_target, valid_name
     from bundle.collect.nat import MAX_KEEP
+    from bundle.archive import ReadLimits
     from bundle.collect.sockets import MAX_TABLE_ROWS
 
     if args.timeout <= 0:
@@ -308,6 +312,10 @@ def _cmd_collect(args: argparse.Namespace, argv: list[str]) -> int:
                "socket_rows": str(args.socket_rows)}
     if args.capture_packets < 1 or args.capture_bytes < 4096 or args.capture_seconds <= 0:
         raise UsageError("--capture-packets >= 1, --capture-bytes >= 4096 and --capture-seconds > 0")
+    # what collect writes, validate must read: a member stays under the reader's limits (docs/format.md)
+    if args.capture_bytes > MAX_CAPTURE_BYTES:
+        raise UsageError(f"--capture-bytes {args.capture_bytes}: at most {MAX_CAPTURE_BYTES} (the reader refuses "
+                         f"members over {ReadLimits().max_member_bytes})")
     if not 16 <= args.snaplen <= 262144:
         raise UsageError("--snaplen must be 16-262144")
     if args.capture_filter is not None:
@@ -356,6 +364,11 @@ def _cmd_collect(args: argparse.Namespace, argv: list[str]) -> int:
     for pcap in args.pcap:
         if not pcap.is_file():
             raise UsageError(f"--pcap {pcap}: no such file")
+        if pcap.stat().st_size > ReadLimits().max_member_bytes:
+            raise UsageError(f"--pcap {pcap}: {pcap.stat().st_size} bytes, over the {ReadLimits().max_member_bytes}-"
+                             f"byte member limit every reader applies (cut it with editcap)")
+    if sum(p.stat().st_size for p in args.pcap) > ReadLimits().max_total_bytes // 2:
+        raise UsageError(f"--pcap: {len(args.pcap)} files over {ReadLimits().max_total_bytes // 2} bytes together")
     kube_req = None
     if args.services or args.pods:
         from bundle.collect.kube import KubeRequest

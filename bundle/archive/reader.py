@@ -162,6 +162,29 @@ def read_bundle(
             raise InvalidBundle(f"corrupt tar stream: {exc}") from None
         except EOFError:
             raise InvalidBundle("archive ends early (truncated)") from None
+        except MemoryError:
+            raise InvalidBundle("reading it ran out of memory (a hostile header or member?)") from None
+
+
+MAX_EXTENDED_HEADER = 64 << 10  # a PAX record set or GNU long name: ours are a few hundred bytes
+
+
+class _BoundedInfo(tarfile.TarInfo):
+    """tarfile reads a PAX extended header or a GNU long name whole, before any limit of ours can look: a few-KB
+    bundle could ask for gigabytes there. These headers are refused past MAX_EXTENDED_HEADER, before the read."""
+
+    def _proc_pax(self, tarfile: tarfile.TarFile) -> tarfile.TarInfo:
+        _bound_header(self, "PAX extended header")
+        return super()._proc_pax(tarfile)  # type: ignore[misc,no-any-return]
+
+    def _proc_gnulong(self, tarfile: tarfile.TarFile) -> tarfile.TarInfo:
+        _bound_header(self, "GNU long name")
+        return super()._proc_gnulong(tarfile)  # type: ignore[misc,no-any-return]
+
+
+def _bound_header(info: tarfile.TarInfo, what: str) -> None:
+    if info.size > MAX_EXTENDED_HEADER:
+        raise InvalidBundle(f"a {what} of {info.size} bytes (the limit is {MAX_EXTENDED_HEADER}): a header bomb")
 
 
 def _check_trailer(fh: Any) -> bool:
@@ -201,7 +224,8 @@ def _read_tar(zf: Any, limits: ReadLimits, extract_to: Path | None, tables: bool
     top = ""
     raw = b""
     digest_seen: str | None = None
-    with tarfile.open(fileobj=zf, mode="r|") as tar:
+    folders: set[str] = set()
+    with tarfile.open(fileobj=zf, mode="r|", tarinfo=_BoundedInfo) as tar:
         for info in tar:
             count += 1
             if count > limits.max_members + 1:
@@ -232,7 +256,11 @@ def _read_tar(zf: Any, limits: ReadLimits, extract_to: Path | None, tables: bool
                 raise InvalidBundle("not a regular file (links, devices and folders are refused)", rel)
             if rel in seen:
                 raise InvalidBundle("duplicate member", rel)
+            parents = {"/".join(rel.split("/")[:i]) for i in range(1, rel.count("/") + 1)}
+            if rel in folders or parents & seen:
+                raise InvalidBundle("a member is both a file and a folder of another member", rel)
             seen.add(rel)
+            folders |= parents
             member = expected.get(rel)
             if member is None:
                 raise InvalidBundle("member not listed in the manifest", rel)
@@ -305,8 +333,11 @@ def _hash_member(
     out = None
     if extract_to is not None and not keep:
         dest = extract_to / rel
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        out = open(dest, "wb")
+        try:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            out = open(dest, "wb")
+        except OSError as exc:
+            raise InvalidBundle(f"cannot be extracted: {exc.strerror}", rel) from None
     n = 0
     try:
         while chunk := fh.read(_CHUNK):

@@ -140,6 +140,36 @@ def _bomb() -> bytes:
     return raw.getvalue()
 
 
+def _header_bomb(kind: bytes) -> bytes:
+    """A PAX extended header ('x') or GNU long name ('L') declaring 400 MB, after a valid manifest: a ~13 KB file
+    that made tarfile allocate the whole header before any limit could look."""
+    size = 400 << 20
+    doc = json.dumps(manifest([member("vantages/host/route.json", ROUTE_DOC, MediaType.ROUTE)])).encode()
+
+    class Zeros(io.RawIOBase):
+        def __init__(self) -> None:
+            self.left = size
+
+        def readable(self) -> bool:
+            return True
+
+        def readinto(self, b: bytearray) -> int:  # type: ignore[override]
+            n = min(len(b), self.left)
+            b[:n] = b"a" * n if kind == tarfile.GNUTYPE_LONGNAME else bytes(n)
+            self.left -= n
+            return n
+
+    raw = io.BytesIO()
+    with pyzstd.ZstdFile(raw, "w", level_or_option=3) as zf:
+        with tarfile.open(fileobj=zf, mode="w|", format=tarfile.GNU_FORMAT) as tar:
+            tar.addfile(reg(f"{BUNDLE_ID}/manifest.json", doc)[0], io.BytesIO(doc))
+            info = tarfile.TarInfo("././@LongLink" if kind == tarfile.GNUTYPE_LONGNAME else "././@PaxHeader")
+            info.type = kind
+            info.size = size
+            tar.addfile(info, io.BufferedReader(Zeros()))
+    return raw.getvalue()
+
+
 def cases() -> dict[str, tuple[Callable[[], bytes], str, int, str]]:
     route = member("vantages/host/route.json", ROUTE_DOC, MediaType.ROUTE)
     good = pack(valid_entries())
@@ -172,6 +202,11 @@ def cases() -> dict[str, tuple[Callable[[], bytes], str, int, str]]:
         "truncated": (lambda: good[: len(good) // 2], "InvalidBundle", 3, "truncated"),
         "corrupt-zstd": (lambda: good[:40] + bytes(b ^ 0xFF for b in good[40:80]) + good[80:], "InvalidBundle", 3, "corrupt"),
         "empty-archive": (lambda: pack([]), "InvalidBundle", 3, "empty archive"),
+        "pax-header-bomb": (lambda: _header_bomb(tarfile.XHDTYPE), "InvalidBundle", 3, "header bomb"),
+        "gnu-longname-bomb": (lambda: _header_bomb(tarfile.GNUTYPE_LONGNAME), "InvalidBundle", 3, "header bomb"),
+        "file-and-folder": (lambda: _with_manifest([member("a", b"x", MediaType.TEXT), member("a/b", b"y", MediaType.TEXT)],
+                                                   [reg(f"{BUNDLE_ID}/a", b"x"), reg(f"{BUNDLE_ID}/a/b", b"y")]),
+                            "InvalidBundle", 3, "both a file and a folder"),
     }
 
 

@@ -1,6 +1,7 @@
 """Every hostile bundle in tests/data/hostile is refused with one clear line and its exit code."""
 
 import json
+import subprocess
 
 import pytest
 
@@ -51,8 +52,9 @@ def test_total_size_limit():
 
 
 def test_missing_file_is_clear(tmp_path):
+    """A missing file is a bad argument, said with its path (it was exit 3, "invalid bundle", without it)."""
     proc = netbundle("validate", str(tmp_path / "nope.tar.zst"))
-    assert proc.returncode == 3 and "cannot open" in proc.stderr
+    assert proc.returncode == 2 and f"no such file: {tmp_path / 'nope.tar.zst'}" in proc.stderr
 
 
 def _with_table(tmp_path, listed: bytes, stored: bytes):
@@ -142,3 +144,32 @@ def test_a_format_1_1_findings_json_is_kept_and_recomputed(tmp_path):
     assert analyzed.returncode == 0 and "recomputed here" in analyzed.stdout and "old words" not in analyzed.stdout
     summary = json.loads(netbundle("summary", str(out), "--format", "json", check=True).stdout)
     assert summary["summary"] != ["old"]
+
+
+@pytest.mark.parametrize("name", ["pax-header-bomb.tar.zst", "gnu-longname-bomb.tar.zst"])
+def test_header_bombs_are_refused_in_bounded_memory(name):
+    """A ~13 KB bundle declaring a 400 MB PAX header (or GNU long name) made `validate` hold 1.27 GB for 7.9 s;
+    now it is refused before the header is read: peak RSS of the whole `validate` process stays small."""
+    import sys
+
+    probe = ("import resource, subprocess, sys\n"
+             "p = subprocess.run([sys.executable, '-m', 'bundle', 'validate', sys.argv[1]], capture_output=True, "
+             "text=True)\n"
+             "print(p.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, repr(p.stderr))")
+    out = subprocess.run([sys.executable, "-c", probe, str(CORPUS / name)], capture_output=True, text=True,
+                         check=True, cwd=REPO).stdout.split(" ", 2)
+    code, peak_kb, stderr = int(out[0]), int(out[1]), out[2]
+    assert code == 3 and "header bomb" in stderr
+    assert peak_kb < 150_000, f"peak RSS {peak_kb} KB"
+
+
+def test_collect_never_writes_what_validate_refuses(tmp_path):
+    """An over-limit member written by collect itself: --capture-bytes had no ceiling and --pcap no size check,
+    so a bundle could exceed the reader's 512 MiB member limit. Both are refused up front now."""
+    proc = netbundle("collect", "--passive", "--capture-bytes", str(600 << 20), "-o", str(tmp_path / "a.tar.zst"))
+    assert proc.returncode == 2 and "--capture-bytes" in proc.stderr and not (tmp_path / "a.tar.zst").exists()
+    big = tmp_path / "big.pcap"
+    with open(big, "wb") as fh:
+        fh.truncate(ReadLimits().max_member_bytes + 1)  # sparse: no disk used
+    proc = netbundle("collect", "--passive", "--pcap", str(big), "-o", str(tmp_path / "b.tar.zst"))
+    assert proc.returncode == 2 and "member limit" in proc.stderr and not (tmp_path / "b.tar.zst").exists()
