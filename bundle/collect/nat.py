@@ -111,7 +111,7 @@ def conntrack_table(watch: list[str], keep: int, budget_s: float) -> ConntrackTa
     return ConntrackTable(total=table.total, by_protocol=dict(sorted(table.by_protocol.items())),
                           by_tcp_state=dict(sorted(table.by_tcp_state.items())), watched=watch,
                           matched=table.matched, entries=[_entry(e) for e in table.entries],
-                          truncated=table.matched > len(table.entries))
+                          truncated=table.matched > len(table.entries), inconsistent=table.interrupted)
 
 
 def _run(argv: list[str], budget_s: float) -> tuple[str | None, Unavailable | None]:

@@ -210,6 +210,7 @@ class Tables(NamedTuple):
     rules: list[Rule]
     routes: list[Route]
     routes_per_table: dict[str, int]
+    routes_inconsistent: bool
     neighbors: list[Neighbor]
     sysctls: Sysctls
     ipr: Any  # the open IPRoute, for the lookups (the caller closes it)
@@ -229,7 +230,7 @@ def snapshot() -> Tables:
                              family=_FAMILY.get(m["family"], 0), address=addr, prefixlen=m["prefixlen"],
                              scope=_scope_name(m["scope"])))
     rules = [_rule(m) for fam in (2, 10) for m in ipr.get_rules(family=fam)]
-    raw, per_table = dump_routes(MAX_ROUTES)
+    raw, per_table, inconsistent = dump_routes(MAX_ROUTES)
     routes = [_route(r, names) for r in raw]
     neighbors = [_neighbor(m, names) for m in ipr.get_neighbours() if m["family"] in (2, 10)]
     all_rp = _read_sysctl("/proc/sys/net/ipv4/conf/all/rp_filter")
@@ -239,8 +240,8 @@ def snapshot() -> Tables:
         rp_filter_default=_read_sysctl("/proc/sys/net/ipv4/conf/default/rp_filter"),
         interfaces=[_iface_sysctls(m, all_rp) for m in link_msgs],
     )
-    return Tables(links, addrs, rules, routes, {str(t): n for t, n in sorted(per_table.items())}, neighbors, sysctls,
-                  ipr, names)
+    return Tables(links, addrs, rules, routes, {str(t): n for t, n in sorted(per_table.items())}, inconsistent,
+                  neighbors, sysctls, ipr, names)
 
 
 class RouteCollector(Collector):
@@ -260,6 +261,8 @@ class RouteCollector(Collector):
                 # `ip route get DST from SRC iif IF`: the path a packet arriving from elsewhere would take.
                 lookups += [route_get(ipr, a, names, by_name, source=source, iif=iif) for a in addresses]
         reasons: list[str] = []
+        if tables.routes_inconsistent:
+            reasons.append("the route table changed during every dump try (NLM_F_DUMP_INTR): counts approximate")
         pings = []
         sweeps = []
         paths: list[PathTrace] = []
@@ -282,7 +285,8 @@ class RouteCollector(Collector):
                         reasons.append(f"MTU sweep to {lookup.target} cut by its budget")
             paths = self._walk(ctx, lookups, reasons)
         doc = RouteSlice(links=tables.links, addresses=tables.addresses, rules=tables.rules, routes=tables.routes,
-                         route_limit=MAX_ROUTES, routes_per_table=tables.routes_per_table, neighbors=tables.neighbors,
+                         route_limit=MAX_ROUTES, routes_per_table=tables.routes_per_table,
+                         routes_inconsistent=tables.routes_inconsistent, neighbors=tables.neighbors,
                          lookups=lookups, sysctls=tables.sysctls, pings=pings, mtu_sweeps=sweeps, paths=paths,
                          active_probes=not ctx.passive)
         art = Artifact.document("route.json", doc, MediaType.ROUTE,

@@ -56,6 +56,8 @@ class ConntrackTable(Model):
     matched: int
     entries: list[ConntrackEntry]
     truncated: bool
+    inconsistent: bool = Field(default=False, description="the kernel marked every dump try interrupted "
+                                                          "(NLM_F_DUMP_INTR): the totals are approximate")
 
 
 class Datapath(StrEnum):

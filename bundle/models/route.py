@@ -221,6 +221,8 @@ class RouteSlice(Model):
     route_limit: int | None = Field(default=None, description="the most routes kept (null in 1.0: all were)")
     routes_per_table: dict[str, int] = Field(
         default_factory=dict, description="table id -> routes it holds, exact over all (also past route_limit)")
+    routes_inconsistent: bool = Field(default=False, description="every route dump try came back marked "
+                                                                 "interrupted (NLM_F_DUMP_INTR): counts approximate")
     neighbors: list[Neighbor]
     lookups: list[RouteLookup]
     sysctls: Sysctls

@@ -20,6 +20,7 @@ NFNL_SUBSYS_CTNETLINK = 1
 IPCTNL_MSG_CT_GET = 1
 NLM_F_REQUEST = 0x1
 NLM_F_DUMP = 0x300
+NLM_F_DUMP_INTR = 0x10  # the kernel changed the table during the dump (nl_dump_check_consistent)
 NLMSG_ERROR = 2
 NLMSG_DONE = 3
 NLA_TYPE_MASK = 0x3FFF  # without NLA_F_NESTED / NLA_F_NET_BYTEORDER
@@ -76,6 +77,7 @@ class Table:
     by_tcp_state: Counter[str] = field(default_factory=Counter)
     matched: int = 0
     entries: list[Entry] = field(default_factory=list)
+    interrupted: bool = False  # a message carried NLM_F_DUMP_INTR: the table changed during the dump
 
 
 def _attrs(buf: bytes | bytearray | memoryview, start: int, end: int) -> dict[int, tuple[int, int]]:
@@ -183,8 +185,13 @@ def walk(messages: bytes | bytearray | memoryview, table: Table, wanted: Callabl
     total = 0
     try:
         while pos + 16 <= end:
-            length, kind, _flags, _seq, _pid = header(messages, pos)
-            if length < 16 or kind == NLMSG_DONE:
+            length, kind, flags, _seq, _pid = header(messages, pos)
+            if flags & NLM_F_DUMP_INTR:
+                table.interrupted = True
+            if length < 16 or pos + length > end:
+                raise CtnetlinkError(errno.EBADMSG, f"malformed ctnetlink message (length {length} at offset {pos} "
+                                                    f"of {end}): the dump is not complete")
+            if kind == NLMSG_DONE:
                 return True
             if kind == NLMSG_ERROR:
                 code = -struct.unpack_from("=i", messages, pos + 16)[0]
@@ -237,10 +244,25 @@ def walk(messages: bytes | bytearray | memoryview, table: Table, wanted: Callabl
             table.by_tcp_state[TCP_STATES.get(number, str(number))] += n
 
 
+DUMP_TRIES = 3
+
+
 def dump(wanted: Callable[[set[bytes]], bool], keep: int, deadline_s: float = 10.0,
          watch: frozenset[bytes] | None = None) -> Table:
-    """One dump of the conntrack table of the current netns (both families). `wanted` decides from an entry's
-    raw addresses whether to keep it; `watch`, when given, is the same decision as a set (the fast path)."""
+    """The conntrack table of the current netns (both families), dumped again (at most DUMP_TRIES times) when
+    the kernel marks a dump interrupted; the last table keeps `interrupted` when every try was."""
+    table = _dump_once(wanted, keep, deadline_s, watch)
+    for _ in range(DUMP_TRIES - 1):
+        if not table.interrupted:
+            break
+        table = _dump_once(wanted, keep, deadline_s, watch)
+    return table
+
+
+def _dump_once(wanted: Callable[[set[bytes]], bool], keep: int, deadline_s: float,
+               watch: frozenset[bytes] | None) -> Table:
+    """One dump. `wanted` decides from an entry's raw addresses whether to keep it; `watch`, when given, is the
+    same decision as a set (the fast path)."""
     sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
     try:
         sock.settimeout(deadline_s)

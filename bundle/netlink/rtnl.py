@@ -8,6 +8,7 @@ is decoded (the other tables of the slice are small and stay with pyroute2).
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 import struct
@@ -22,6 +23,7 @@ NLM_F_REQUEST = 0x1
 NLM_F_DUMP = 0x300
 NLMSG_ERROR = 2
 NLMSG_DONE = 3
+NLM_F_DUMP_INTR = 0x10
 
 RTA_DST = 1
 RTA_OIF = 4
@@ -133,12 +135,25 @@ def decode_route(buf: bytes | bytearray | memoryview, start: int, end: int) -> R
                     tuple(hops))
 
 
-def dump_routes(keep: int | None = None, bufsize: int = 1 << 20) -> tuple[list[RawRoute], Counter[int]]:
+DUMP_TRIES = 3
+
+
+def dump_routes(keep: int | None = None, bufsize: int = 1 << 20) -> tuple[list[RawRoute], Counter[int], bool]:
     """The IPv4 and IPv6 routes of every table in the current netns (as `ip route show table all`): the first
-    `keep` of them (all when None), and how many each table holds, counted over all."""
+    `keep` of them (all when None), how many each table holds (counted over all), and whether every one of
+    DUMP_TRIES dumps came back marked interrupted (NLM_F_DUMP_INTR; the counts are then approximate)."""
+    for _ in range(DUMP_TRIES):
+        out, per_table, interrupted = _dump_routes_once(keep, bufsize)
+        if not interrupted:
+            break
+    return out, per_table, interrupted
+
+
+def _dump_routes_once(keep: int | None, bufsize: int) -> tuple[list[RawRoute], Counter[int], bool]:
     sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_ROUTE)
     out: list[RawRoute] = []
     per_table: Counter[int] = Counter()
+    interrupted = False
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, bufsize)
         seq = int.from_bytes(os.urandom(3), "little")
@@ -149,20 +164,22 @@ def dump_routes(keep: int | None = None, bufsize: int = 1 << 20) -> tuple[list[R
         while True:
             n = sock.recv_into(buf)
             if n == 0:
-                return out, per_table
+                raise OSError(errno.EBADMSG, "rtnetlink route dump ended without NLMSG_DONE")
             off = 0
             while off + _NLMSGHDR.size <= n:
-                length, mtype, _flags, mseq, _pid = _NLMSGHDR.unpack_from(buf, off)
+                length, mtype, flags, mseq, _pid = _NLMSGHDR.unpack_from(buf, off)
                 if length < _NLMSGHDR.size or off + length > n:
-                    return out, per_table
+                    raise OSError(errno.EBADMSG, f"malformed rtnetlink message (length {length} at offset {off} "
+                                                 f"of {n}): the route dump is not complete")
                 if mseq == seq:
+                    interrupted = interrupted or bool(flags & NLM_F_DUMP_INTR)
                     if mtype == NLMSG_DONE:
-                        return out, per_table
+                        return out, per_table, interrupted
                     if mtype == NLMSG_ERROR:
                         code = -struct.unpack_from("=i", buf, off + _NLMSGHDR.size)[0]
                         if code:
                             raise OSError(code, os.strerror(code))
-                        return out, per_table
+                        return out, per_table, interrupted
                     if mtype == RTM_NEWROUTE:
                         route = decode_route(buf, off + _NLMSGHDR.size, off + length)
                         if route is not None:

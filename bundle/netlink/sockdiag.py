@@ -133,12 +133,13 @@ def dump(family: int, protocol: int, with_tcp_info: bool = True, bufsize: int = 
         while True:
             n = sock.recv_into(buf)
             if n == 0:
-                return
+                raise OSError(errno.EBADMSG, "sock_diag dump ended without NLMSG_DONE")
             off = 0
             while off + _NLMSGHDR.size <= n:
                 length, mtype, _flags, mseq, _pid = _NLMSGHDR.unpack_from(buf, off)
-                if length < _NLMSGHDR.size:
-                    return
+                if length < _NLMSGHDR.size or off + length > n:
+                    raise OSError(errno.EBADMSG, f"malformed sock_diag message (length {length} at offset {off} "
+                                                 f"of {n}): the socket dump is not complete")
                 if mseq != seq:
                     off += (length + 3) & ~3
                     continue

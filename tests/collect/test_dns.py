@@ -33,7 +33,7 @@ def _log_queries(log: Path, source: str) -> list[tuple[str, str]]:
 
 
 def _collect(tmp_path, info, *names: str, vantages=("pod",), only_dns=False) -> dict[str, DnsSlice]:
-    out = tmp_path / "b.tar.zst"
+    out = tmp_path / f"b{len(list(tmp_path.glob('b*.tar.zst')))}.tar.zst"  # a bundle is never overwritten
     argv = ["collect", "-o", str(out)] + (["--slice", "dns"] if only_dns else [])
     for n in names:
         argv += ["--name", n]

@@ -100,8 +100,8 @@ def test_every_route_equals_pyroute2(routes_netns):
 
 
 def test_keep_bounds_the_rows_and_counts_them_all(routes_netns):
-    code = ("import json; from bundle.netlink.rtnl import dump_routes; kept, per = dump_routes(100); "
-            "full, _ = dump_routes(); print(json.dumps([len(kept), len(full), per]))")
+    code = ("import json; from bundle.netlink.rtnl import dump_routes; kept, per, _ = dump_routes(100); "
+            "full, _, _ = dump_routes(); print(json.dumps([len(kept), len(full), per]))")
     out = subprocess.run(["ip", "netns", "exec", routes_netns, sys.executable, "-c", code], capture_output=True,
                          text=True, check=True).stdout
     kept, full, per_table = json.loads(out)
@@ -133,3 +133,43 @@ def test_route_slice_counts_every_table_and_the_page_summarises(routes_netns, tm
     html = page.read_text()
     assert f"<h3>Routes ({len(doc.routes)})</h3>" in html and "the first 300 outside the local table are shown" in html
     assert html.count("172.16.") < 400  # 300 rows, not 3,000
+
+
+def test_dump_interruption_and_malformed_messages_are_never_silent():
+    """The kernel sets NLM_F_DUMP_INTR where a dump raced a change (nl_dump_check_consistent); a message that
+    carries it marks the ctnetlink table interrupted (dump() then dumps again, and keeps the mark when every try
+    was); a message whose length runs past its buffer ends the dump with an error naming the family — it used
+    to end it silently as if complete."""
+    import struct
+
+    from bundle.netlink import ctnetlink
+
+    done = struct.pack("=IHHII", 20, ctnetlink.NLMSG_DONE, ctnetlink.NLM_F_DUMP_INTR | 0x2, 1, 0) + b"\0" * 4
+    table = ctnetlink.Table()
+    assert ctnetlink.walk(done, table, lambda a: True, 10) and table.interrupted
+    clean = ctnetlink.Table()
+    assert ctnetlink.walk(struct.pack("=IHHII", 20, ctnetlink.NLMSG_DONE, 0x2, 1, 0) + b"\0" * 4, clean,
+                          lambda a: True, 10) and not clean.interrupted
+    broken = struct.pack("=IHHII", 400, 0x0100, 0x2, 1, 0) + b"\0" * 20  # says 400 bytes, holds 36
+    with pytest.raises(ctnetlink.CtnetlinkError, match="malformed ctnetlink message"):
+        ctnetlink.walk(broken, ctnetlink.Table(), lambda a: True, 10)
+
+
+def test_a_table_changing_during_the_dump_is_counted_or_marked(routes_netns):
+    """Routes added and removed while we dump (a CNI reprogramming the node): the count is exact up to the route
+    that flaps, or the dump says it was interrupted — never a silently short count."""
+    flap = subprocess.Popen(["sh", "-c", f"while true; do ip -n {routes_netns} route add 10.250.0.0/24 dev lo; "
+                                         f"ip -n {routes_netns} route del 10.250.0.0/24 dev lo; done"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        code = ("import json; from bundle.netlink.rtnl import dump_routes\n"
+                "print(json.dumps([[sum(p.values()), i] for _, p, i in (dump_routes() for _ in range(20))]))")
+        runs = json.loads(subprocess.run(["ip", "netns", "exec", routes_netns, sys.executable, "-c", code],
+                                         capture_output=True, text=True, check=True).stdout)
+    finally:
+        flap.kill()
+        flap.wait()
+    baseline = json.loads(subprocess.run(["ip", "netns", "exec", routes_netns, sys.executable, "-c", code],
+                                         capture_output=True, text=True, check=True).stdout)[0][0]
+    for total, interrupted in runs:
+        assert interrupted or total in (baseline, baseline + 1), (total, baseline)
