@@ -21,7 +21,9 @@ import re
 import secrets
 import struct
 import tempfile
+from enum import StrEnum
 from dataclasses import dataclass, field
+from typing import Any
 from pathlib import Path
 
 from bundle.archive import StagedBundle, read_bundle
@@ -29,9 +31,21 @@ from bundle._files import write_private
 from bundle.errors import UsageError
 from bundle.models import FORMAT_VERSION, Manifest, MediaType, Provenance
 
-_IPV4 = re.compile(r"(?<![\d.])(?:\d{1,3}\.){3}\d{1,3}(?![\d.])")
-_IPV6 = re.compile(r"(?<![0-9A-Fa-f:])(?:[0-9A-Fa-f]{1,4}:){2,7}[0-9A-Fa-f:]{0,4}(?![0-9A-Fa-f:])|"
-                   r"(?<![0-9A-Fa-f:])::(?:[0-9A-Fa-f]{1,4}:){0,6}[0-9A-Fa-f]{1,4}(?![0-9A-Fa-f:])")
+# One pass over every address: an IPv6 candidate (hex digits, colons and dots with two colons at least: every
+# IPv6 form — compressed, full, v4-mapped — bracketed or zone-suffixed around it) or an IPv4 address (a sentence's
+# final dot is not part of it). Each candidate is parsed; what does not parse is left as it is.
+_ADDRESS = re.compile(r"(?<![0-9A-Za-z:.])(?=[0-9A-Fa-f.]*:[0-9A-Fa-f.]*:)[0-9A-Fa-f:.]{2,}(?![0-9A-Za-z:])"
+                      r"|(?<![\d.])(?:\d{1,3}\.){3}\d{1,3}(?!\d|\.\d)")
+def _enum_values() -> frozenset[str]:
+    """Every value a document's enums take ("host", "link", "local", ...): a hostname equal to one is never
+    written over such a value (the document would no longer validate, or say something else)."""
+    import bundle.models as models
+
+    return frozenset(str(v.value) for obj in vars(models).values() if isinstance(obj, type)
+                     and issubclass(obj, StrEnum) for v in obj)
+
+
+_ENUM_VALUES = _enum_values()
 _MAC = re.compile(r"(?<![0-9A-Fa-f:])(?:[0-9A-Fa-f]{2}:){5}[0-9A-Fa-f]{2}(?![0-9A-Fa-f:])")
 _KEEP = [ipaddress.ip_network(n) for n in ("127.0.0.0/8", "169.254.0.0/16", "0.0.0.0/32", "224.0.0.0/4",
                                            "255.255.255.255/32", "::1/128", "::/128", "fe80::/10", "ff00::/8")]
@@ -106,13 +120,38 @@ class Redactor:
         if name and name not in self.hostnames and name not in ("localhost",):
             self.hostnames[name] = "host-" + hmac.new(self.key, b"host:" + name.encode(), hashlib.sha256).hexdigest()[:8]
 
-    def text(self, text: str) -> str:
+    def text(self, text: str, hostnames: bool = True) -> str:
+        """MACs, then addresses in one pass, then (unless told not to) hostnames as whole words."""
         text = _MAC.sub(lambda m: self.mac(m.group(0)), text)
-        text = _IPV4.sub(lambda m: self.address(m.group(0)), text)
-        text = _IPV6.sub(lambda m: self.address(m.group(0)) if _valid_v6(m.group(0)) else m.group(0), text)
-        for name in sorted(self.hostnames, key=len, reverse=True):
-            text = text.replace(name, self.hostnames[name])
+        text = _ADDRESS.sub(self._address_match, text)
+        if hostnames and self.hostnames:
+            names = "|".join(re.escape(n) for n in sorted(self.hostnames, key=len, reverse=True))
+            text = re.sub(rf"(?<![A-Za-z0-9_-])(?:{names})(?![A-Za-z0-9_-])",
+                          lambda m: self.hostnames[m.group(0)], text)
         return text
+
+    def json(self, value: Any) -> Any:
+        """A JSON document's values through text(); its keys through addresses and MACs only — a hostname that is
+        also a key ("dev", "node") must never rename a field."""
+        if isinstance(value, dict):
+            return {self.text(k, hostnames=False): self.json(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [self.json(v) for v in value]
+        if isinstance(value, str):
+            return self.text(value, hostnames=value not in _ENUM_VALUES)
+        return value
+
+    def _address_match(self, m: re.Match[str]) -> str:
+        text = m.group(0)
+        core = text.rstrip(".:") if ":" in text else text  # prose: "fd00::1." or "at fd00::1:"
+        tail = text[len(core):]
+        try:
+            addr = ipaddress.ip_address(core)
+        except ValueError:
+            return text
+        if addr.version == 6 and addr.ipv4_mapped is not None:  # keep it mapped, map the IPv4 inside
+            return "::ffff:" + self.address(str(addr.ipv4_mapped)) + tail
+        return self.address(core) + tail
 
     def packet(self, linktype: int, data: bytes) -> bytes:
         """One frame with its addresses mapped and everything after the transport header dropped."""
@@ -158,13 +197,6 @@ class Redactor:
             _pseudo_checksum(buf, off + 40, buf[off + 6], old, bytes(buf[off + 8:off + 40]))
             return bytes(buf[:off + 40 + _l4_len(buf, off + 40, buf[off + 6])])
         return bytes(buf[:off])
-
-
-def _valid_v6(text: str) -> bool:
-    try:
-        return ipaddress.ip_address(text).version == 6
-    except ValueError:
-        return False
 
 
 def _mac_text(raw: bytes | bytearray) -> str:
@@ -256,8 +288,9 @@ def redact_bundle(src: Path, out: Path, r: Redactor, overwrite: bool = False) ->
             for member in m.members:
                 path = member.path
                 if path in bundle.documents:
-                    data = r.text(bundle.documents[path].model_dump_json(indent=1)).encode()
-                    data = type(bundle.documents[path]).model_validate_json(data).model_dump_json(indent=1).encode()
+                    doc = r.json(bundle.documents[path].model_dump(mode="json"))
+                    data = type(bundle.documents[path]).model_validate_json(json.dumps(doc)).model_dump_json(
+                        indent=1).encode()
                 elif path in bundle.texts:
                     data = r.text(bundle.texts[path].decode(errors="replace")).encode()
                 elif member.media_type in (MediaType.PCAPNG, "application/vnd.tcpdump.pcap"):
@@ -268,9 +301,10 @@ def redact_bundle(src: Path, out: Path, r: Redactor, overwrite: bool = False) ->
                 else:
                     raw = _extracted(extracted, m.bundle_id, path)
                     data = r.text(raw.decode(errors="replace")).encode()
-                prov = Provenance.model_validate_json(r.text(member.provenance.model_dump_json()))
+                prov = Provenance.model_validate_json(json.dumps(r.json(member.provenance.model_dump(mode="json"))))
                 staged.add_bytes(path, data, member.media_type, prov)
-            manifest = Manifest.model_validate_json(r.text(m.model_copy(update={"members": []}).model_dump_json()))
+            manifest = Manifest.model_validate_json(json.dumps(r.json(m.model_copy(update={"members": []}).model_dump(
+                mode="json"))))
             manifest.members = list(staged.members.values())
             with open(src, "rb") as fh:  # the copy names its original exactly (what a signature would cover)
                 manifest.redacted_from = hashlib.file_digest(fh, "sha256").hexdigest()

@@ -123,3 +123,70 @@ def test_mapping_is_prefix_preserving_keyed_and_keeps_what_it_must():
     r.hostname("node-a.example")
     assert r.text("node-a.example 10.244.1.2 6a:1f:00:ab:cd:ef v1.8.9") == \
         f"{r.hostnames['node-a.example']} {a} {mac} v1.8.9"
+
+
+def _v6_forms(addr: ipaddress.IPv6Address) -> set[bytes]:
+    """Every way an IPv6 address can be written, independently of the redactor: compressed, full, upper case,
+    bracketed with a port, zone-suffixed; and packed, as the packets carry it."""
+    texts = {addr.compressed, addr.exploded, addr.compressed.upper(), f"[{addr.compressed}]:", f"{addr.compressed}%"}
+    return {t.encode() for t in texts} | {addr.packed}
+
+
+@pytest.fixture(scope="module")
+def v6_pair(tmp_path_factory):
+    """client and server netns joined by a veth, IPv6 only (fd00:10:244:1::/64), a listener on [::]:8080."""
+    import os
+
+    from bundle.lab.topology import Topology
+
+    with Topology(f"nbt-red6-{os.getpid() % 100000}") as t:
+        t.add_netns("client")
+        t.add_netns("server")
+        t.veth("client", "eth0", "server", "eth0")
+        for role in ("client", "server"):
+            t.sysctl(role, "net.ipv6.conf.eth0.accept_dad", "0")
+        t.address("client", "eth0", "fd00:10:244:1::2/64")
+        t.address("server", "eth0", "fd00:10:244:1::1234/64")
+        t.python("server", "bundle.lab.listener", "--bind", "::", "--port", "8080", "--send", "16")
+        t.wait_listening("server", 8080)
+        out = tmp_path_factory.mktemp("red6") / "in.tar.zst"
+        proc = netbundle("collect", "--netns", t.namespaces["client"], "--netns", t.namespaces["server"],
+                         "--target", "[fd00:10:244:1::1234]:8080", "-o", str(out))
+        assert proc.returncode in (0, 5), proc.stderr
+        yield out
+
+
+def test_no_ipv6_form_survives(v6_pair, tmp_path):
+    original = v6_pair
+    from bundle.archive import read_bundle
+
+    b = read_bundle(original)
+    addresses = {ipaddress.ip_address(a.address) for v in b.manifest.vantages if b.route(v.id)
+                 for a in b.route(v.id).addresses} | {ipaddress.ip_address("fd00:10:244:1::1234")}
+    v6 = {a for a in addresses if a.version == 6 and not any(a in n for n in _SPECIAL if n.version == 6)}
+    assert {ipaddress.ip_address("fd00:10:244:1::2"), ipaddress.ip_address("fd00:10:244:1::1234")} <= v6
+    needles = set().union(*(_v6_forms(a) for a in v6))
+    before = _members(original)
+    assert any(n in data for n in needles for data in before.values())  # the forms are really there
+    red = tmp_path / "out.tar.zst"
+    netbundle("redact", str(original), "-o", str(red), check=True)
+    assert netbundle("validate", str(red)).returncode == 0
+    after = _members(red)
+    leaks = sorted({(path, n) for path, data in after.items() for n in needles if n in data})
+    assert leaks == []
+    ids = lambda path: sorted(f["id"] for f in json.loads(netbundle("analyze", "--json", str(path), check=True).stdout)["findings"])  # noqa: E731
+    assert ids(red) == ids(original)
+
+
+def test_a_hostname_that_is_a_key_or_a_word_corrupts_nothing(v6_pair, tmp_path):
+    """A host named like a field ("dev"), a value ("link", "host") or a word ("default"): the copy validates,
+    every field keeps its name, enum values keep theirs."""
+    mapping = tmp_path / "map.json"
+    mapping.write_text(json.dumps({"key": "00" * 32, "hostnames": {n: f"host-{i:08x}" for i, n in
+                                                                   enumerate(("dev", "link", "host", "default"))}}))
+    red = tmp_path / "out.tar.zst"
+    netbundle("redact", str(v6_pair), "-o", str(red), "--map", str(mapping), check=True)
+    assert netbundle("validate", str(red)).returncode == 0
+    members = _members(red)
+    route = next(json.loads(d) for p, d in members.items() if p.endswith("route.json"))
+    assert all("dev" in lk for lk in route["lookups"]) and route["addresses"][0]["scope"] in ("link", "global", "host")
