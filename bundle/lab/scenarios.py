@@ -549,6 +549,7 @@ def _rp_filter(t: Topology) -> LabInfo:
     t.route("remote", "10.244.1.0/24", gateway="10.245.0.1", replace=True)
     # the remote asks ARP from the second link's own address (a common setting), so the link itself works
     t.sysctl("remote", "net.ipv4.conf.all.arp_announce", "2")
+    t.warm("node", "10.245.0.2")  # the second link in use, as it is on a live node
     for key in ("net.ipv4.conf.all.rp_filter", "net.ipv4.conf.eth1.rp_filter", "net.ipv4.conf.eth0.rp_filter"):
         t.sysctl("node", key, "1")
     return LabInfo(

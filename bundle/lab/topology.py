@@ -175,6 +175,11 @@ class Topology:
         if os.waitstatus_to_exitcode(status) != 0:
             raise LabError(f"could not set {key}={value} in {self.namespaces[role]}")
 
+    def warm(self, role: str, address: str) -> None:
+        """One ping, so both ends of a link already know each other's MAC — as on a running node — before any
+        collection (whose probes would otherwise create the neighbor entries)."""
+        self._run(role, ["ping", "-c", "1", "-W", "2", address])
+
     def nft(self, role: str, ruleset: str) -> None:
         self._run(role, ["nft", "-f", "-"], ruleset)
 
