@@ -94,3 +94,12 @@ def ip_json(netns: str, *args: str) -> list[dict[str, object]]:
     out = subprocess.run(["ip", "-n", netns, "-j", *args], capture_output=True, text=True, check=True).stdout
     return json.loads(out) if out.strip() else []
 
+
+
+def fresh(folder: Path, stem: str = "b") -> Path:
+    """A bundle path nothing has been written to yet: collect never overwrites one, so a test that collects
+    twice into one folder takes a new name each time."""
+    n = 0
+    while (folder / f"{stem}{n or ''}.tar.zst").exists():
+        n += 1
+    return folder / f"{stem}{n or ''}.tar.zst"

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from bundle.archive import read_bundle
-from tests.conftest import netbundle
+from tests.conftest import fresh, netbundle
 
 pytestmark = pytest.mark.privileged
 
@@ -41,7 +41,7 @@ def test_collect_validate_show_render(tmp_path, mtu_lab):
 
 
 def test_missing_netns_costs_nothing_else(tmp_path, mtu_lab):
-    out = tmp_path / "b.tar.zst"
+    out = fresh(tmp_path)
     proc = netbundle("collect", "--passive", "--target", "10.244.0.2", "--netns", "nbt-does-not-exist",
                      "--netns", mtu_lab.namespaces["pod"], "-o", str(out))
     assert proc.returncode == 5, proc.stderr
@@ -54,7 +54,7 @@ def test_missing_netns_costs_nothing_else(tmp_path, mtu_lab):
 
 
 def test_unroutable_target_is_recorded(tmp_path, mtu_lab):
-    out = tmp_path / "b.tar.zst"
+    out = fresh(tmp_path)
     # The pod has a default route; the remote node has none toward 10.96.0.0/16.
     proc = netbundle("collect", "--target", "10.96.0.10:53", "--netns", mtu_lab.namespaces["remote"], "-o", str(out))
     assert proc.returncode == 0, proc.stderr
@@ -138,7 +138,7 @@ def test_kubectl_plugin(tmp_path, healthy_lab):
     env = {**os.environ, "PATH": f"{venv_bin}:{os.environ.get('PATH', '')}"}
     listed = subprocess.run([kubectl, "plugin", "list"], capture_output=True, text=True, env=env, timeout=30)
     assert f"{venv_bin}/kubectl-netbundle" in listed.stdout
-    out = tmp_path / "b.tar.zst"
+    out = fresh(tmp_path)
     proc = subprocess.run([kubectl, "netbundle", "collect", "--passive", "--slice", "route", "--netns",
                            healthy_lab.namespaces["node"], "-o", str(out)], capture_output=True, text=True, env=env,
                           timeout=120)

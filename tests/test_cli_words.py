@@ -14,7 +14,7 @@ import pytest
 from bundle.analyze.nat import _rules_of
 from bundle.lab import scenarios
 from bundle.models import DataplaneEndpoint, ServiceEntry
-from tests.conftest import netbundle
+from tests.conftest import fresh, netbundle
 
 COMMANDS = ["collect", "validate", "verify", "show", "analyze", "summary", "diff", "redact", "render", "lab"]
 
@@ -61,7 +61,7 @@ def test_a_missing_file_is_named(tmp_path):
     (["--slice", "nope"], "invalid choice: 'nope'"),
 ])
 def test_bad_options_are_named_before_collecting(tmp_path, argv, words):
-    out = tmp_path / "b.tar.zst"
+    out = fresh(tmp_path)
     proc = netbundle("collect", *argv, "-o", str(out))
     assert proc.returncode == 2 and words in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
     assert not out.exists()
@@ -72,7 +72,7 @@ def test_capture_iface_is_checked_in_every_vantage_first(tmp_path):
     ns = f"nbt-iface-{os.getpid() % 100000}"
     subprocess.run(["ip", "netns", "add", ns], check=True)
     try:
-        out = tmp_path / "b.tar.zst"
+        out = fresh(tmp_path)
         started = time.monotonic()
         proc = netbundle("collect", "--netns", ns, "--capture-iface", "doesnotexist0", "-o", str(out))
         assert proc.returncode == 2 and f"--capture-iface doesnotexist0: no such interface in {ns}" in proc.stderr
@@ -98,7 +98,7 @@ def test_lab_list_sees_every_prefix(tmp_path):
 
 @pytest.mark.privileged
 def test_show_speaks_words(tmp_path, mtu_lab):
-    out = tmp_path / "b.tar.zst"
+    out = fresh(tmp_path)
     proc = netbundle(*mtu_lab.collect_argv()[1:], "-o", str(out))
     assert proc.returncode in (0, 5), proc.stderr
     shown = netbundle("show", str(out), check=True).stdout

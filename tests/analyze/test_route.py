@@ -9,7 +9,7 @@ import pytest
 
 from bundle.analyze import route_findings
 from bundle.archive import read_bundle
-from tests.conftest import netbundle
+from tests.conftest import fresh, netbundle
 
 pytestmark = pytest.mark.privileged
 
@@ -20,7 +20,7 @@ def _findings(path):
 
 
 def test_mtu_blackhole_is_pinned_to_the_pod(tmp_path, mtu_lab):
-    out = tmp_path / "b.tar.zst"
+    out = fresh(tmp_path)
     assert netbundle("collect", "--target", mtu_lab.targets[0], "--netns", mtu_lab.namespaces["pod"], "--netns",
                      mtu_lab.namespaces["node"], "-o", str(out)).returncode == 0
     found = _findings(out)
@@ -32,7 +32,7 @@ def test_mtu_blackhole_is_pinned_to_the_pod(tmp_path, mtu_lab):
 
 
 def test_healthy_lab_has_no_findings(tmp_path, healthy_lab):
-    out = tmp_path / "b.tar.zst"
+    out = fresh(tmp_path)
     argv = ["collect", "-o", str(out), "--netns", healthy_lab.namespaces["pod"], "--netns", healthy_lab.namespaces["node"]]
     for t in healthy_lab.targets:
         argv += ["--target", t]
@@ -44,7 +44,7 @@ def test_unanswered_neighbor_and_silent_host(tmp_path, mtu_lab):
     node = mtu_lab.namespaces["node"]
     # A peer that does not exist: ARP goes unanswered, the entry turns INCOMPLETE then FAILED.
     subprocess.run(["ip", "netns", "exec", node, "ping", "-c", "1", "-W", "1", "10.244.0.99"], capture_output=True)
-    out = tmp_path / "b.tar.zst"
+    out = fresh(tmp_path)
     assert netbundle("collect", "--target", "10.244.0.99", "--netns", node, "-o", str(out)).returncode == 0
     ids = {f.id: f for f in _findings(out)[f"netns-{node}"]}
     assert "neighbor.failed" in ids and ids["neighbor.failed"].target.address == "10.244.0.99"
@@ -68,7 +68,7 @@ def test_neighbor_with_another_mac_than_its_owner(tmp_path, lab):
     try:
         for ns, args in added:
             subprocess.run(["ip", "-n", ns, "neigh", "replace", *args], check=True)
-        out = tmp_path / "b.tar.zst"
+        out = fresh(tmp_path)
         argv = ["collect", "--target", info.targets[0], "--slice", "route", "-o", str(out)]
         for role in ("pod", "node", "remote"):
             argv += ["--netns", info.namespaces[role]]

@@ -14,7 +14,7 @@ import pytest
 from bundle.archive.signature import verify
 from bundle.errors import SignatureError
 from tests.archive.test_integrity import _members, _repack
-from tests.conftest import netbundle
+from tests.conftest import fresh, netbundle
 
 IDENTITY = "oncall@example.com"
 
@@ -133,7 +133,7 @@ def test_an_existing_signature_is_never_replaced_unless_forced(tmp_path, key):
 def test_an_unusable_key_leaves_the_bundle_and_says_so(tmp_path):
     bad = tmp_path / "not-a-key"
     bad.write_text("nothing here\n")
-    out = tmp_path / "b.tar.zst"
+    out = fresh(tmp_path)
     proc = netbundle("collect", "--passive", "--slice", "route", "-o", str(out), "--sign", str(bad))
     assert proc.returncode == 9 and "but not signed" in proc.stderr and proc.stderr.strip().count("\n") <= 1
     assert out.exists() and netbundle("validate", str(out)).returncode == 0

@@ -10,7 +10,7 @@ import pytest
 from bundle.archive import read_bundle
 from bundle.models import CaptureRun, Handshake, StopReason
 from bundle.pcap import open_capture
-from tests.conftest import netbundle
+from tests.conftest import fresh, netbundle
 
 pytestmark = pytest.mark.privileged
 
@@ -19,7 +19,7 @@ _FLOOD = ("import socket,sys\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\
 
 
 def _run(tmp_path, info, *argv: str, roles=("pod",)):
-    out = tmp_path / "b.tar.zst"
+    out = fresh(tmp_path)
     args = ["collect", "-o", str(out), *argv]
     for role in roles:
         args += ["--netns", info.namespaces[role]]
@@ -172,7 +172,7 @@ def test_loopback_packets_are_kept_once(tmp_path):
                                    "import socket,time\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n"
                                    "for i in range(400):\n    s.sendto(b'seq%06d' % i, ('127.0.0.1', 9999))\n"
                                    "    time.sleep(0.01)\n"])
-        out = tmp_path / "b.tar.zst"
+        out = fresh(tmp_path)
         proc = netbundle("collect", "--passive", "--slice", "capture", "--netns", ns, "--target", "127.0.0.1:9999",
                          "--capture-seconds", "2", "-o", str(out))
         assert proc.returncode == 0, proc.stderr

@@ -12,7 +12,7 @@ import pytest
 from bundle.archive import read_bundle
 from bundle.models import DnsSlice, Outcome
 from bundle.render.view import build_view
-from tests.conftest import netbundle
+from tests.conftest import fresh, netbundle
 
 pytestmark = pytest.mark.privileged
 
@@ -123,7 +123,7 @@ def test_name_target_is_resolved_by_each_vantage_first(tmp_path, lab):
     """`--target payments:53`: each vantage resolves the name with its own resolver, and route, sockets and
     probes look at what that vantage would dial; the name's queries are recorded once, in dns.json."""
     info = lab("dns-ndots")
-    out = tmp_path / "b.tar.zst"
+    out = fresh(tmp_path)
     proc = netbundle("collect", "--target", "payments:53", "--netns", info.namespaces["pod"], "--netns",
                      info.namespaces["node"], "-o", str(out))
     assert proc.returncode == 0, proc.stderr

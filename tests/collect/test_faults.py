@@ -20,7 +20,7 @@ import pytest
 
 from bundle.archive import read_bundle
 from bundle.models import MissingReason, Unavailable
-from tests.conftest import netbundle
+from tests.conftest import fresh, netbundle
 
 pytestmark = pytest.mark.privileged
 
@@ -40,7 +40,7 @@ def test_missing_tools_are_named(tmp_path, healthy_lab):
         found = shutil.which(tool)
         if found:
             (bin_dir / tool).symlink_to(found)
-    out = tmp_path / "b.tar.zst"
+    out = fresh(tmp_path)
     env = {**os.environ, "PATH": str(bin_dir)}
     proc = _run(["collect", "--passive", "--slice", "nat", "--netns", healthy_lab.namespaces["node"], "-o", str(out)],
                 env=env)
@@ -55,7 +55,7 @@ def test_missing_tools_are_named(tmp_path, healthy_lab):
 
 
 def test_without_net_admin_conntrack_is_not_permitted(tmp_path, healthy_lab):
-    out = tmp_path / "b.tar.zst"
+    out = fresh(tmp_path)
     proc = _run(["collect", "--passive", "--slice", "nat", "--netns", healthy_lab.namespaces["node"], "-o", str(out)],
                 prefix=["setpriv", "--bounding-set=-net_admin"])
     assert proc.returncode == 5, proc.stderr  # written, one slice partial
@@ -111,7 +111,7 @@ def test_a_slice_that_hangs_is_cut_at_the_deadline(tmp_path, healthy_lab):
     had = conf.read_text() if conf.exists() else None
     conf.write_text("nameserver 10.244.1.250\noptions timeout:30 attempts:5\n")  # inside the lab: no one there
     try:
-        out = tmp_path / "b.tar.zst"
+        out = fresh(tmp_path)
         started = time.monotonic()
         proc = _run(["collect", "--netns", ns, "--name", "payments", "--dns-timeout", "30", "--timeout", "6",
                      "--slice", "dns", "--slice", "route", "-o", str(out)])
@@ -262,7 +262,7 @@ def test_libpcap_missing_costs_only_the_capture(tmp_path, healthy_lab):
     lib = next((os.path.realpath(line.split("=>")[1].strip()) for line in listing.splitlines()
                 if name and line.strip().startswith(name) and "=>" in line), "")
     assert os.path.exists(lib), "libpcap not found (make test installs it)"
-    out = tmp_path / "b.tar.zst"
+    out = fresh(tmp_path)
     pod = healthy_lab.namespaces["pod"]
     script = (f"mount --bind /dev/null {lib} && exec {sys.executable} -m bundle collect --netns {pod} "
               f"--target {healthy_lab.targets[0]} --socket-samples 1 --nat-samples 1 -o {out}")

@@ -11,7 +11,7 @@ import subprocess
 import pytest
 
 from bundle.archive import read_bundle
-from tests.conftest import netbundle
+from tests.conftest import fresh, netbundle
 
 pytestmark = pytest.mark.privileged
 
@@ -38,7 +38,7 @@ def hostile_netns():
 
 
 def test_hostile_names_stay_data(tmp_path, hostile_netns):
-    out = tmp_path / "b.tar.zst"
+    out = fresh(tmp_path)
     # every command runs in tmp_path: a name that ran as shell would leave "pwned" or "pwn" there
     run = netbundle("collect", "--netns", hostile_netns, "--target", "10.244.9.77:80", "-o", str(out), cwd=tmp_path)
     assert run.returncode in (0, 5), run.stderr

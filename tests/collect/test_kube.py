@@ -11,7 +11,7 @@ import pytest
 
 from bundle.collect.kube import KubeRequest, api_client, collect_kube
 from tests import kubeapi
-from tests.conftest import corpus_file
+from tests.conftest import corpus_file, fresh
 
 COREFILE = """.:53 {
     errors
@@ -250,7 +250,7 @@ def test_collect_with_service_and_pod_against_the_api(lab, tmp_path):
     client["metadata"]["uid"] = uid
     hostile = '[INFO] 10.244.1.2:41000 - 1 "A IN <script>alert(1)</script>.default.svc.cluster.local. udp 60" NXDOMAIN'
     api.logs[("kube-system", "coredns-7db6d8ff4d-0x")].append((5, hostile))
-    out = tmp_path / "b.tar.zst"
+    out = fresh(tmp_path)
     with kubeapi.serve(api), _PodCgroup(pid, uid, "cgroupfs-v1"):
         proc = netbundle("collect", "--service", "default/payments", "--pod", "default/client",
                          "--kubeconfig", str(api.kubeconfig(tmp_path)), "--netns", info.namespaces["node"],
@@ -302,7 +302,7 @@ def test_rbac_denial_is_named_and_the_rest_is_collected(lab, tmp_path):
     info = lab("stale-dnat")
     api = cluster()
     api.forbidden.add(("list", "endpointslices.discovery.k8s.io"))
-    out = tmp_path / "b.tar.zst"
+    out = fresh(tmp_path)
     with kubeapi.serve(api):
         proc = netbundle("collect", "--passive", "--service", "default/payments", "--kubeconfig",
                          str(api.kubeconfig(tmp_path)), "--netns", info.namespaces["node"], "-o", str(out))

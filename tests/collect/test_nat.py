@@ -17,7 +17,7 @@ from bundle.models import NatSlice, Unavailable
 from bundle.netlink import ctnetlink
 from bundle.render import render_html
 from bundle.render.view import build_view
-from tests.conftest import corpus_file, netbundle
+from tests.conftest import corpus_file, fresh, netbundle
 
 RULE_SETS = ["k8s_TestOverallIPTablesRulesWithMultipleServices_2023.txt", "k8s_TestOverallIPTablesRules_recent.txt",
              "k8s_TestSyncProxyRulesRepeated_1_full.txt"]
@@ -87,7 +87,7 @@ def test_rule_sets_load_and_read_back(name, backend, tmp_path):
         assert _map(services_from_iptables(saved, "saved")) == _map(services_from_iptables(text, "written"))
         if name in EXPECTED:
             assert _map(services_from_iptables(saved, "saved")) == EXPECTED[name]
-        out = tmp_path / "b.tar.zst"
+        out = fresh(tmp_path)
         netbundle("collect", "--netns", ns, "--slice", "nat", "--target", "172.30.0.44:80", "-o", str(out), check=True)
         doc = read_bundle(out).nat(f"netns-{ns}")
         assert doc is not None
@@ -198,7 +198,7 @@ def _nat_docs(path: Path) -> dict[str, NatSlice]:
 def test_stale_dnat_lab_yields_its_finding(lab, tmp_path):
     """(That this collect changes nothing in the lab is tests/collect/test_readonly.py's, for every scenario.)"""
     info = lab("stale-dnat")
-    out = tmp_path / "b.tar.zst"
+    out = fresh(tmp_path)
     netbundle(*info.collect_argv()[1:], "-o", str(out), check=True)
     docs = _nat_docs(out)
     node = docs[f"netns-{info.namespaces['node']}"]
@@ -225,7 +225,7 @@ def test_stale_dnat_lab_yields_its_finding(lab, tmp_path):
 
 @pytest.mark.privileged
 def test_healthy_lab_has_no_service_plane_finding(healthy_lab, tmp_path):
-    out = tmp_path / "b.tar.zst"
+    out = fresh(tmp_path)
     netbundle(*healthy_lab.collect_argv()[1:], "--slice", "nat", "-o", str(out), check=True)
     docs = _nat_docs(out)
     assert docs and all(d.proxy.mode == "none" and not d.services for d in docs.values())
@@ -246,7 +246,7 @@ def test_conntrack_full_lab(tmp_path):
             while deadline > 0 and int(_in_netns(node, "conntrack", "-C").strip() or 0) < scenarios.CONNTRACK_MAX:
                 time.sleep(0.5)
                 deadline -= 0.5
-            out = tmp_path / "b.tar.zst"
+            out = fresh(tmp_path)
             netbundle(*info.collect_argv()[1:], "-o", str(out), check=True)
             established = _in_netns(info.namespaces["pod"], "ss", "-Htan", "state", "established").count("\n")
         assert path.read_text() == original
@@ -271,7 +271,7 @@ def test_nftables_mode_lab(lab, tmp_path):
     programs (shares from numgen, the reject of a Service without endpoints), agreeing with the
     EndpointSlices: no service-plane finding, and the ClusterIP answers through the DNAT."""
     info = lab("service-nft")
-    out = tmp_path / "b.tar.zst"
+    out = fresh(tmp_path)
     netbundle(*info.collect_argv()[1:], "-o", str(out), check=True)
     node = _nat_docs(out)[f"netns-{info.namespaces['node']}"]
     assert node.proxy.mode == "nftables" and node.proxy.backend.value == "nftables"

@@ -8,6 +8,8 @@ import sys
 
 import pytest
 
+from tests.conftest import fresh
+
 from bundle._netns import effective_caps
 from bundle.archive import read_bundle
 from bundle.models import MissingReason
@@ -24,7 +26,7 @@ def _collect_without(cap: str, out, lab) -> subprocess.CompletedProcess[str]:
 
 
 def test_without_net_raw_probes_are_not_permitted(tmp_path, mtu_lab):
-    out = tmp_path / "b.tar.zst"
+    out = fresh(tmp_path)
     proc = _collect_without("net_raw", out, mtu_lab)
     assert proc.returncode == 5, proc.stderr
     b = read_bundle(out)
@@ -40,7 +42,7 @@ def test_without_net_raw_probes_are_not_permitted(tmp_path, mtu_lab):
 
 
 def test_without_sys_admin_the_netns_cannot_be_entered(tmp_path, mtu_lab):
-    out = tmp_path / "b.tar.zst"
+    out = fresh(tmp_path)
     proc = _collect_without("sys_admin", out, mtu_lab)
     assert proc.returncode == 5, proc.stderr
     b = read_bundle(out)
@@ -51,7 +53,7 @@ def test_without_sys_admin_the_netns_cannot_be_entered(tmp_path, mtu_lab):
 
 
 def test_json_outcome(tmp_path, mtu_lab):
-    out = tmp_path / "b.tar.zst"
+    out = fresh(tmp_path)
     proc = subprocess.run([sys.executable, "-m", "bundle", "collect", "--passive", "--json", "--netns",
                            mtu_lab.namespaces["node"], "-o", str(out)], capture_output=True, text=True, timeout=60)
     doc = json.loads(proc.stdout)
@@ -82,7 +84,7 @@ CAP_EFFECTS = {
 def test_each_capability_dropped(tmp_path, healthy_lab, cap):
     """Every capability of the bounding set dropped in turn: the bundle is written and valid, each vantage
     records that it ran without it, and the slices it costs say so; without a known use, nothing is lost."""
-    out = tmp_path / "b.tar.zst"
+    out = fresh(tmp_path)
     server, pod = healthy_lab.namespaces["server"], healthy_lab.namespaces["pod"]
     proc = subprocess.run(
         ["setpriv", f"--bounding-set=-{cap}", sys.executable, "-m", "bundle", "collect", "--target",

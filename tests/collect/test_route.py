@@ -9,7 +9,7 @@ import pytest
 
 from bundle.archive import read_bundle
 from bundle.models import RouteSlice, SweepStatus
-from tests.conftest import ip_json, netbundle
+from tests.conftest import fresh, ip_json, netbundle
 
 pytestmark = pytest.mark.privileged
 
@@ -27,7 +27,7 @@ def _cidr(dst: str, family: int) -> str:
 
 
 def _collect(tmp_path, lab, *extra: str):
-    out = tmp_path / "b.tar.zst"
+    out = fresh(tmp_path)
     argv = ["collect", "-o", str(out), *extra]
     for t in lab.targets:
         argv += ["--target", t]

@@ -14,7 +14,7 @@ from bundle.archive import read_bundle
 from bundle.collect.sockets import bind_scope
 from bundle.lab import socketfarm
 from bundle.models import BindScope, ConnectOutcome, SocketsSlice, SocketTable
-from tests.conftest import netbundle
+from tests.conftest import fresh, netbundle
 
 pytestmark = pytest.mark.privileged
 
@@ -66,7 +66,7 @@ def farm(tmp_path_factory):
 
 def _collect(tmp_path, ns: str, *extra: str) -> tuple[SocketsSlice, SocketTable]:
     """The summary document and the full row table of one collect."""
-    out = tmp_path / "b.tar.zst"
+    out = fresh(tmp_path)
     proc = netbundle("collect", "--slice", "sockets", "--netns", ns, "-o", str(out), *extra)
     assert proc.returncode == 0, proc.stderr
     b = read_bundle(out)
@@ -132,7 +132,7 @@ def test_bind_scope():
 
 def test_connect_probe_outcomes(tmp_path, healthy_lab):
     pod = healthy_lab.namespaces["pod"]
-    out = tmp_path / "b.tar.zst"
+    out = fresh(tmp_path)
     proc = netbundle("collect", "--slice", "sockets", "--netns", pod, "--target", "10.244.1.3:8080",
                      "--target", "10.244.1.3:9", "--target", "10.244.1.77:8080", "--target", "10.96.5.5:80",
                      "-o", str(out))
@@ -201,7 +201,7 @@ def test_a_v4_mapped_row_is_the_ipv4_targets(tmp_path):
         proc = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-c", _MAPPED_CLIENT],
                                 stdout=subprocess.PIPE, text=True)
         assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
-        out = tmp_path / "b.tar.zst"
+        out = fresh(tmp_path)
         assert netbundle("collect", "--passive", "--slice", "sockets", "--netns", ns, "--target", "127.0.0.1:9931",
                          "--socket-samples", "1", "-o", str(out)).returncode == 0
         doc = read_bundle(out).sockets(f"netns-{ns}")

@@ -14,7 +14,7 @@ from pyroute2 import IPRoute, netns
 
 from bundle.archive import read_bundle
 from bundle.render import render_html
-from tests.conftest import netbundle
+from tests.conftest import fresh, netbundle
 
 pytestmark = pytest.mark.privileged
 
@@ -93,7 +93,7 @@ def browser_requests(page: Path, tmp_path: Path, screenshot: Path | None = None,
 @pytest.fixture(scope="module")
 def rendered(tmp_path_factory, mtu_lab) -> Path:
     tmp = tmp_path_factory.mktemp("render")
-    out = tmp / "b.tar.zst"
+    out = fresh(tmp)
     proc = netbundle("collect", "--target", mtu_lab.targets[0], "--netns", mtu_lab.namespaces["pod"],
                      "--netns", mtu_lab.namespaces["node"], "-o", str(out))
     assert proc.returncode == 0, proc.stderr
@@ -140,7 +140,7 @@ def test_hostile_strings_are_escaped(tmp_path):
         with IPRoute(netns=ns) as ipr:
             ipr.link("add", ifname="<script>", kind="veth", peer={"ifname": '"><i>x'})
         subprocess.run(["ip", "netns", "exec", ns, "iptables-nft-restore"], input=rules, text=True, check=True)
-        out = tmp_path / "b.tar.zst"
+        out = fresh(tmp_path)
         proc = netbundle("collect", "--passive", "--netns", ns, "--ticket", "<script>alert(1)</script>",
                          "--note", "a&b <img src=x onerror=alert(1)>", "--target", "10.96.0.99:80",
                          "--name", "x.<b>bold</b>.example", "-o", str(out))
@@ -202,7 +202,7 @@ def bare(tmp_path_factory) -> Path:
     name = "nbt-" + "averylongnetnsnamewithoutanybreak" * 2
     netns.create(name)
     try:
-        out = tmp / "b.tar.zst"
+        out = fresh(tmp)
         proc = netbundle("collect", "--passive", "--netns", name, "--target", "10.244.99.1:8080", "-o", str(out))
         assert proc.returncode in (0, 5), proc.stderr
     finally:
