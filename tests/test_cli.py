@@ -72,7 +72,7 @@ def test_unroutable_target_is_recorded(tmp_path, mtu_lab):
     (["collect", "--socket-rows", "100001"], "--socket-rows 0 to 100000"),
     (["collect", "--conntrack-rows", "100001"], "--conntrack-rows must be 0 to 100000"),
     (["frobnicate"], "invalid choice"),
-    (["lab", "up", "nope"], "unknown scenario"),
+    (["lab", "up", "nope"], "argument SCENARIO: invalid choice: 'nope'"),
 ])
 def test_bad_input_is_one_line(tmp_path, args, fragment):
     proc = netbundle(*args, cwd=tmp_path)
