@@ -66,3 +66,19 @@ def test_loopback_listener(tmp_path, lab):
     assert "127.0.0.1" in lo.summary and "in-netns connect to 127.0.0.1:8080 connected" in lo.summary
     assert f"netns-{info.namespaces['pod']}" in {f.vantage for f in found["transport.refused"]}
     assert "transport.no_listener" not in found
+
+
+@pytest.mark.parametrize("uid, command", [(0, "ss -tanpe"), (65534, "sudo ss -tanp")])
+def test_hidden_owners_next_command_fits_who_ran(uid, command):
+    """Owners hidden from a process already running as root live in another PID namespace: `sudo` would add
+    nothing, so the next command shows the sockets' inodes and uids instead (issue 16)."""
+    from bundle.analyze.transport import VantageEvidence, transport_findings
+    from bundle.models import OwnerScan, SocketsSlice, StateSample, Vantage, VantageKind
+
+    doc = SocketsSlice(sockets=[], total=3, kept=3, dropped=0, row_limit=20000, counts={"tcp ESTAB": 3},
+                       owners_hidden=3, close_wait_owners={}, listeners=[],
+                       samples=[StateSample(at_s=0.0, tcp={"ESTAB": 3}, udp={}, retransmits=0)],
+                       owner_scan=OwnerScan(processes=10, denied=4, uid=uid, complete=False), active_probes=False)
+    v = Vantage(id="host", kind=VantageKind.HOST, entered=True)
+    [f] = [f for f in transport_findings([VantageEvidence(v, None, doc)], []) if f.id == "transport.owners_hidden"]
+    assert f.next_command == command
