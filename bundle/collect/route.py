@@ -92,11 +92,24 @@ def _iface_sysctls(msg: Any, all_rp: int | Unavailable) -> InterfaceSysctls:
     spec = _attr(msg, "IFLA_AF_SPEC")
     conf = spec.get_attr("AF_INET") if spec is not None else None
     missing = Unavailable(unavailable=MissingReason.NOT_APPLICABLE, detail="no IPv4 configuration on this link")
+    v6 = _ipv6_conf(name)
     if not conf:
-        return InterfaceSysctls(name=name, rp_filter=missing, forwarding=missing, rp_filter_effective=missing)
+        return InterfaceSysctls(name=name, rp_filter=missing, forwarding=missing, rp_filter_effective=missing, **v6)
     rp = int(conf["rp_filter"])
     eff: int | Unavailable = max(rp, all_rp) if isinstance(all_rp, int) else all_rp
-    return InterfaceSysctls(name=name, rp_filter=rp, forwarding=int(conf["forwarding"]), rp_filter_effective=eff)
+    return InterfaceSysctls(name=name, rp_filter=rp, forwarding=int(conf["forwarding"]), rp_filter_effective=eff,
+                            **v6)
+
+
+def _ipv6_conf(name: str) -> dict[str, int | Unavailable]:
+    """The IPv6 settings of one link, from the netns's own /proc/sys (a link without IPv6 has none: absent)."""
+    folder = Path("/proc/sys/net/ipv6/conf") / name
+    if "/" in name or not folder.is_dir():
+        missing = Unavailable(unavailable=MissingReason.NOT_APPLICABLE, detail="no IPv6 configuration on this link")
+        return {"ipv6_forwarding": missing, "accept_ra": missing, "disable_ipv6": missing}
+    return {"ipv6_forwarding": _read_sysctl(str(folder / "forwarding")),
+            "accept_ra": _read_sysctl(str(folder / "accept_ra")),
+            "disable_ipv6": _read_sysctl(str(folder / "disable_ipv6"))}
 
 
 def _cidr(addr: str | None, plen: int, family: int) -> str:
@@ -238,6 +251,7 @@ def snapshot() -> Tables:
         ip_forward=_read_sysctl("/proc/sys/net/ipv4/ip_forward"),
         rp_filter_all=all_rp,
         rp_filter_default=_read_sysctl("/proc/sys/net/ipv4/conf/default/rp_filter"),
+        ipv6_forwarding=_read_sysctl("/proc/sys/net/ipv6/conf/all/forwarding"),
         interfaces=[_iface_sysctls(m, all_rp) for m in link_msgs],
     )
     return Tables(links, addrs, rules, routes, {str(t): n for t, n in sorted(per_table.items())}, inconsistent,

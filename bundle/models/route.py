@@ -127,12 +127,19 @@ class InterfaceSysctls(Model):
     rp_filter_effective: int | Unavailable = Field(
         description="max(conf/all, conf/<if>): the mode the kernel applies"
     )
+    ipv6_forwarding: int | Unavailable | None = Field(default=None, description="net.ipv6.conf.<if>.forwarding "
+                                                      "(null before 1.2)")
+    accept_ra: int | Unavailable | None = Field(default=None, description="net.ipv6.conf.<if>.accept_ra: 0 never, "
+                                                "1 unless forwarding, 2 even when forwarding")
+    disable_ipv6: int | Unavailable | None = Field(default=None, description="net.ipv6.conf.<if>.disable_ipv6")
 
 
 class Sysctls(Model):
     ip_forward: int | Unavailable
     rp_filter_all: int | Unavailable
     rp_filter_default: int | Unavailable
+    ipv6_forwarding: int | Unavailable | None = Field(default=None, description="net.ipv6.conf.all.forwarding "
+                                                      "(null before 1.2)")
     interfaces: list[InterfaceSysctls]
 
 

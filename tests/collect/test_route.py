@@ -137,3 +137,37 @@ def test_healthy_path_has_no_blackhole(tmp_path, healthy_lab):
     assert by_target["10.244.0.2"].status is SweepStatus.ALL_PASS and by_target["10.244.0.2"].path_mtu == 1500
     assert by_target["10.244.1.3"].path_mtu == 1500
     assert all(p.received == 2 for p in pod.pings)
+
+
+@pytest.mark.privileged
+def test_ipv6_sysctls_equal_sysctl(tmp_path):
+    """The route slice reads each link's IPv6 settings (forwarding, accept_ra, disable_ipv6) and the netns's
+    IPv6 forwarding: equal to `sysctl -n` in the same netns, with values set apart from the defaults."""
+    import os
+
+    from bundle.lab.topology import Topology
+
+    with Topology(f"nbt-v6sys-{os.getpid() % 100000}") as t:
+        ns = t.add_netns("node")
+        t.add_netns("peer")
+        t.veth("node", "eth0", "peer", "eth0")
+        t.veth("node", "eth1", "peer", "eth1")
+        t.sysctl("node", "net.ipv6.conf.eth0.accept_ra", "2")
+        t.sysctl("node", "net.ipv6.conf.eth0.forwarding", "1")
+        t.sysctl("node", "net.ipv6.conf.eth1.disable_ipv6", "1")
+        out = fresh(tmp_path)
+        assert netbundle("collect", "--passive", "--slice", "route", "--netns", ns, "-o", str(out)).returncode == 0
+        doc = read_bundle(out).route(f"netns-{ns}")
+        assert doc is not None
+
+        def sysctl(key: str) -> int:
+            return int(subprocess.run(["ip", "netns", "exec", ns, "sysctl", "-n", key], capture_output=True,
+                                      text=True, check=True).stdout)
+
+        assert doc.sysctls.ipv6_forwarding == sysctl("net.ipv6.conf.all.forwarding")
+        by_name = {i.name: i for i in doc.sysctls.interfaces}
+        for name in ("lo", "eth0", "eth1"):
+            for field, key in (("ipv6_forwarding", "forwarding"), ("accept_ra", "accept_ra"),
+                               ("disable_ipv6", "disable_ipv6")):
+                assert getattr(by_name[name], field) == sysctl(f"net.ipv6.conf.{name}.{key}"), (name, field)
+        assert (by_name["eth0"].accept_ra, by_name["eth0"].ipv6_forwarding, by_name["eth1"].disable_ipv6) == (2, 1, 1)
