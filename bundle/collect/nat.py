@@ -131,9 +131,10 @@ def _run(argv: list[str], budget_s: float) -> tuple[str | None, Unavailable | No
     return proc.stdout[:MAX_DUMP].decode(errors="replace"), None
 
 
-def _legacy_tables() -> list[str] | Unavailable:
+def _legacy_tables(family: int = 4) -> list[str] | Unavailable:
+    path = Path("/proc/net/ip_tables_names" if family == 4 else "/proc/net/ip6_tables_names")
     try:
-        return Path("/proc/net/ip_tables_names").read_text().split()
+        return path.read_text().split()
     except FileNotFoundError:
         return []
     except OSError as exc:
@@ -173,65 +174,85 @@ def _ipvs_services() -> tuple[list[ServiceEntry], DatapathCheck, str | None]:
                                    detail=f"{len(services)} virtual services"), text
 
 
+# The raw dumps kept beside nat.json, by key: each datapath in each family kube-proxy may program.
+RAW_MEMBERS = {"iptables-legacy": ("iptables-legacy-save.txt", MediaType.TEXT),
+               "iptables-nft": ("iptables-nft-save.txt", MediaType.TEXT),
+               "iptables-legacy-v6": ("ip6tables-legacy-save.txt", MediaType.TEXT),
+               "iptables-nft-v6": ("ip6tables-nft-save.txt", MediaType.TEXT),
+               "nftables": ("nft-kube-proxy.json", MediaType.JSON),
+               "nftables-v6": ("nft-kube-proxy-ip6.json", MediaType.JSON),
+               "ipvs": ("proc-net-ip_vs.txt", MediaType.TEXT)}
+
+
 def proxy_dataplane(budget_s: float, active: bool) -> tuple[ProxyMode, list[ServiceEntry], dict[str, str]]:
-    """Look at every datapath kube-proxy could program; the service map comes from the ones that are."""
+    """Look at every datapath kube-proxy could program, for IPv4 and IPv6 (a dual-stack node has both: the same
+    proxier writes ip6tables, or `table ip6 kube-proxy`); the service map comes from the ones that are."""
     checks: list[DatapathCheck] = []
     services: list[ServiceEntry] = []
     raw: dict[str, str] = {}
-    programmed: list[Datapath] = []
+    programmed: set[Datapath] = set()
     deadline = time.monotonic() + budget_s
 
-    legacy = _legacy_tables()
-    if isinstance(legacy, Unavailable):
-        checks.append(DatapathCheck(datapath=Datapath.IPTABLES_LEGACY, command="cat /proc/net/ip_tables_names",
-                                    programmed=None, unavailable=legacy))
-    elif "nat" not in legacy:
-        checks.append(DatapathCheck(datapath=Datapath.IPTABLES_LEGACY, command="cat /proc/net/ip_tables_names",
-                                    programmed=False, detail="no legacy nat table (not dumped: that would create it)"))
-    for datapath, argv, wanted in (
-            (Datapath.IPTABLES_LEGACY, ["iptables-legacy-save"], isinstance(legacy, list) and "nat" in legacy),
-            (Datapath.IPTABLES_NFT, ["iptables-nft-save"], True)):
-        if not wanted:
-            continue
-        text, why = _run(argv, max(0.5, deadline - time.monotonic()))
-        if text is None:
-            checks.append(DatapathCheck(datapath=datapath, command=" ".join(argv), programmed=None, unavailable=why))
-            continue
-        raw[datapath.value] = text
-        try:
-            found, detail = kubeproxy.iptables_programmed(text)
-            entries = kubeproxy.services_from_iptables(text, datapath.value)
-        except kubeproxy.ParseError as exc:
-            checks.append(DatapathCheck(datapath=datapath, command=" ".join(argv), programmed=None,
-                                        unavailable=Unavailable(unavailable=MissingReason.ERROR, detail=str(exc))))
-            continue
-        checks.append(DatapathCheck(datapath=datapath, command=" ".join(argv), programmed=found, detail=detail))
-        if found:
-            programmed.append(datapath)
-        if found or any(e.reject for e in entries):
-            services += entries
+    for family, tool in ((4, "iptables"), (6, "ip6tables")):
+        suffix = "" if family == 4 else "-v6"
+        legacy = _legacy_tables(family)
+        names_file = "/proc/net/ip_tables_names" if family == 4 else "/proc/net/ip6_tables_names"
+        if isinstance(legacy, Unavailable):
+            checks.append(DatapathCheck(datapath=Datapath.IPTABLES_LEGACY, command=f"cat {names_file}",
+                                        programmed=None, unavailable=legacy))
+        elif "nat" not in legacy and family == 4:  # an IPv6 datapath is listed only where it holds something
+            checks.append(DatapathCheck(datapath=Datapath.IPTABLES_LEGACY, command=f"cat {names_file}",
+                                        programmed=False,
+                                        detail=f"no legacy {tool} nat table (not dumped: that would create it)"))
+        for datapath, argv, wanted in (
+                (Datapath.IPTABLES_LEGACY, [f"{tool}-legacy-save"], isinstance(legacy, list) and "nat" in legacy),
+                (Datapath.IPTABLES_NFT, [f"{tool}-nft-save"], True)):
+            if not wanted:
+                continue
+            text, why = _run(argv, max(0.5, deadline - time.monotonic()))
+            if text is None:
+                checks.append(DatapathCheck(datapath=datapath, command=" ".join(argv), programmed=None,
+                                            unavailable=why))
+                continue
+            raw[datapath.value + suffix] = text
+            try:
+                found, detail = kubeproxy.iptables_programmed(text)
+                entries = kubeproxy.services_from_iptables(text, f"{tool}-{datapath.value.split('-')[1]}")
+            except kubeproxy.ParseError as exc:
+                checks.append(DatapathCheck(datapath=datapath, command=" ".join(argv), programmed=None,
+                                            unavailable=Unavailable(unavailable=MissingReason.ERROR, detail=str(exc))))
+                continue
+            if family == 4 or found or entries:
+                checks.append(DatapathCheck(datapath=datapath, command=" ".join(argv), programmed=found,
+                                            detail=detail))
+            if found:
+                programmed.add(datapath)
+            if found or any(e.reject for e in entries):
+                services += entries
 
-    text, why = _run(["nft", "-j", "list", "table", "ip", "kube-proxy"], max(0.5, deadline - time.monotonic()))
-    if text is None and why is not None and "No such file" in why.detail:
-        checks.append(DatapathCheck(datapath=Datapath.NFTABLES, command="nft -j list table ip kube-proxy",
-                                    programmed=False, detail="no table ip kube-proxy"))
-    elif text is None:
-        checks.append(DatapathCheck(datapath=Datapath.NFTABLES, command="nft -j list table ip kube-proxy",
-                                    programmed=None, unavailable=why))
-    else:
-        raw[Datapath.NFTABLES.value] = text
+    for nft_family, suffix in (("ip", ""), ("ip6", "-v6")):
+        command = f"nft -j list table {nft_family} kube-proxy"
+        text, why = _run(command.split(), max(0.5, deadline - time.monotonic()))
+        if text is None and why is not None and "No such file" in why.detail:
+            if nft_family == "ip":
+                checks.append(DatapathCheck(datapath=Datapath.NFTABLES, command=command, programmed=False,
+                                            detail=f"no table {nft_family} kube-proxy"))
+            continue
+        if text is None:
+            checks.append(DatapathCheck(datapath=Datapath.NFTABLES, command=command, programmed=None, unavailable=why))
+            continue
+        raw[Datapath.NFTABLES.value + suffix] = text
         try:
             entries = kubeproxy.services_from_nft(text)
         except kubeproxy.ParseError as exc:
             entries = []
-            checks.append(DatapathCheck(datapath=Datapath.NFTABLES, command="nft -j list table ip kube-proxy",
-                                        programmed=None,
+            checks.append(DatapathCheck(datapath=Datapath.NFTABLES, command=command, programmed=None,
                                         unavailable=Unavailable(unavailable=MissingReason.ERROR, detail=str(exc))))
         else:
-            checks.append(DatapathCheck(datapath=Datapath.NFTABLES, command="nft -j list table ip kube-proxy",
-                                        programmed=bool(entries), detail=f"{len(entries)} service map elements"))
+            checks.append(DatapathCheck(datapath=Datapath.NFTABLES, command=command, programmed=bool(entries),
+                                        detail=f"{len(entries)} service map elements"))
         if entries:
-            programmed.append(Datapath.NFTABLES)
+            programmed.add(Datapath.NFTABLES)
             services += entries
 
     ipvs, check, ipvs_text = _ipvs_services()
@@ -239,17 +260,18 @@ def proxy_dataplane(budget_s: float, active: bool) -> tuple[ProxyMode, list[Serv
     if ipvs_text is not None:
         raw[Datapath.IPVS.value] = ipvs_text
     if ipvs:
-        programmed.append(Datapath.IPVS)
+        programmed.add(Datapath.IPVS)
         services += ipvs
 
     modes = {Datapath.IPTABLES_LEGACY: "iptables", Datapath.IPTABLES_NFT: "iptables", Datapath.NFTABLES: "nftables",
              Datapath.IPVS: "ipvs"}
     distinct = sorted({modes[d] for d in programmed})
+    # one datapath (in one or both families) is a mode; two (legacy and nft iptables, or iptables and IPVS) is not
     mode = distinct[0] if len(distinct) == 1 and len(programmed) == 1 else "ambiguous" if programmed else "none"
     reported: str | Unavailable = _proxy_mode_reported(max(0.2, deadline - time.monotonic())) if active else \
         Unavailable(unavailable=MissingReason.SKIPPED, detail="--passive: 127.0.0.1:10249 not asked")
-    return (ProxyMode(mode=mode, backend=programmed[0] if len(programmed) == 1 else None, checks=checks,
-                      reported=reported), services, raw)
+    backend = next(iter(programmed)) if len(programmed) == 1 else None
+    return (ProxyMode(mode=mode, backend=backend, checks=checks, reported=reported), services, raw)
 
 
 def watched_addresses(targets: list[str], services: list[ServiceEntry],
@@ -303,15 +325,15 @@ class NatCollector(Collector):
             reasons.append(f"counter trend cut to {len(samples)} samples by the deadline")
         artifacts = []
         members: dict[str, str] = {}
-        names = {"iptables-legacy": ("iptables-legacy-save.txt", MediaType.TEXT),
-                 "iptables-nft": ("iptables-nft-save.txt", MediaType.TEXT),
-                 "nftables": ("nft-kube-proxy.json", MediaType.JSON), "ipvs": ("proc-net-ip_vs.txt", MediaType.TEXT)}
         for key, text in raw.items():
-            member, media = names[key]
+            member, media = RAW_MEMBERS[key]
             members[key] = member
+            source = {"iptables-legacy": "iptables-legacy-save", "iptables-nft": "iptables-nft-save",
+                      "iptables-legacy-v6": "ip6tables-legacy-save", "iptables-nft-v6": "ip6tables-nft-save",
+                      "nftables": "nft -j list table ip kube-proxy",
+                      "nftables-v6": "nft -j list table ip6 kube-proxy", "ipvs": "/proc/net/ip_vs"}[key]
             artifacts.append(Artifact(name=member, data=text.encode(), media_type=media,
-                                      provenance=Provenance(source=next(c.command for c in proxy.checks
-                                                                        if c.datapath.value == key))))
+                                      provenance=Provenance(source=source)))
         # every netfilter rule of this netns as nft prints it: what a node-to-node diff compares, beyond
         # kube-proxy's own tables (a filter that drops DNS, a stray NAT)
         ruleset, why = _run(["nft", "list", "ruleset"], max(0.5, ctx.remaining() - 1))

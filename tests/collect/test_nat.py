@@ -287,3 +287,56 @@ def test_nftables_mode_lab(lab, tmp_path):
     assert not [f for f in view.findings if f.layer == "service"]
     pod = b.sockets(f"netns-{info.namespaces['pod']}")
     assert pod is not None and pod.probes[0].attempts[0].outcome.value == "connected"
+
+
+_KUBE_PROXY_NFT_IP6 = """
+add table ip6 kube-proxy { comment "rules for kube-proxy" ; }
+add chain ip6 kube-proxy nat-prerouting { type nat hook prerouting priority -100 ; }
+add chain ip6 kube-proxy nat-output { type nat hook output priority -100 ; }
+add chain ip6 kube-proxy services
+add chain ip6 kube-proxy mark-for-masquerade
+add chain ip6 kube-proxy service-NBPAY6SV-default/payments/tcp/https
+add chain ip6 kube-proxy endpoint-NBPAY6EP-default/payments/tcp/https__fd00.10.244.1..3/8080
+add map ip6 kube-proxy service-ips { type ipv6_addr . inet_proto . inet_service : verdict ; comment "ClusterIP, ExternalIP and LoadBalancer IP traffic" ; }
+add rule ip6 kube-proxy mark-for-masquerade mark set mark or 0x4000
+add rule ip6 kube-proxy nat-output jump services
+add rule ip6 kube-proxy nat-prerouting jump services
+add rule ip6 kube-proxy services ip6 daddr . meta l4proto . th dport vmap @service-ips
+add rule ip6 kube-proxy service-NBPAY6SV-default/payments/tcp/https numgen random mod 1 vmap { 0 : goto endpoint-NBPAY6EP-default/payments/tcp/https__fd00.10.244.1..3/8080 }
+add rule ip6 kube-proxy endpoint-NBPAY6EP-default/payments/tcp/https__fd00.10.244.1..3/8080 ip6 saddr fd00:10:244:1::3 jump mark-for-masquerade
+add rule ip6 kube-proxy endpoint-NBPAY6EP-default/payments/tcp/https__fd00.10.244.1..3/8080 meta l4proto tcp dnat to [fd00:10:244:1::3]:8080
+add element ip6 kube-proxy service-ips { fd00:10:96::14 . tcp . 443 : goto service-NBPAY6SV-default/payments/tcp/https }
+"""
+
+
+@pytest.mark.privileged
+def test_a_dual_stack_nftables_node(tmp_path):
+    """kube-proxy's nftables proxier on a dual-stack node writes `table ip kube-proxy` and `table ip6
+    kube-proxy`: both are read (only the first was), the IPv6 ClusterIP maps to its IPv6 endpoint, the mode is
+    nftables (not "ambiguous"), and with the Service's two EndpointSlices nothing is reported."""
+    import json
+
+    with Topology(f"nbt-ds-{os.getpid() % 100000}") as t:
+        ns = t.add_netns("node")
+        t.nft("node", scenarios._KUBE_PROXY_NFT)
+        t.nft("node", _KUBE_PROXY_NFT_IP6)
+        v4 = scenarios._endpoint_slice("10.244.1.3")
+        v6 = scenarios._endpoint_slice("fd00:10:244:1::3")
+        v6["addressType"] = "IPv6"
+        v6["metadata"] = dict(v6["metadata"], name="payments-v6x9")  # type: ignore[arg-type]
+        slices = tmp_path / "slices.json"
+        slices.write_text(json.dumps({"kind": "List", "items": [v4, v6]}))
+        out = fresh(tmp_path)
+        proc = netbundle("collect", "--passive", "--slice", "nat", "--netns", ns, "--endpointslices", str(slices),
+                         "-o", str(out))
+        assert proc.returncode == 0, proc.stderr
+        b = read_bundle(out)
+    doc = b.nat(f"netns-{ns}")
+    assert doc is not None and doc.proxy.mode == "nftables"
+    six = [s for s in doc.services if s.address == "fd00:10:96::14"]
+    assert [(s.port, [(e.address, e.port) for e in s.endpoints]) for s in six] == [(443, [("fd00:10:244:1::3", 8080)])]
+    assert b.member(f"vantages/netns-{ns}/nft-kube-proxy-ip6.json") is not None
+    from bundle.analyze.nat import nat_findings
+
+    [v] = b.manifest.vantages
+    assert [f.id for f in nat_findings(v, doc)] == []
