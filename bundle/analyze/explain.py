@@ -158,6 +158,9 @@ def no_route(case: Case) -> list[Explanation]:
     out: list[Explanation] = []
     for c in case.at(frozenset({"route.no_route"}), case.flow.upstream()):
         dst = _addr(case.findings[c])
+        doc = case.docs.get(case.findings[c].vantage)
+        if doc is not None and doc.nat is not None and any(s.address == dst for s in doc.nat.services):
+            continue  # a frontend this vantage translates: forwarded packets are DNAT-ed before any route
         effects = case.at(CONNECT_FAILED - {"route.no_route"}, case.client(), {dst} if dst else None)
         out += _explain("no_route", c, effects, f"{case.findings[c].vantage} has no usable route to {dst}")
     return out
@@ -189,6 +192,7 @@ def dead_answer(case: Case) -> list[Explanation]:
     return out
 
 
+# In order of precedence: where two rules explain one symptom, the earlier one's cause owns it.
 RULES: tuple[Rule, ...] = (dead_answer, stale_dnat, conntrack_exhaustion, rp_filter, mtu_blackhole, stale_neighbor,
                            listener, no_route)
 

@@ -100,7 +100,10 @@ def _ladder(manifest: Manifest, flow: Flow, docs: list[VantageDocs], findings: l
     verdicts = {layer: _layer(manifest, layer, flow, plane if layer is Layer.SERVICE else mine, findings,
                               counted[layer], flow.client) for layer in LAYERS}
     _icmp_filtered(verdicts, findings)
-    cause_of = {e: x for x in found for e in x.effects}
+    cause_of: dict[int, Explanation] = {}
+    for x in found:  # the rules' order is their precedence: the first cause found for a symptom keeps it
+        for e in x.effects:
+            cause_of.setdefault(e, x)
     owner, cause = _owner(verdicts, findings, cause_of, flow, client_doc)
     if owner is not None and cause is not None:
         for layer in LAYERS:

@@ -75,7 +75,7 @@ class LabInfo:
 
 
 def _two_nodes(t: Topology, *, server_pod: bool, node_link_mtu: int, server_bind: str | None = "0.0.0.0",
-               remote_mtu: int | None = None) -> None:
+               remote_mtu: int | None = None, remote_bind: str = "0.0.0.0") -> None:
     """client pod -> node A (bridge cbr0, forwarding) -> node B ("remote"), optional server pod on node A.
 
     server_bind: where the server pod listens on 8080 (None: nothing listens there).
@@ -93,7 +93,7 @@ def _two_nodes(t: Topology, *, server_pod: bool, node_link_mtu: int, server_bind
     t.address("remote", "eth0", "10.244.0.2/24")
     t.route("remote", "10.244.1.0/24", gateway="10.244.0.1")
     t.sysctl("node", "net.ipv4.ip_forward", "1")
-    t.python("remote", _LISTENER, "--port", str(LISTEN_PORT), "--send", "65536")
+    t.python("remote", _LISTENER, "--bind", remote_bind, "--port", str(LISTEN_PORT), "--send", "65536")
     if server_pod:
         t.add_netns("server")
         t.veth("node", "vethsrv", "server", "eth0")
@@ -727,6 +727,109 @@ def _filtered_path(t: Topology) -> LabInfo:
     )
 
 
+# IPv6 beside IPv4 (pods fd00:10:244:1::/64 on node A's bridge, nodes fd00:10:244::/64): the same topology,
+# dual-stack, duplicate address detection off so addresses are usable at once.
+V6_POD, V6_SERVER, V6_REMOTE = "fd00:10:244:1::2", "fd00:10:244:1::3", "fd00:10:244::2"
+
+
+def _dual_stack(t: Topology, server_pod: bool) -> None:
+    links = [("pod", "eth0", f"{V6_POD}/64"), ("node", "cbr0", "fd00:10:244:1::1/64"),
+             ("node", "eth0", "fd00:10:244::1/64"), ("remote", "eth0", f"{V6_REMOTE}/64")]
+    if server_pod:
+        links.append(("server", "eth0", f"{V6_SERVER}/64"))
+    for role, ifname, cidr in links:
+        t.sysctl(role, f"net.ipv6.conf.{ifname}.accept_dad", "0")
+        t.address(role, ifname, cidr)
+    t.route("pod", "::/0", gateway="fd00:10:244:1::1")
+    if server_pod:
+        t.route("server", "::/0", gateway="fd00:10:244:1::1")
+    t.route("remote", "fd00:10:244:1::/64", gateway="fd00:10:244::1")
+    t.sysctl("node", "net.ipv6.conf.all.forwarding", "1")
+    t.warm("pod", "fd00:10:244:1::1")
+    t.warm("node", V6_REMOTE)
+
+
+def _dualstack_healthy(t: Topology) -> LabInfo:
+    _two_nodes(t, server_pod=True, node_link_mtu=1500, server_bind="::", remote_bind="::")
+    _dual_stack(t, server_pod=True)
+    return LabInfo(
+        scenario="dualstack-healthy",
+        description="the healthy lab, dual-stack: every pod and node has an IPv4 and an IPv6 address and the "
+                    "listeners take both; every target answers in both families",
+        namespaces=dict(t.namespaces),
+        targets=[f"10.244.1.3:{LISTEN_PORT}", f"[{V6_SERVER}]:{LISTEN_PORT}", f"[{V6_REMOTE}]:{LISTEN_PORT}"],
+        vantages=["pod", "node"], verdict=Expect(None, None),
+    )
+
+
+_DROP_TOO_BIG = """
+table inet nb_lab {
+    chain output { type filter hook output priority 0; icmpv6 type packet-too-big drop; }
+    chain forward { type filter hook forward priority 0; icmpv6 type packet-too-big drop;
+        meta nfproto ipv6 meta length > 1400 drop; }
+}
+"""
+
+
+def _v6_mtu(t: Topology) -> LabInfo:
+    """The mtu scenario over IPv6: routers never fragment IPv6, so a narrow link must say 'packet too big';
+    the node filters that message and drops what is larger — an IPv6 PMTU blackhole."""
+    _two_nodes(t, server_pod=False, node_link_mtu=1400, remote_mtu=1500, remote_bind="::")
+    _dual_stack(t, server_pod=False)
+    t.nft("node", _DROP_TOO_BIG)
+    return LabInfo(
+        scenario="v6-mtu",
+        description="pod -> node -> remote over IPv6; the node's link is MTU 1400 and it drops ICMPv6 'packet "
+                    "too big': small IPv6 packets pass, larger ones vanish",
+        namespaces=dict(t.namespaces), targets=[f"[{V6_REMOTE}]:{LISTEN_PORT}"], vantages=["pod", "node"],
+        verdict=Expect(f"[{V6_REMOTE}]:{LISTEN_PORT}", "route", ("mtu.blackhole",)),
+    )
+
+
+V6_SERVICE, V6_GONE = "fd00:10:96::14", "fd00:10:244:2::9"
+# The nftables proxier's IPv6 table for payments, still sending the IPv6 ClusterIP to a replaced pod.
+_KUBE_PROXY_NFT6_STALE = f"""
+add table ip6 kube-proxy {{ comment "rules for kube-proxy" ; }}
+add chain ip6 kube-proxy nat-prerouting {{ type nat hook prerouting priority -100 ; }}
+add chain ip6 kube-proxy nat-output {{ type nat hook output priority -100 ; }}
+add chain ip6 kube-proxy services
+add chain ip6 kube-proxy mark-for-masquerade
+add chain ip6 kube-proxy service-NBPAY6SV-default/payments/tcp/https
+add chain ip6 kube-proxy endpoint-NBGONE6E-default/payments/tcp/https__fd00.10.244.2..9/{LISTEN_PORT}
+add map ip6 kube-proxy service-ips {{ type ipv6_addr . inet_proto . inet_service : verdict ; comment "ClusterIP, ExternalIP and LoadBalancer IP traffic" ; }}
+add rule ip6 kube-proxy mark-for-masquerade mark set mark or 0x4000
+add rule ip6 kube-proxy nat-output jump services
+add rule ip6 kube-proxy nat-prerouting jump services
+add rule ip6 kube-proxy services ip6 daddr . meta l4proto . th dport vmap @service-ips
+add rule ip6 kube-proxy service-NBPAY6SV-default/payments/tcp/https numgen random mod 1 vmap {{ 0 : goto endpoint-NBGONE6E-default/payments/tcp/https__fd00.10.244.2..9/{LISTEN_PORT} }}
+add rule ip6 kube-proxy endpoint-NBGONE6E-default/payments/tcp/https__fd00.10.244.2..9/{LISTEN_PORT} meta l4proto tcp dnat to [{V6_GONE}]:{LISTEN_PORT}
+add element ip6 kube-proxy service-ips {{ {V6_SERVICE} . tcp . {SERVICE_PORT} : goto service-NBPAY6SV-default/payments/tcp/https }}
+"""
+
+
+def _v6_stale_dnat(t: Topology) -> LabInfo:
+    """stale-dnat over IPv6 with the nftables proxier: its `table ip6 kube-proxy` still sends the IPv6 ClusterIP
+    to a replaced pod; the IPv6 EndpointSlice names the new one."""
+    _two_nodes(t, server_pod=True, node_link_mtu=1500, server_bind="::", remote_bind="::")
+    _dual_stack(t, server_pod=True)
+    t.route("node", "fd00:10:244:2::/64", gateway=V6_REMOTE)  # node B's pod range; B no longer has that pod
+    t.nft("node", _KUBE_PROXY_NFT6_STALE)
+    v6 = _endpoint_slice(V6_SERVER)
+    v6["addressType"] = "IPv6"
+    v6["metadata"] = {"name": "payments-v6k2p", "namespace": "default",
+                      "labels": {"kubernetes.io/service-name": "payments"}}
+    slices = t.run_dir() / "endpointslices.json"
+    slices.write_text(json.dumps({"apiVersion": "v1", "kind": "List", "items": [v6]}, indent=1))
+    return LabInfo(
+        scenario="v6-stale-dnat",
+        description=f"the nftables proxier's table ip6 kube-proxy still DNATs [{V6_SERVICE}]:{SERVICE_PORT} to the "
+                    f"replaced pod {V6_GONE}; the IPv6 EndpointSlice names {V6_SERVER}",
+        namespaces=dict(t.namespaces), targets=[f"[{V6_SERVICE}]:{SERVICE_PORT}", f"[{V6_SERVER}]:{LISTEN_PORT}"],
+        vantages=["pod", "node"], files={"endpointslices": str(slices)},
+        verdict=Expect(f"[{V6_SERVICE}]:{SERVICE_PORT}", "service", ("service.stale_dnat",)),
+    )
+
+
 SCENARIOS: dict[str, Callable[[Topology], LabInfo]] = {
     "conntrack-full": _conntrack_full,
     "service-nft": _service_nft,
@@ -748,6 +851,9 @@ SCENARIOS: dict[str, Callable[[Topology], LabInfo]] = {
     "mtu-behind-dnat": _mtu_behind_dnat,
     "reject-with-endpoints": _reject_with_endpoints,
     "filtered-path": _filtered_path,
+    "dualstack-healthy": _dualstack_healthy,
+    "v6-mtu": _v6_mtu,
+    "v6-stale-dnat": _v6_stale_dnat,
 }
 
 
