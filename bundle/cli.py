@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import re
 import signal
 import subprocess
@@ -600,7 +601,8 @@ def _cmd_lab(args: argparse.Namespace) -> int:
 
 
 def _lab_score(args: argparse.Namespace) -> int:
-    """Each scenario under its own prefix (nbs-…), collected by a real `netbundle collect`, scored, removed."""
+    """Each scenario under its own prefix (nbs<pid>-…, so two runs never share a namespace), collected by a real
+    `netbundle collect`, scored, removed."""
     import subprocess
     import tempfile
 
@@ -619,7 +621,7 @@ def _lab_score(args: argparse.Namespace) -> int:
     for name in names:
         out = keep / f"{name}.tar.zst"
         out.unlink(missing_ok=True)
-        with scenarios.running(name, f"nbs-{name}") as info:
+        with scenarios.running(name, f"nbs{os.getpid() % 100000}-{name}") as info:
             proc = subprocess.run([sys.executable, "-m", "bundle", *info.collect_argv()[1:], "-o", str(out)],
                                   capture_output=True, text=True, timeout=300)
         if proc.returncode not in (0, 5):
