@@ -106,6 +106,23 @@ def _with_manifest(members: list[Member], entries: list[Entry], **changes: objec
     return pack([reg(f"{BUNDLE_ID}/manifest.json", doc), *entries])
 
 
+class _Filler(io.RawIOBase):
+    """`size` bytes of one value, made as they are read: a member or header of hundreds of MB, never in memory."""
+
+    def __init__(self, size: int, fill: bytes = b"\0") -> None:
+        self.left = size
+        self.fill = fill
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: bytearray) -> int:  # type: ignore[override]
+        n = min(len(b), self.left)
+        b[:n] = self.fill * n
+        self.left -= n
+        return n
+
+
 def _bomb() -> bytes:
     """600 MiB of zeros listed honestly: a few KiB on disk, over the 512 MiB member limit."""
     size = 600 << 20
@@ -118,25 +135,12 @@ def _bomb() -> bytes:
     doc = json.dumps(manifest([m])).encode()
     raw = io.BytesIO()
 
-    class Zeros(io.RawIOBase):
-        def __init__(self) -> None:
-            self.left = size
-
-        def readable(self) -> bool:
-            return True
-
-        def readinto(self, b: bytearray) -> int:  # type: ignore[override]
-            n = min(len(b), self.left)
-            b[:n] = bytes(n)
-            self.left -= n
-            return n
-
     with pyzstd.ZstdFile(raw, "w", level_or_option=3) as zf:
         with tarfile.open(fileobj=zf, mode="w|", format=tarfile.PAX_FORMAT) as tar:
             tar.addfile(reg(f"{BUNDLE_ID}/manifest.json", doc)[0], io.BytesIO(doc))
             info = tarfile.TarInfo(f"{BUNDLE_ID}/capture.pcapng")
             info.size = size
-            tar.addfile(info, io.BufferedReader(Zeros()))
+            tar.addfile(info, io.BufferedReader(_Filler(size)))
     return raw.getvalue()
 
 
@@ -146,19 +150,6 @@ def _header_bomb(kind: bytes) -> bytes:
     size = 400 << 20
     doc = json.dumps(manifest([member("vantages/host/route.json", ROUTE_DOC, MediaType.ROUTE)])).encode()
 
-    class Zeros(io.RawIOBase):
-        def __init__(self) -> None:
-            self.left = size
-
-        def readable(self) -> bool:
-            return True
-
-        def readinto(self, b: bytearray) -> int:  # type: ignore[override]
-            n = min(len(b), self.left)
-            b[:n] = b"a" * n if kind == tarfile.GNUTYPE_LONGNAME else bytes(n)
-            self.left -= n
-            return n
-
     raw = io.BytesIO()
     with pyzstd.ZstdFile(raw, "w", level_or_option=3) as zf:
         with tarfile.open(fileobj=zf, mode="w|", format=tarfile.GNU_FORMAT) as tar:
@@ -166,7 +157,7 @@ def _header_bomb(kind: bytes) -> bytes:
             info = tarfile.TarInfo("././@LongLink" if kind == tarfile.GNUTYPE_LONGNAME else "././@PaxHeader")
             info.type = kind
             info.size = size
-            tar.addfile(info, io.BufferedReader(Zeros()))
+            tar.addfile(info, io.BufferedReader(_Filler(size, b"a" if kind == tarfile.GNUTYPE_LONGNAME else b"\0")))
     return raw.getvalue()
 
 
