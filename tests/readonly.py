@@ -121,7 +121,8 @@ def _kernel_own(key: ConnKey) -> bool:
     return key[0] == 2 or key[3].startswith(("224.", "ff02:"))
 
 
-def compare(before: Snapshot, after: Snapshot, lab_prefixes: tuple[str, ...] = ("10.244.", "10.96.")) -> Changes:
+def compare(before: Snapshot, after: Snapshot,
+            lab_prefixes: tuple[str, ...] = ("10.244.", "10.96.", "fd00:10:244:", "fd00:10:96:")) -> Changes:
     """Probes may add neighbor and conntrack entries between lab (or loopback) addresses; nothing else may
     appear, change or go."""
     mutations: list[str] = []

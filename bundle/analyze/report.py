@@ -220,11 +220,13 @@ def _sentences(m: Manifest, findings: list[Finding], ladders: list[TargetLadder]
     owned.sort(key=lambda lad: next(lv for lv in lad.layers if lv.layer is lad.owner).verdict is not Verdict.FAIL)
     when = f"{m.created:%Y-%m-%d %H:%M}Z"
     client = ladders[0].client if ladders else client_of(m)
+    interrupted = m.invocation.exit_code == 130
     sentences = [f"Collected {when} from {len(m.vantages)} vantage(s) ({', '.join(v.id for v in m.vantages)}; "
-                 f"client {client or 'none'}) for {', '.join(t.spec for t in m.targets) or 'no target'}."]
+                 f"client {client or 'none'}) for {', '.join(t.spec for t in m.targets) or 'no target'}"
+                 + (" — interrupted before it finished: what follows rests on part of the evidence." if interrupted
+                    and ladders and any(lad.owner for lad in ladders) else ".")]
     proof: list[str] = []
     capture = None
-    interrupted = m.invocation.exit_code == 130
     if owned:
         lad = owned[0]
         first = findings[lad.cause] if lad.cause is not None else None

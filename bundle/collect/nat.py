@@ -211,8 +211,9 @@ def proxy_dataplane(budget_s: float, active: bool) -> tuple[ProxyMode, list[Serv
                 continue
             text, why = _run(argv, max(0.5, deadline - time.monotonic()))
             if text is None:
-                checks.append(DatapathCheck(datapath=datapath, command=" ".join(argv), programmed=None,
-                                            unavailable=why))
+                if family == 4 or (why is not None and "not installed" not in why.detail):  # said once, for IPv4
+                    checks.append(DatapathCheck(datapath=datapath, command=" ".join(argv), programmed=None,
+                                                unavailable=why))
                 continue
             raw[datapath.value + suffix] = text
             try:
@@ -239,7 +240,9 @@ def proxy_dataplane(budget_s: float, active: bool) -> tuple[ProxyMode, list[Serv
                                             detail=f"no table {nft_family} kube-proxy"))
             continue
         if text is None:
-            checks.append(DatapathCheck(datapath=Datapath.NFTABLES, command=command, programmed=None, unavailable=why))
+            if nft_family == "ip" or (why is not None and "not installed" not in why.detail):
+                checks.append(DatapathCheck(datapath=Datapath.NFTABLES, command=command, programmed=None,
+                                            unavailable=why))
             continue
         raw[Datapath.NFTABLES.value + suffix] = text
         try:

@@ -745,8 +745,12 @@ def _dual_stack(t: Topology, server_pod: bool) -> None:
         t.route("server", "::/0", gateway="fd00:10:244:1::1")
     t.route("remote", "fd00:10:244:1::/64", gateway="fd00:10:244::1")
     t.sysctl("node", "net.ipv6.conf.all.forwarding", "1")
+    # neighbors known on every link the targets use, as on a live node (a collect's probes must not create them)
     t.warm("pod", "fd00:10:244:1::1")
     t.warm("node", V6_REMOTE)
+    if server_pod:
+        t.warm("pod", V6_SERVER)
+        t.warm("node", V6_SERVER)
 
 
 def _dualstack_healthy(t: Topology) -> LabInfo:
