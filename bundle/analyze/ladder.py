@@ -140,7 +140,7 @@ def _place_loss(transport: LayerVerdict, flow: Flow, client_doc: VantageDocs | N
         last = p.last_responder()
         icmp = next((q for q in client_doc.route.paths if q.protocol == "icmp" and q.target == p.target), None)
         where = (f"after hop {last.ttl}, {last.responder}" if last is not None and last.kind == "time exceeded"
-                 else "before the first hop" if last is None else f"at hop {last.ttl}, {last.responder} "
+                 else "at the first hop (no hop answered)" if last is None else f"at hop {last.ttl}, {last.responder} "
                                                                    f"({last.kind}{', ' + last.detail if last.detail else ''})")
         also = (f"; ICMP reaches {p.target} in {len(icmp.hops)} hops: something past that hop drops TCP {p.port}"
                 if icmp is not None and icmp.reached and last is not None and last.kind == "time exceeded" else "")
