@@ -8,7 +8,6 @@ bundle format version; 5 bundle written but some slice partial or failed;
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import re
@@ -20,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from bundle import __version__
+from bundle._files import file_sha256
 from bundle._entry import interrupt
 from bundle.errors import NetbundleError, UsageError
 
@@ -230,11 +230,6 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _sha256(path: Path) -> str:
-    with open(path, "rb") as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()
-
-
 MAX_CAPTURE_BYTES = 256 << 20  # half the reader's member limit: the bundle's other members fit beside it
 
 
@@ -385,7 +380,7 @@ def _cmd_collect(args: argparse.Namespace, argv: list[str]) -> int:
                          timeout_s=args.timeout, ticket=args.ticket, note=args.note, argv=argv,
                          slices=args.slices, debug=args.debug, client=args.client, force=args.force)
     outcome = collect(req, progress)
-    sha = _sha256(outcome.path) if outcome.path is not None else None  # the ticket pins this exact file
+    sha = file_sha256(outcome.path) if outcome.path is not None else None  # the ticket pins this exact file
     if args.json:
         print(json.dumps({"bundle": str(outcome.path), "sha256": sha, "exit_code": outcome.exit_code,
                           "slices": [s.model_dump(mode="json") for s in outcome.manifest.slices] if outcome.manifest else []}))

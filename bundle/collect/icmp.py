@@ -47,6 +47,14 @@ def checksum(data: bytes) -> int:
     return int(~s & 0xFFFF)
 
 
+def echo_request(family: int, ident: int, seq: int, body: bytes) -> bytes:
+    """An ICMP (or ICMPv6) echo request; the kernel fills the ICMPv6 checksum on a raw socket."""
+    if family == 4:
+        hdr = struct.pack("!BBHHH", 8, 0, 0, ident, seq)
+        return struct.pack("!BBHHH", 8, 0, checksum(hdr + body), ident, seq) + body
+    return struct.pack("!BBHHH", 128, 0, 0, ident, seq) + body
+
+
 @dataclass
 class EchoOutcome:
     passed: bool
@@ -86,12 +94,7 @@ class IcmpProber:
     def echo(self, dst: str, payload: int, timeout: float) -> EchoOutcome:
         self.seq = (self.seq + 1) & 0xFFFF
         seq = self.seq
-        body = bytes((i & 0xFF for i in range(payload)))
-        if self.family == 4:
-            hdr = struct.pack("!BBHHH", 8, 0, 0, self.ident, seq)
-            pkt = struct.pack("!BBHHH", 8, 0, checksum(hdr + body), self.ident, seq) + body
-        else:
-            pkt = struct.pack("!BBHHH", 128, 0, 0, self.ident, seq) + body  # kernel fills the checksum
+        pkt = echo_request(self.family, self.ident, seq, bytes((i & 0xFF for i in range(payload))))
         start = time.monotonic()
         try:
             self.sock.sendto(pkt, (dst, 0))

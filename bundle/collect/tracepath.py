@@ -14,7 +14,7 @@ import socket
 import struct
 import time
 
-from bundle.collect.icmp import checksum, family_of
+from bundle.collect.icmp import echo_request, family_of
 from bundle.models import MissingReason, PathHop, PathTrace, Unavailable
 
 MAX_HOPS = 16
@@ -80,13 +80,8 @@ class _Walker:
 
     def icmp(self, ttl: int) -> PathHop:
         seq = ttl
-        if self.family == 4:
-            hdr = struct.pack("!BBHHH", 8, 0, 0, self.ident, seq)
-            pkt = struct.pack("!BBHHH", 8, 0, checksum(hdr + b"netbundle"), self.ident, seq) + b"netbundle"
-            proto, reply_type = 1, 0
-        else:
-            pkt = struct.pack("!BBHHH", 128, 0, 0, self.ident, seq) + b"netbundle"
-            proto, reply_type = 58, 129
+        pkt = echo_request(self.family, self.ident, seq, b"netbundle")
+        proto, reply_type = (1, 0) if self.family == 4 else (58, 129)
         self._ttl(self.errors, ttl)
         start = time.monotonic()
         try:

@@ -4,21 +4,16 @@ ticket points at exactly this evidence."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
+from bundle._files import file_sha256
 from bundle.archive import Bundle
 from bundle.models import FindingsReport, LayerVerdict, TargetLadder
 from bundle.render.view import build_view
 
 _MARK = {"pass": "pass", "fail": "FAIL", "warn": "warn", "inconclusive": "inconclusive", "not applicable": "n/a",
          "not collected": "-"}
-
-
-def _sha256(path: Path) -> str:
-    with open(path, "rb") as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 def _md(text: str) -> str:
@@ -43,7 +38,7 @@ def ticket_summary(bundle: Bundle, path: Path, fmt: str) -> str:
     view = build_view(bundle)
     report = view.report
     assert report is not None
-    sha = _sha256(path)
+    sha = file_sha256(path)
     if fmt == "json":
         return json.dumps({"bundle": path.name, "sha256": sha, "bundle_id": bundle.manifest.bundle_id,
                            **report.model_dump(mode="json")}, indent=1) + "\n"
