@@ -56,14 +56,15 @@ def rising(doc: CountersSlice, names: tuple[str, ...]) -> dict[str, int]:
 
 
 def counter_findings(vantage: Vantage, doc: CountersSlice) -> list[Finding]:
-    found = FindingList(Layer.ROUTE, vantage, f"vantages/{vantage.id}/counters.json")
+    out: list[Finding] = []
     for rule in RULES:
         up = rising(doc, rule.counters)
         if not up:
             continue
-        found.layer = rule.layer
+        found = FindingList(rule.layer, vantage, f"vantages/{vantage.id}/counters.json")
         what = ", ".join(f"{n} +{d}" for n, d in up.items())
         found.add(rule.fid, rule.severity, None,
                   f"In {vantage.id}, over the {doc.window_s:.1f} s window: {what} — {rule.meaning}.",
                   "delta." + next(iter(up)), rule.command)
-    return found.items
+        out += found.items
+    return out

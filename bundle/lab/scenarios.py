@@ -313,18 +313,30 @@ COMMIT
 """
 
 
-def _endpoint_slice(ready_pod: str) -> dict[str, object]:
-    """The payments Service's EndpointSlice as the API serves it (discovery.k8s.io/v1)."""
+def _endpoint_slice(*ready: str, service: str = "payments", port_name: str = "https", name: str = "payments-7xk2p",
+                    family: str = "IPv4") -> dict[str, object]:
+    """A Service's EndpointSlice as the API serves it (discovery.k8s.io/v1): the ready pods on LISTEN_PORT."""
     return {
-        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice", "addressType": "IPv4",
-        "metadata": {"name": "payments-7xk2p", "namespace": "default",
-                     "labels": {"kubernetes.io/service-name": "payments",
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice", "addressType": family,
+        "metadata": {"name": name, "namespace": "default",
+                     "labels": {"kubernetes.io/service-name": service,
                                 "endpointslice.kubernetes.io/managed-by": "endpointslice-controller.k8s.io"}},
-        "ports": [{"name": "https", "port": LISTEN_PORT, "protocol": "TCP"}],
-        "endpoints": [{"addresses": [ready_pod], "nodeName": "node-a",
+        "ports": [{"name": port_name, "port": LISTEN_PORT, "protocol": "TCP"}],
+        "endpoints": [{"addresses": [pod], "nodeName": "node-a",
                        "conditions": {"ready": True, "serving": True, "terminating": False},
-                       "targetRef": {"kind": "Pod", "namespace": "default", "name": "payments-5d9c7b-q8z4m"}}],
+                       "targetRef": {"kind": "Pod", "namespace": "default", "name": f"{service}-pod-{i}"}}
+                      for i, pod in enumerate(ready)],
     }
+
+
+def _write_slices(t: Topology, *slices: dict[str, object]) -> Path:
+    """The EndpointSlices as `kubectl get endpointslices -o json` lists them, in the lab's run folder."""
+    path = t.run_dir() / "endpointslices.json"
+    path.write_text(json.dumps({"apiVersion": "v1", "kind": "List", "items": list(slices)}, indent=1))
+    return path
+
+
+_ORDERS = {"service": "orders", "port_name": "http", "name": "orders-k2j4d"}
 
 
 def _stale_dnat(t: Topology) -> LabInfo:
@@ -335,9 +347,7 @@ def _stale_dnat(t: Topology) -> LabInfo:
     t.route("node", "10.96.0.0/16", gateway="10.244.0.2")  # the node's own route toward Service IPs, as a default route
     _cluster_dns(t, service_route=False)  # the name resolves: payments.default.svc.cluster.local -> 10.96.0.20
     t.iptables_restore("node", _KUBE_PROXY_STALE)
-    slices = t.run_dir() / "endpointslices.json"
-    slices.write_text(json.dumps({"apiVersion": "v1", "kind": "List", "items": [_endpoint_slice("10.244.1.3")]},
-                                 indent=1))
+    slices = _write_slices(t, _endpoint_slice("10.244.1.3"))
     # the application in the pod keeps calling the Service: its flows sit in conntrack, translated to the gone pod
     t.python("pod", "bundle.lab.client", "--target", f"{SERVICE_IP}:{SERVICE_PORT}", "--interval", "0.5",
              "--max-age", "20", "--max-open", "20")
@@ -406,15 +416,7 @@ def _service_nft(t: Topology) -> LabInfo:
     """Three Services programmed by kube-proxy's nftables proxier on the node, matching their EndpointSlices:
     the ClusterIP answers through the DNAT (the control case for the nftables parser and mode detection)."""
     _two_nodes(t, server_pod=True, node_link_mtu=1500)
-    t.route("node", "10.96.0.0/16", gateway="10.244.0.2")  # the node's own route toward Service IPs
-    t.nft("node", _KUBE_PROXY_NFT)
-    slices = t.run_dir() / "endpointslices.json"
-    orders = _endpoint_slice("10.244.1.3")
-    orders["metadata"] = {"name": "orders-k2j4d", "namespace": "default", "labels": {"kubernetes.io/service-name": "orders"}}
-    orders["ports"] = [{"name": "http", "port": LISTEN_PORT, "protocol": "TCP"}]
-    orders["endpoints"] = [{"addresses": [a], "conditions": {"ready": True}} for a in ("10.244.1.3", "10.244.0.2")]
-    slices.write_text(json.dumps({"apiVersion": "v1", "kind": "List", "items": [_endpoint_slice("10.244.1.3"), orders]},
-                                 indent=1))
+    slices = _nft_services(t, node_service_route=True, cluster_ips_check=False)
     return LabInfo(
         scenario="service-nft",
         verdict=Expect(None, None),
@@ -469,20 +471,13 @@ add element ip kube-proxy cluster-ips {{ {SERVICE_IP}, 10.96.0.21, 10.96.0.22 }}
 """
 
 
-def _nft_services(t: Topology, *, node_service_route: bool) -> Path:
-    """The nftables proxier's three Services (service-nft) and their EndpointSlices; returns the slices' file."""
+def _nft_services(t: Topology, *, node_service_route: bool, cluster_ips_check: bool = True) -> Path:
+    """The nftables proxier's three Services (service-nft) on the node — with the cluster-ips check its recent
+    versions add — and their EndpointSlices; returns the slices' file."""
     if node_service_route:
-        t.route("node", "10.96.0.0/16", gateway="10.244.0.2")
-    t.nft("node", _KUBE_PROXY_NFT + _CLUSTER_IPS_CHECK)
-    slices = t.run_dir() / "endpointslices.json"
-    orders = _endpoint_slice("10.244.1.3")
-    orders["metadata"] = {"name": "orders-k2j4d", "namespace": "default",
-                          "labels": {"kubernetes.io/service-name": "orders"}}
-    orders["ports"] = [{"name": "http", "port": LISTEN_PORT, "protocol": "TCP"}]
-    orders["endpoints"] = [{"addresses": [a], "conditions": {"ready": True}} for a in ("10.244.1.3", "10.244.0.2")]
-    slices.write_text(json.dumps({"apiVersion": "v1", "kind": "List",
-                                  "items": [_endpoint_slice("10.244.1.3"), orders]}, indent=1))
-    return slices
+        t.route("node", "10.96.0.0/16", gateway="10.244.0.2")  # the node's own route toward Service IPs
+    t.nft("node", _KUBE_PROXY_NFT + (_CLUSTER_IPS_CHECK if cluster_ips_check else ""))
+    return _write_slices(t, _endpoint_slice("10.244.1.3"), _endpoint_slice("10.244.1.3", "10.244.0.2", **_ORDERS))
 
 
 def _k8s_healthy(t: Topology) -> LabInfo:
@@ -525,9 +520,7 @@ def _stale_dnat_blackhole(t: Topology) -> LabInfo:
     t.route("node", "10.244.2.0/26", kind="blackhole")
     t.route("node", "10.96.0.0/16", gateway="10.244.0.2")
     t.iptables_restore("node", _KUBE_PROXY_STALE)
-    slices = t.run_dir() / "endpointslices.json"
-    slices.write_text(json.dumps({"apiVersion": "v1", "kind": "List", "items": [_endpoint_slice("10.244.1.3")]},
-                                 indent=1))
+    slices = _write_slices(t, _endpoint_slice("10.244.1.3"))
     return LabInfo(
         scenario="stale-dnat-blackhole",
         description=f"the node DNATs {SERVICE_IP}:{SERVICE_PORT} to the replaced pod {GONE_POD}, which a blackhole "
@@ -609,21 +602,13 @@ COMMIT
 """
 
 
-def _shop_slice() -> dict[str, object]:
-    doc = _endpoint_slice("10.244.0.2")
-    doc["metadata"] = {"name": "shop-x7f2q", "namespace": "default", "labels": {"kubernetes.io/service-name": "shop"}}
-    doc["ports"] = [{"name": "http", "port": LISTEN_PORT, "protocol": "TCP"}]
-    return doc
-
-
 def _mtu_behind_dnat(t: Topology) -> LabInfo:
     """The mtu scenario's narrow, ICMP-filtering link, reached through a ClusterIP: the client downloads from
     the Service and stalls; the sweep toward the endpoint finds the blackhole that explains it."""
     _two_nodes(t, server_pod=False, node_link_mtu=1400, remote_mtu=1500)
     t.nft("node", _DROP_FRAG_NEEDED)
     t.iptables_restore("node", _KUBE_PROXY_SHOP)
-    slices = t.run_dir() / "endpointslices.json"
-    slices.write_text(json.dumps({"apiVersion": "v1", "kind": "List", "items": [_shop_slice()]}, indent=1))
+    slices = _write_slices(t, _endpoint_slice("10.244.0.2", service="shop", port_name="http", name="shop-x7f2q"))
     t.python("pod", "bundle.lab.client", "--target", f"{SHOP_IP}:80", "--interval", "1", "--read",
              "--max-age", "8", "--max-open", "20")
     return LabInfo(
@@ -659,12 +644,8 @@ def _reject_with_endpoints(t: Topology) -> LabInfo:
     t.route("node", "10.96.0.0/16", gateway="10.244.0.2")
     t.iptables_restore("node", _KUBE_PROXY_STALE.replace(GONE_POD, "10.244.1.3").replace("GONEPOD", "PAYPOD0"))
     t.iptables_restore("node", _KUBE_PROXY_REJECT)
-    cart = _endpoint_slice("10.244.1.3")
-    cart["metadata"] = {"name": "cart-p9s3d", "namespace": "default", "labels": {"kubernetes.io/service-name": "cart"}}
-    cart["ports"] = [{"name": "http", "port": LISTEN_PORT, "protocol": "TCP"}]
-    slices = t.run_dir() / "endpointslices.json"
-    slices.write_text(json.dumps({"apiVersion": "v1", "kind": "List", "items": [_endpoint_slice("10.244.1.3"), cart]},
-                                 indent=1))
+    slices = _write_slices(t, _endpoint_slice("10.244.1.3"),
+                           _endpoint_slice("10.244.1.3", service="cart", port_name="http", name="cart-p9s3d"))
     return LabInfo(
         scenario="reject-with-endpoints",
         description=f"kube-proxy REJECTs {CART_IP}:80 (cart) as having no endpoints while its EndpointSlice lists "
@@ -818,12 +799,7 @@ def _v6_stale_dnat(t: Topology) -> LabInfo:
     _dual_stack(t, server_pod=True)
     t.route("node", "fd00:10:244:2::/64", gateway=V6_REMOTE)  # node B's pod range; B no longer has that pod
     t.nft("node", _KUBE_PROXY_NFT6_STALE)
-    v6 = _endpoint_slice(V6_SERVER)
-    v6["addressType"] = "IPv6"
-    v6["metadata"] = {"name": "payments-v6k2p", "namespace": "default",
-                      "labels": {"kubernetes.io/service-name": "payments"}}
-    slices = t.run_dir() / "endpointslices.json"
-    slices.write_text(json.dumps({"apiVersion": "v1", "kind": "List", "items": [v6]}, indent=1))
+    slices = _write_slices(t, _endpoint_slice(V6_SERVER, name="payments-v6k2p", family="IPv6"))
     return LabInfo(
         scenario="v6-stale-dnat",
         description=f"the nftables proxier's table ip6 kube-proxy still DNATs [{V6_SERVICE}]:{SERVICE_PORT} to the "

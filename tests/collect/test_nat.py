@@ -321,9 +321,7 @@ def test_a_dual_stack_nftables_node(tmp_path):
         t.nft("node", scenarios._KUBE_PROXY_NFT)
         t.nft("node", _KUBE_PROXY_NFT_IP6)
         v4 = scenarios._endpoint_slice("10.244.1.3")
-        v6 = scenarios._endpoint_slice("fd00:10:244:1::3")
-        v6["addressType"] = "IPv6"
-        v6["metadata"] = dict(v6["metadata"], name="payments-v6x9")  # type: ignore[arg-type]
+        v6 = scenarios._endpoint_slice("fd00:10:244:1::3", name="payments-v6x9", family="IPv6")
         slices = tmp_path / "slices.json"
         slices.write_text(json.dumps({"kind": "List", "items": [v4, v6]}))
         out = fresh(tmp_path)
