@@ -166,21 +166,30 @@ def iptables_programmed(text: str) -> tuple[bool, str]:
 
 
 _IPVS_SERVICE = re.compile(r"^(TCP|UDP|SCTP)\s+(\S+):(\d+)\s+(\S+)")
+_IPVS_FWMARK = re.compile(r"^FWM\s+")
 _IPVS_REAL = re.compile(r"^\s+->\s+(\S+):(\d+)\s+(\S+)\s+(\d+)\s+(\d+)\s+(\d+)")
 
 
 def services_from_ipvsadm(text: str, source: str = "ipvsadm -Ln") -> list[ServiceEntry]:
-    """Virtual services and their real servers from `ipvsadm -Ln`; shares from the weights."""
+    """Virtual services and their real servers from `ipvsadm -Ln`; shares from the weights.
+
+    A firewall-mark service (`FWM mark`) has no address or port a flow could be matched to: it and its real
+    servers are left out (they once landed on the service listed before it)."""
     out: list[ServiceEntry] = []
+    current: ServiceEntry | None = None
     for line in text.splitlines():
         m = _IPVS_SERVICE.match(line)
         if m:
-            out.append(ServiceEntry(service=f"{m[2]}:{m[3]}", kind="virtual server", protocol=m[1].lower(),
-                                    address=m[2].strip("[]"), port=int(m[3]), source=source))
+            current = ServiceEntry(service=f"{m[2]}:{m[3]}", kind="virtual server", protocol=m[1].lower(),
+                                   address=m[2].strip("[]"), port=int(m[3]), source=source)
+            out.append(current)
+            continue
+        if _IPVS_FWMARK.match(line):
+            current = None
             continue
         m = _IPVS_REAL.match(line)
-        if m and out:
-            out[-1].endpoints.append(DataplaneEndpoint(address=m[1].strip("[]"), port=int(m[2]), weight=int(m[4]),
+        if m and current is not None:
+            current.endpoints.append(DataplaneEndpoint(address=m[1].strip("[]"), port=int(m[2]), weight=int(m[4]),
                                                        share=0.0))
     for entry in out:
         total = sum(e.weight or 0 for e in entry.endpoints)
@@ -204,6 +213,8 @@ def services_from_proc_ip_vs(text: str) -> list[ServiceEntry]:
         parts = line.split()
         if parts and parts[0] in ("TCP", "UDP", "SCTP") and len(parts) >= 3:
             lines.append(f"{parts[0]}  {conv(parts[1])} {parts[2]}")
+        elif parts and parts[0] == "FWM":
+            lines.append("FWM  " + " ".join(parts[1:]))
         elif len(parts) >= 6 and parts[0] == "->" and ":" in parts[1] and parts[1][0] != "R":
             lines.append(f"  -> {conv(parts[1])} {' '.join(parts[2:6])}")
     return services_from_ipvsadm("\n".join(lines), source="/proc/net/ip_vs")

@@ -5,6 +5,8 @@ datapaths, a proxy that says another mode) and the /proc/net/ip_vs reader."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from bundle.analyze.nat import nat_findings
 from bundle.collect.kubeproxy import endpoint_slices, services_from_ipvsadm, services_from_proc_ip_vs
 from bundle.models import (
@@ -160,6 +162,38 @@ def test_proc_ip_vs_with_ipv6_services_reads_as_ipvsadm():
     assert got == shape(services_from_ipvsadm(ipvsadm))
     assert got[1] == ("tcp", "fd00:10:96::14", 443, [("fd00:10:244:1::3", 8080, 1, 0.333333),
                                                       ("fd00:10:244:2::9", 8080, 2, 0.666667)])
+
+
+# prometheus/procfs ipvs_test.go, expectedIPVSBackendStatuses (commit 3c943fd), for its fixture /proc/net/ip_vs:
+# (local address, local port, remote address, remote port, proto, weight). Its two FWM rows have no local
+# address or port, so they are not frontends a flow could be matched to.
+_PROCFS_EXPECTED = [
+    ("192.168.0.22", 3306, "192.168.82.22", 3306, "TCP", 100), ("192.168.0.22", 3306, "192.168.83.24", 3306, "TCP", 100),
+    ("192.168.0.22", 3306, "192.168.83.21", 3306, "TCP", 100), ("192.168.0.57", 3306, "192.168.84.22", 3306, "TCP", 0),
+    ("192.168.0.57", 3306, "192.168.82.21", 3306, "TCP", 100), ("192.168.0.57", 3306, "192.168.50.21", 3306, "TCP", 100),
+    ("192.168.0.55", 3306, "192.168.50.26", 3306, "TCP", 0), ("192.168.0.55", 3306, "192.168.49.32", 3306, "TCP", 100),
+    ("2620::1", 80, "2620::2", 80, "TCP", 1), ("2620::1", 80, "2620::3", 80, "TCP", 1),
+    ("2620::1", 80, "2620::4", 80, "TCP", 1),
+]
+
+
+def test_a_third_party_proc_ip_vs_with_ipv6_and_fwmark_services():
+    """prometheus/procfs's /proc/net/ip_vs fixture (IPv4 in hex, an IPv6 service as [%pI6]:PORT, a firewall-mark
+    service last) reads to exactly the backends procfs's own test expects, and to the same map as the table's
+    `ipvsadm -Ln` form (tests/data/ipvs/SOURCES.md). The FWM service's real servers were appended to the IPv6
+    service before it."""
+    data = Path(__file__).parent.parent / "data" / "ipvs"
+    proc = services_from_proc_ip_vs((data / "procfs_proc_net_ip_vs.txt").read_text())
+    rows = [(s.address, s.port, e.address, e.port, s.protocol.upper(), e.weight) for s in proc for e in s.endpoints]
+    assert rows == _PROCFS_EXPECTED
+
+    def shape(entries):
+        return [(e.protocol, e.address, e.port, [(x.address, x.port, x.weight, x.share) for x in e.endpoints])
+                for e in entries]
+
+    assert shape(proc) == shape(services_from_ipvsadm((data / "procfs_ipvsadm-Ln.txt").read_text()))
+    assert shape(proc)[3] == ("tcp", "2620::1", 80, [("2620::2", 80, 1, 0.333333), ("2620::3", 80, 1, 0.333333),
+                                                     ("2620::4", 80, 1, 0.333333)])
 
 
 def test_a_dual_stack_service_is_judged_per_family():
