@@ -44,7 +44,7 @@ def _ours(bundle, ns) -> RouteSlice:
     return doc
 
 
-def _ip_view(ns: str, targets: list[str]) -> dict[str, object]:
+def _ip_view(ns: str, targets: list[str], routed_from: str | None = None) -> dict[str, object]:
     """What `ip -j` says, normalised to the shape our documents use."""
     links = {(l["ifindex"], l["ifname"], l["mtu"], l["operstate"], l.get("address"), l.get("master"),
               (l.get("linkinfo") or {}).get("info_kind"),
@@ -65,10 +65,10 @@ def _ip_view(ns: str, targets: list[str]) -> dict[str, object]:
     for t in targets:
         g = ip_json(ns, "route", "get", t)[0]
         gets[(t, None, None)] = (g["dst"], g.get("gateway"), g["dev"], g.get("prefsrc"))
-    if ns.endswith("-node"):  # the path a packet from the pod takes through the node
+    if routed_from and ns.endswith("-node"):  # the path a packet from the pod takes through the node
         for t in targets:
-            g = ip_json(ns, "route", "get", t, "from", "10.244.1.2", "iif", "cbr0")[0]
-            gets[(t, "10.244.1.2", "cbr0")] = (g["dst"], g.get("gateway"), g["dev"], g.get("prefsrc"))
+            g = ip_json(ns, "route", "get", t, "from", routed_from, "iif", "cbr0")[0]
+            gets[(t, routed_from, "cbr0")] = (g["dst"], g.get("gateway"), g["dev"], g.get("prefsrc"))
     return {"links": links, "neigh": neigh, "routes": routes, "addrs": addrs, "rules": rules, "gets": gets}
 
 
@@ -82,35 +82,57 @@ def _our_view(doc: RouteSlice) -> dict[str, object]:
     return {"links": links, "neigh": neigh, "routes": routes, "addrs": addrs, "rules": rules, "gets": gets}
 
 
-def test_route_slice_equals_ip_json(tmp_path, mtu_lab):
-    """Differential: every table in the bundle equals `ip -j` run in the same netns.
-
-    Neighbor states and counters move on their own, so a mismatch is retried
-    with a fresh collection before it counts.
-    """
-    targets = [t.split(":")[0] for t in mtu_lab.targets] + ["10.244.1.1", "10.244.0.1"]
-    for attempt in range(3):
+def _equal_to_ip(tmp_path, info, targets: list[str], pod_address: str) -> tuple[RouteSlice, RouteSlice]:
+    """Collect the route slice from the lab's pod and node twice (plain, and with the node's lookups as if
+    from the pod on cbr0) and compare every table with `ip -j` in the same netns. Neighbor states and
+    counters move on their own, so a mismatch is retried with a fresh collection before it counts."""
+    extra = [x for t in targets for x in ("--target", t)]
+    for _attempt in range(3):
         # only the route slice: the snapshot and `ip` run within a fraction of a second of each other
-        _, bundle = _collect(tmp_path, mtu_lab, "--passive", "--slice", "route",
-                             *[x for t in targets[1:] for x in ("--target", t)])
-        _, routed = _collect(tmp_path, mtu_lab, "--passive", "--slice", "route", "--route-from", "10.244.1.2",
-                             "--route-iif", "cbr0", *[x for t in targets[1:] for x in ("--target", t)])
+        _, bundle = _collect(tmp_path, info, "--passive", "--slice", "route", *extra)
+        _, routed = _collect(tmp_path, info, "--passive", "--slice", "route", "--route-from", pod_address,
+                             "--route-iif", "cbr0", *extra)
         diffs = {}
         for role in ("pod", "node"):
-            ns = mtu_lab.namespaces[role]
-            ours, theirs = _our_view(_ours(bundle, ns)), _ip_view(ns, targets)
+            ns = info.namespaces[role]
+            ours, theirs = _our_view(_ours(bundle, ns)), _ip_view(ns, targets, routed_from=pod_address)
             if role == "node":
                 ours["gets"].update(_our_view(_ours(routed, ns))["gets"])
             diffs.update({f"{role}.{k}": (ours[k], theirs[k]) for k in ours if ours[k] != theirs[k]})
         if not diffs:
             break
     assert not diffs, diffs
+    return _ours(bundle, info.namespaces["pod"]), _ours(bundle, info.namespaces["node"])
+
+
+def test_route_slice_equals_ip_json(tmp_path, mtu_lab):
+    """Differential: every table in the bundle equals `ip -j` run in the same netns."""
+    targets = [t.split(":")[0] for t in mtu_lab.targets] + ["10.244.1.1", "10.244.0.1"]
+    pod_doc, node = _equal_to_ip(tmp_path, mtu_lab, targets, "10.244.1.2")
     # Not vacuous: the lab's shape is really in there.
-    pod = _our_view(_ours(bundle, mtu_lab.namespaces["pod"]))
+    pod = _our_view(pod_doc)
     assert (4, 254, "unicast", "0.0.0.0/0", "10.244.1.1", "eth0", None) in pod["routes"]
-    node = _ours(bundle, mtu_lab.namespaces["node"])
     assert {l.name: l.mtu for l in node.links}["eth0"] == 1400
     assert {l.name: l.kind for l in node.links}["cbr0"] == "bridge"
+
+
+def test_ipv6_route_slice_equals_ip_6_json(tmp_path, lab):
+    """The same differential on the dual-stack v6-mtu lab, with IPv6 targets: `ip -6 -j route show table all`,
+    `ip -6 -j rule`, IPv6 addresses and neighbours, and `ip -j route get` of IPv6 destinations (from the pod's
+    IPv6 address on cbr0 on the node)."""
+    from bundle.lab.scenarios import V6_POD, V6_REMOTE
+
+    info = lab("v6-mtu")
+    targets = [V6_REMOTE, "fd00:10:244:1::1", "fd00:10:244::1"]
+    pod_doc, node_doc = _equal_to_ip(tmp_path, info, targets, V6_POD)
+    pod, node = _our_view(pod_doc), _our_view(node_doc)
+    # Not vacuous: global IPv6 routes, addresses, neighbours and lookups are in the comparison.
+    assert (6, 254, "unicast", "::/0", "fd00:10:244:1::1", "eth0", None) in pod["routes"]
+    assert ("eth0", V6_POD, 64, "global") in pod["addrs"]
+    assert any(n[0] == V6_REMOTE for n in node["neigh"])
+    # (the routed lookups were compared above; ip's own answer shows what they hold)
+    assert _ip_view(info.namespaces["node"], [V6_REMOTE], routed_from=V6_POD)["gets"][(V6_REMOTE, V6_POD, "cbr0")][2] == "eth0"
+    assert pod["gets"][(V6_REMOTE, None, None)][1] == "fd00:10:244:1::1"
 
 
 def test_mtu_sweep_finds_the_blackhole(tmp_path, mtu_lab):
