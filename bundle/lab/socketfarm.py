@@ -4,7 +4,9 @@
     with running("nbt-x", 10000): ...      # the same inside a named netns, from tests and benchmarks
 
 Mix (of --total): ~40% ESTAB (both ends held), ~20% TIME-WAIT, ~20% CLOSE-WAIT (and the peer's
-FIN-WAIT-2), ~10% UDP (bound, some connected), the rest LISTEN on distinct ports.
+FIN-WAIT-2), ~10% UDP (bound, some connected), the rest LISTEN on distinct ports. Both families: every
+fifth listener is on ::1, one more listens on [::] dual-stack and takes IPv4 clients (rows read
+::ffff:127.0.0.1, as a Java server's do), and connections and UDP sockets are spread over all three.
 Everything is on 127.0.0.1/::1 inside the netns; nothing leaves it.
 """
 
@@ -40,17 +42,29 @@ def _listeners(n: int, base: int, backlog: int = 4096) -> list[socket.socket]:
     return out
 
 
+def _dual_stack_listener(port: int, backlog: int = 4096) -> socket.socket:
+    s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    s.bind(("::", port))
+    s.listen(backlog)
+    return s
+
+
 def build(total: int, base: int = BASE_PORT) -> list[socket.socket]:
     hold: list[socket.socket] = []
     n_listen = max(5, total // 100)
     listeners = _listeners(n_listen, base)
-    hold += listeners
-    v4 = [s for s in listeners if s.family == socket.AF_INET]
+    mapped = _dual_stack_listener(base + n_listen)  # the next port; workers' ranges leave a gap of 10
+    hold += [*listeners, mapped]
+    # (listener, client family, address the client dials): IPv4, IPv6, and IPv4 into the dual-stack one
+    targets = [(s, s.family, s.getsockname()[:2]) for s in listeners]
+    targets.append((mapped, socket.AF_INET, ("127.0.0.1", base + n_listen)))
 
     def pair(i: int) -> tuple[socket.socket, socket.socket]:
-        lst = v4[i % len(v4)]
-        c = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        c.connect(lst.getsockname())
+        lst, family, address = targets[i % len(targets)]
+        c = socket.socket(family, socket.SOCK_STREAM)
+        c.connect(address)
         srv, _ = lst.accept()
         return c, srv
 
@@ -73,10 +87,11 @@ def build(total: int, base: int = BASE_PORT) -> list[socket.socket]:
         c.shutdown(socket.SHUT_WR)  # FIN from the client: the server side sits in CLOSE-WAIT
         hold += [c, srv]
     for i in range(n_udp):
-        u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        u.bind(("127.0.0.1", 0))
+        six = i % 3 == 2  # a third of them IPv6, connected and not
+        u = socket.socket(socket.AF_INET6 if six else socket.AF_INET, socket.SOCK_DGRAM)
+        u.bind(("::1" if six else "127.0.0.1", 0))
         if i % 2:
-            u.connect(("127.0.0.1", base + (i % n_listen)))
+            u.connect(("::1" if six else "127.0.0.1", base + (i % n_listen)))
         hold.append(u)
     return hold
 

@@ -33,10 +33,12 @@ def _norm(addr: str) -> str:
     return "*" if addr in ("0.0.0.0", "::", "*") else addr
 
 
-def ss_rows(ns: str) -> Counter[tuple[object, ...]]:
+def ss_rows(ns: str, *family: str) -> Counter[tuple[object, ...]]:
+    """`ss` in the netns; family "-4" or "-6" to ask ss for one family (its own filter, not ours)."""
     rows: Counter[tuple[object, ...]] = Counter()
     for proto, flag in (("tcp", "-tanpH"), ("udp", "-uanpH")):
-        out = subprocess.run(["ip", "netns", "exec", ns, "ss", flag], capture_output=True, text=True, check=True).stdout
+        out = subprocess.run(["ip", "netns", "exec", ns, "ss", *family, flag], capture_output=True, text=True,
+                             check=True).stdout
         for line in out.splitlines():
             parts = line.split()
             state, local, peer = parts[0], parts[3], parts[4]
@@ -45,9 +47,9 @@ def ss_rows(ns: str) -> Counter[tuple[object, ...]]:
     return rows
 
 
-def our_rows(doc: SocketTable) -> Counter[tuple[object, ...]]:
+def our_rows(doc: SocketTable, family: int | None = None) -> Counter[tuple[object, ...]]:
     return Counter((s.protocol, s.state, _norm(s.local), s.lport, _norm(s.remote), s.rport,
-                    frozenset(o.pid for o in s.owners)) for s in doc.sockets)
+                    frozenset(o.pid for o in s.owners)) for s in doc.sockets if family in (None, s.family))
 
 
 @pytest.fixture(scope="module")
@@ -79,11 +81,18 @@ def test_socket_table_equals_ss(tmp_path, farm):
     ns, _ = farm
     for _ in range(3):  # sockets change state on their own (FIN-WAIT-2 and TIME-WAIT expire): retry a race
         doc, table = _collect(tmp_path, ns, "--passive", "--socket-samples", "1")
-        theirs = ss_rows(ns)
-        ours = our_rows(table)
-        if ours == theirs:
+        theirs, theirs6 = ss_rows(ns), ss_rows(ns, "-6")
+        ours, ours6 = our_rows(table), our_rows(table, 6)
+        if ours == theirs and ours6 == theirs6:
             break
     assert ours == theirs, (ours - theirs, theirs - ours)
+    # `ss -6`: the AF_INET6 sockets alone, v4-mapped peers of the dual-stack listener included
+    assert ours6 == theirs6, (ours6 - theirs6, theirs6 - ours6)
+    six = [s for s in table.sockets if s.family == 6]
+    assert {(s.protocol, s.state) for s in six} >= {("tcp", "LISTEN"), ("tcp", "ESTAB"), ("tcp", "TIME-WAIT"),
+                                                    ("tcp", "CLOSE-WAIT"), ("udp", "UNCONN"), ("udp", "ESTAB")}
+    assert any(s.remote == "::ffff:127.0.0.1" and s.state == "ESTAB" for s in six)
+    assert any(s.local == "::1" and s.remote == "::1" for s in six)
     states = Counter(s.state for s in table.sockets)
     assert {"ESTAB", "TIME-WAIT", "CLOSE-WAIT", "FIN-WAIT-2", "LISTEN", "UNCONN"} <= set(states)
     assert doc.total == doc.kept == sum(states.values()) > 2000 and doc.dropped == 0
@@ -108,7 +117,9 @@ def test_row_limit_keeps_counts_exact_and_target_rows(tmp_path, farm):
     assert doc.kept == max(100, len(to_target))
     assert doc.sockets[:len(to_target)] == to_target  # the summary's rows start with the target's
     _, full = _collect(tmp_path, ns, "--passive", "--socket-samples", "1", "--target", "127.0.0.1:20003")
-    assert len([s for s in full.sockets if s.lport == 20003 or s.rport == 20003]) == len(to_target)
+    # the same rows in the unlimited table (UDP sockets connected to [::1]:20003 are another target's)
+    assert len([s for s in full.sockets if s.lport == 20003 or (s.remote == "127.0.0.1" and s.rport == 20003)]) \
+        == len(to_target)
 
 
 def test_owners_and_tcp_info(tmp_path, farm):
