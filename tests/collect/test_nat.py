@@ -4,6 +4,7 @@ ctnetlink dump against `conntrack -L`, and the stale-dnat / conntrack-full labs 
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 from pathlib import Path
 
@@ -158,6 +159,54 @@ def test_dump_equals_conntrack_tool(tmp_path):
         want = sorted([e.original.src, e.original.sport, e.original.dst, e.original.dport, e.reply.src, e.reply.sport,
                        e.tcp_state] for e in reference if e.original.dst == "10.96.0.20")
         assert matched == 40 and sorted(entries) == want
+
+
+@pytest.mark.privileged
+def test_ipv6_dump_equals_conntrack_tool(tmp_path):
+    """IPv6 entries beside IPv4 ones (TCP to an IPv6 ClusterIP DNAT-ed to pods, UDP DNS): our walk's IPv6
+    entries equal `conntrack -L -f ipv6 -o extended` (the tool filters the family itself), the IPv4 ones
+    `-f ipv4`, and a target given as an IPv6 address matches its entries."""
+    import json
+    import sys
+
+    with Topology(f"nbt-ct6-{os.getpid() % 100000}") as t:
+        ns = t.add_netns("node")
+        states = ["ESTABLISHED", "SYN_SENT", "TIME_WAIT"]
+        for i in range(24):
+            _in_netns(ns, "conntrack", "-I", "-p", "tcp", "-s", f"fd00:10:244:1::{i + 2:x}",
+                      "-d", "fd00:10:96::14", "--sport", str(41000 + i), "--dport", "443",
+                      "-r", f"fd00:10:244:2::{i % 3 + 2:x}", "-q", f"fd00:10:244:1::{i + 2:x}",
+                      "--reply-port-src", "8080", "--reply-port-dst", str(41000 + i), "--state", states[i % 3],
+                      "-t", "300", "-u", "SEEN_REPLY,ASSURED" if i % 3 == 0 else "SEEN_REPLY")
+        for i in range(6):
+            _in_netns(ns, "conntrack", "-I", "-p", "udp", "-s", "fd00:10:244:1::2",
+                      "-d", "fd00:10:96::a", "--sport", str(51000 + i), "--dport", "53", "-r", "fd00:10:244::53",
+                      "-q", "fd00:10:244:1::2", "--reply-port-src", "53", "--reply-port-dst", str(51000 + i),
+                      "-t", "300")
+        for i in range(5):
+            _in_netns(ns, "conntrack", "-I", "-p", "tcp", "-s", f"10.244.1.{i + 2}", "-d", "10.96.0.20",
+                      "--sport", str(42000 + i), "--dport", "443", "-r", "10.244.2.2", "-q", f"10.244.1.{i + 2}",
+                      "--reply-port-src", "8080", "--reply-port-dst", str(42000 + i), "--state", "ESTABLISHED",
+                      "-t", "300")
+        six = ctnetlink.parse_listing(_in_netns(ns, "conntrack", "-L", "-f", "ipv6", "-o", "extended"))
+        four = ctnetlink.parse_listing(_in_netns(ns, "conntrack", "-L", "-f", "ipv4", "-o", "extended"))
+        script = ("from bundle.netlink import ctnetlink; import json, socket\n"
+                  "t = ctnetlink.dump(lambda a: socket.inet_pton(socket.AF_INET6, 'fd00:10:96::14') in a, 1000)\n"
+                  "print(json.dumps([t.total, t.matched, [[e.original.family, e.original.proto, e.original.src,"
+                  " e.original.sport, e.original.dst, e.original.dport, e.reply.src, e.reply.sport, e.tcp_state]"
+                  " for e in t.entries]]))")
+        total, matched, entries = json.loads(_in_netns(ns, sys.executable, "-c", script))
+
+    def rows(listing):
+        return sorted([e.original.family, e.original.proto, e.original.src, e.original.sport, e.original.dst,
+                       e.original.dport, e.reply.src, e.reply.sport, e.tcp_state] for e in listing)
+
+    assert (len(six), len(four), total) == (30, 5, 35)
+    assert {e.original.family for e in six} == {socket.AF_INET6} and {e.original.family for e in four} == {socket.AF_INET}
+    assert matched == 24
+    want = [r for r in rows(six) if r[4] == "fd00:10:96::14"]
+    assert sorted(entries) == want and len(want) == 24
+    assert any(r[6] == "fd00:10:244:2::2" and r[7] == 8080 for r in want)  # the DNAT is in the reply tuple
 
 
 @pytest.mark.privileged
@@ -329,7 +378,21 @@ def test_a_dual_stack_nftables_node(tmp_path):
                          "-o", str(out))
         assert proc.returncode == 0, proc.stderr
         b = read_bundle(out)
+        table6 = json.loads(_in_netns(ns, "nft", "-j", "list", "table", "ip6", "kube-proxy"))
+        frontends6 = json.loads(_in_netns(ns, "nft", "-j", "list", "map", "ip6", "kube-proxy", "service-ips"))
+        dnat6 = _in_netns(ns, "nft", "list", "chain", "ip6", "kube-proxy",
+                          "endpoint-NBPAY6EP-default/payments/tcp/https__fd00.10.244.1..3/8080")
     doc = b.nat(f"netns-{ns}")
+    # Differential: the member is what `nft -j list table ip6 kube-proxy` prints; the IPv6 frontends are the
+    # service-ips map's elements as nft lists them, and the endpoint the chain's `dnat to` as nft prints it.
+    member = f"{b.manifest.bundle_id}/vantages/netns-{ns}/nft-kube-proxy-ip6.json"
+    raw = subprocess.run(["tar", "--zstd", "-xOf", str(out), member], capture_output=True, check=True).stdout
+    assert [x for x in json.loads(raw)["nftables"] if "metainfo" not in x] == \
+        [x for x in table6["nftables"] if "metainfo" not in x]
+    [elements] = [x["map"]["elem"] for x in frontends6["nftables"] if "map" in x]
+    assert sorted((s.address, s.protocol, s.port) for s in doc.services if ":" in (s.address or "")) == \
+        sorted(tuple(key["concat"]) for key, _ in elements)
+    assert "dnat to [fd00:10:244:1::3]:8080" in dnat6
     assert doc is not None and doc.proxy.mode == "nftables"
     six = [s for s in doc.services if s.address == "fd00:10:96::14"]
     assert [(s.port, [(e.address, e.port) for e in s.endpoints]) for s in six] == [(443, [("fd00:10:244:1::3", 8080)])]
