@@ -187,3 +187,47 @@ def test_loopback_packets_are_kept_once(tmp_path):
     seqs = [bytes(p.data[-9:]) for p in open_capture(tmp_path / "x" / "vantages" / f"netns-{ns}" / "capture.pcapng")
             if p.data[23] == 17 and bytes(p.data[-9:]).startswith(b"seq")]  # UDP (port unreachables quote it)
     assert len(seqs) > 50 and len(seqs) == len(set(seqs)), len(seqs) - len(set(seqs))
+
+
+def _tcpdump_flows(pcap, expression: str) -> tuple[dict[frozenset[str], int], dict[str, int]]:
+    """Packets per TCP connection (its two endpoints, unordered) and per address, as `tcpdump -nn -r` prints
+    them for the expression: IPv6 endpoints print as ADDR.PORT after `IP6 `."""
+    out = subprocess.run(["tcpdump", "-nn", "-r", str(pcap), expression], capture_output=True, text=True,
+                         check=True).stdout
+    flows: dict[frozenset[str], int] = {}
+    hosts: dict[str, int] = {}
+    for line in out.splitlines():
+        parts = line.split()
+        i = parts.index(">")
+        a, b = parts[i - 1], parts[i + 1].rstrip(":")
+        ends = []
+        for end in (a, b):
+            addr, _, port = end.rpartition(".")
+            ends.append(f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}")
+            hosts[addr] = hosts.get(addr, 0) + 1
+        flows[frozenset(ends)] = flows.get(frozenset(ends), 0) + 1
+    return flows, hosts
+
+
+def test_ipv6_flows_equal_tcpdump(tmp_path, lab):
+    """Dual-stack capture: the analysis's TCP flows (IPv4 and IPv6) and their packet counts equal what
+    `tcpdump -nn -r` reads from the bundled file, per family (`ip6 and tcp`, `ip and tcp`), and the IPv6
+    addresses seen are counted as tcpdump counts them."""
+    from bundle.lab.scenarios import V6_POD, V6_SERVER
+
+    info = lab("dualstack-healthy")
+    b = _run(tmp_path, info, *[x for t in info.targets for x in ("--target", t)])
+    pod = info.namespaces["pod"]
+    run = b.document(f"vantages/netns-{pod}/capture.json", CaptureRun)
+    pcap = tmp_path / "x" / "vantages" / f"netns-{pod}" / "capture.pcapng"
+    ours = {frozenset((f.client, f.server)): f.packets for f in run.analysis.flows}
+    six, hosts6 = _tcpdump_flows(pcap, "ip6 and tcp")
+    four, _ = _tcpdump_flows(pcap, "ip and tcp")
+    assert run.analysis.flows_total == len(run.analysis.flows) == len(six) + len(four)
+    assert {k: v for k, v in ours.items() if any(e.startswith("[") for e in k)} == six
+    assert {k: v for k, v in ours.items() if not any(e.startswith("[") for e in k)} == four
+    # not vacuous: the pod's IPv6 connect to the server pod is in there, handshake and all
+    assert any(f"[{V6_SERVER}]:8080" in k for k in six)
+    v6_flow = next(f for f in run.analysis.flows if f.server == f"[{V6_SERVER}]:8080")
+    assert v6_flow.handshake is Handshake.COMPLETED and v6_flow.client.startswith(f"[{V6_POD}]:")
+    assert run.hosts_seen[V6_SERVER] >= hosts6[V6_SERVER]  # hosts_seen also counts ICMPv6 and UDP
