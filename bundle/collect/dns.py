@@ -12,8 +12,9 @@ from pyroute2 import IPRoute
 
 from bundle.collect.base import Artifact, Collector, ResolvedTarget, SliceContext, SliceResult
 from bundle.collect.dnswire import Exchanger
-from bundle.collect.resolvconf import parse, plan
+from bundle.collect.resolvconf import parse, plan, walks
 from bundle.models import (
+    Candidate,
     DirectCheck,
     DnsQuery,
     DnsSlice,
@@ -61,18 +62,49 @@ def query_families() -> list[str]:
     return [t for t, on in (("A", v4), ("AAAA", v6)) if on]
 
 
+NODELOCAL_LINK = "nodelocaldns"  # the dummy interface node-local-dns puts its listen addresses on (-interfacename)
+
+
+def _nodelocal_link_addresses() -> list[str]:
+    """Addresses on this netns's `nodelocaldns` link, both families (none when there is no such link)."""
+    with IPRoute() as ipr:
+        index = ipr.link_lookup(ifname=NODELOCAL_LINK)
+        if not index:
+            return []
+        return [str(msg.get_attr("IFA_LOCAL") or msg.get_attr("IFA_ADDRESS"))
+                for msg in ipr.get_addr(index=index[0])]
+
+
+def _link_local(address: str) -> bool:
+    ip = ipaddress.ip_address(address.split("%")[0])
+    return ip in NODELOCAL or (ip.version == 6 and ip.is_link_local)
+
+
 def _nodelocal(conf: ResolvConf) -> str | None:
-    local = [ns for ns in conf.nameservers if ipaddress.ip_address(ns) in NODELOCAL]
+    """Why a NodeLocal DNSCache is suspected here. Its address is the operator's choice: IPv4 clusters take
+    169.254.20.10 by convention, IPv6 ones any unique-local address (fd00::/8), so an IPv6 cache is known by
+    the `nodelocaldns` link holding it or by a DNS listener on that link's addresses, not by its prefix."""
+    try:
+        on_link = _nodelocal_link_addresses()
+    except OSError:
+        on_link = []
+    local = [ns for ns in conf.nameservers if _link_local(ns) or ns in on_link]
     if local:
-        return (f"nameserver {local[0]} is link-local: a NodeLocal DNSCache answers here, so both the cache and "
+        where = f"on this netns's {NODELOCAL_LINK} link" if local[0] in on_link else "link-local"
+        return (f"nameserver {local[0]} is {where}: a NodeLocal DNSCache answers here, so both the cache and "
                 f"the cluster DNS behind it (the kube-dns Service) must be checked (--dns-server)")
     try:
-        for s in dump(socket.AF_INET, socket.IPPROTO_UDP, with_tcp_info=False):
-            if s.lport == 53 and ipaddress.ip_address(s.local) in NODELOCAL:
-                return (f"a DNS cache listens on {s.local}:53 in this netns (NodeLocal DNSCache): pods using it "
-                        f"depend on it and on the cluster DNS behind it")
+        for family in (socket.AF_INET, socket.AF_INET6):
+            for s in dump(family, socket.IPPROTO_UDP, with_tcp_info=False):
+                if s.lport == 53 and (s.local in on_link or _link_local(s.local)):
+                    shown = f"[{s.local}]" if ":" in s.local else s.local
+                    return (f"a DNS cache listens on {shown}:53 in this netns (NodeLocal DNSCache): pods using it "
+                            f"depend on it and on the cluster DNS behind it")
     except OSError:
         pass
+    if on_link:
+        return (f"this netns has NodeLocal DNSCache's {NODELOCAL_LINK} link ({', '.join(on_link)}) but nothing "
+                f"listens on port 53 there: pods sent to it get no answer")
     return None
 
 
@@ -103,37 +135,54 @@ def _candidate_outcome(queries: list[DnsQuery]) -> Outcome:
     return Outcome.ERROR
 
 
-def resolve(name: str, conf: ResolvConf, families: list[str], ex: Exchanger) -> Resolution:
-    """__res_context_search: stop on an answer, a timeout or a hard error; NXDOMAIN and NODATA go on."""
-    steps = plan(name, conf, families)
-    started = time.monotonic()
-    queries: list[DnsQuery] = []
-    outcome = Outcome.NXDOMAIN
+_STOPS_NOTHING = (Outcome.NXDOMAIN, Outcome.NODATA, Outcome.SERVFAIL)
+
+
+def _walk(cands: list[Candidate], conf: ResolvConf, ex: Exchanger, queries: list[DnsQuery]) -> tuple[Outcome, str | None]:
+    """__res_context_search over one walk: stop on an answer, a timeout or a hard error; NXDOMAIN, NODATA and
+    SERVFAIL go on to the next candidate."""
     got_nodata = got_servfail = False
-    answered_by = None
-    for cand in steps:
+    for cand in cands:
         if time.monotonic() >= ex.deadline:
-            outcome = Outcome.CUT
-            break
+            return Outcome.CUT, None
         sent = ex.ask(cand.name, cand.qtypes, conf.nameservers, MAX_QUERIES_PER_NAME - len(queries))
         queries += sent
         result = _candidate_outcome(sent)
         if result is Outcome.ANSWERED:
-            outcome, answered_by = result, cand.name
-            break
+            return result, cand.name
         if result is Outcome.NODATA:
             got_nodata = True
-            continue
-        if result is Outcome.SERVFAIL:
+        elif result is Outcome.SERVFAIL:
             got_servfail = True
-            continue
-        if result is Outcome.NXDOMAIN:
-            continue
-        outcome = result  # timeout, refused, error, cut: glibc stops here
-        break
+        elif result is not Outcome.NXDOMAIN:
+            return result, None  # timeout, refused, error, cut: glibc stops this walk here
+    return (Outcome.NODATA if got_nodata else Outcome.SERVFAIL if got_servfail else Outcome.NXDOMAIN), None
+
+
+def resolve(name: str, conf: ResolvConf, families: list[str], ex: Exchanger) -> Resolution:
+    """The walks getaddrinfo makes (resolvconf.walks), in order, until one answers. Without an answer the
+    outcome is the first walk's that stopped on a timeout or an error, else NODATA if any walk had it."""
+    steps = walks(name, conf, families)
+    started = time.monotonic()
+    queries: list[DnsQuery] = []
+    outcomes: list[Outcome] = []
+    answered_by = None
+    for walk in steps:
+        result, answered_by = _walk(walk, conf, ex, queries)
+        outcomes.append(result)
+        if result in (Outcome.ANSWERED, Outcome.CUT):
+            break
+    stopped = [o for o in outcomes if o not in _STOPS_NOTHING]
+    outcome: Outcome
+    if outcomes[-1] in (Outcome.ANSWERED, Outcome.CUT):
+        outcome = outcomes[-1]
+    elif stopped:
+        outcome = stopped[0]
     else:
-        outcome = Outcome.NODATA if got_nodata else Outcome.SERVFAIL if got_servfail else Outcome.NXDOMAIN
-    return Resolution(name=name, candidates=steps, expected_queries=sum(len(c.qtypes) for c in steps),
+        outcome = Outcome.NODATA if Outcome.NODATA in outcomes else \
+            Outcome.SERVFAIL if Outcome.SERVFAIL in outcomes else Outcome.NXDOMAIN
+    flat = [c for walk in steps for c in walk]
+    return Resolution(name=name, candidates=flat, expected_queries=sum(len(c.qtypes) for c in flat),
                       queries=queries, outcome=outcome, answered_by=answered_by,
                       addresses=_addresses(queries) if outcome is Outcome.ANSWERED else [],
                       total_ms=round((time.monotonic() - started) * 1000, 3))

@@ -94,6 +94,18 @@ def candidates(name: str, conf: ResolvConf) -> list[str]:
     return list(dict.fromkeys(out))
 
 
-def plan(name: str, conf: ResolvConf, families: list[str]) -> list[Candidate]:
+def walks(name: str, conf: ResolvConf, families: list[str]) -> list[list[Candidate]]:
+    """The search-list walks getaddrinfo makes, in order. One walk asking every family per candidate; but on a
+    host with only IPv6 configured, AI_ADDRCONFIG narrows the lookup to AF_INET6, and with AI_V4MAPPED (as
+    getent and Go's cgo resolver ask) glibc walks the list for AAAA, then again for A when no AAAA came back
+    (gaih_inet's `!got_ipv6`)."""
     qtypes = [f for f in families if not (f == "AAAA" and conf.options.no_aaaa)]
-    return [Candidate(name=c, qtypes=qtypes) for c in candidates(name, conf)]
+    names = candidates(name, conf)
+    if qtypes == ["AAAA"]:
+        return [[Candidate(name=c, qtypes=["AAAA"]) for c in names], [Candidate(name=c, qtypes=["A"]) for c in names]]
+    return [[Candidate(name=c, qtypes=qtypes) for c in names]]
+
+
+def plan(name: str, conf: ResolvConf, families: list[str]) -> list[Candidate]:
+    """Every step of every walk: the full plan glibc follows when every step fails."""
+    return [c for walk in walks(name, conf, families) for c in walk]

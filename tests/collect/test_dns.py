@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -146,3 +147,109 @@ def test_name_target_is_resolved_by_each_vantage_first(tmp_path, lab):
     [pr] = pb.dns(pod).names
     assert pr.resolution.queries == [] and pr.resolution.expected_queries == 8  # the plan, nothing sent
     assert pb.manifest.vantages[0].resolved == {"payments": []}
+
+
+def test_an_ipv6_only_pod_equals_glibc(tmp_path):
+    """A pod with only IPv6 configured and an IPv6 nameserver (an IPv6-only cluster's kube-dns). AI_ADDRCONFIG
+    narrows getaddrinfo to AAAA; with AI_V4MAPPED (getent, Go's cgo resolver) glibc walks the search list again
+    for A when no AAAA came back. For a name with both records, one with only an A record, and a missing one:
+    the queries the slice sends equal glibc's (the server's log, source address included), and the addresses
+    equal getent's (an A answer shows there as ::ffff:a.b.c.d)."""
+    import ipaddress
+    import os
+
+    from bundle.lab.topology import Topology
+
+    with Topology(f"nbt-dns6-{os.getpid() % 100000}") as t:
+        pod, _ = t.add_netns("pod"), t.add_netns("dns")
+        t.veth("pod", "eth0", "dns", "eth0")
+        for role, cidr in (("pod", "fd00:10:244:1::2/64"), ("dns", "fd00:10:96::a/48")):
+            t.sysctl(role, "net.ipv6.conf.eth0.accept_dad", "0")
+            t.address(role, "eth0", cidr)
+        t.route("pod", "fd00:10:96::/48", dev="eth0")
+        t.route("dns", "fd00:10:244:1::/64", dev="eth0")
+        t.netns_file("pod", "resolv.conf", "search default.svc.cluster.local svc.cluster.local\n"
+                                           "nameserver fd00:10:96::a\noptions ndots:3 timeout:1 attempts:1\n")
+        log = t.run_dir() / "dnsmasq.log"
+        t.spawn("dns", ["dnsmasq", "--keep-in-foreground", "--no-resolv", "--no-hosts",
+                        "--listen-address=fd00:10:96::a", "--bind-interfaces", "--port=53", "--log-queries",
+                        f"--log-facility={log}", "--local=/#/", f"--pid-file={t.run_dir() / 'dnsmasq.pid'}",
+                        "--user=root", "--group=root",
+                        "--host-record=payments.default.svc.cluster.local,10.96.0.20,fd00:10:96::14",
+                        "--host-record=legacy.default.svc.cluster.local,10.96.0.30"])
+        t.wait_listening("dns", 53)
+        seen = {}
+        for name in ("payments", "legacy", "missing.example"):
+            log.write_text("")
+            getent = subprocess.run(["ip", "netns", "exec", pod, "getent", "ahosts", name], capture_output=True,
+                                    text=True, timeout=30)
+            time.sleep(0.2)
+            glibc = _log_queries(log, "fd00:10:244:1::2")
+            out = fresh(tmp_path)
+            proc = netbundle("collect", "--slice", "dns", "--name", name, "--netns", pod, "-o", str(out))
+            assert proc.returncode in (0, 5), proc.stderr
+            doc = read_bundle(out).dns(f"netns-{pod}")
+            res = doc.names[0].resolution
+            assert [(q.qname, q.qtype) for q in res.queries] == glibc and glibc, name
+            assert {q.server for q in res.queries} == {"fd00:10:96::a"}
+
+            def mapped(a: str) -> str:
+                ip = ipaddress.ip_address(a)
+                return str(ip.ipv4_mapped) if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped else a
+
+            assert set(res.addresses) == {mapped(line.split()[0]) for line in getent.stdout.splitlines()}, name
+            seen[name] = res
+        assert doc.query_families == ["AAAA"] and doc.resolv_conf.nameservers == ["fd00:10:96::a"]
+        assert seen["payments"].addresses == ["fd00:10:96::14"] and len(seen["payments"].queries) == 1
+        # AAAA: NODATA for the record's own name, NXDOMAIN for the others; then A answers on the first candidate
+        assert seen["legacy"].addresses == ["10.96.0.30"] and [q.qtype for q in seen["legacy"].queries] == \
+            ["AAAA", "AAAA", "AAAA", "A"]
+        assert seen["missing.example"].outcome is Outcome.NXDOMAIN and seen["missing.example"].expected_queries == 6
+
+
+def test_nodelocal_dns_cache_is_recognised_in_both_families(tmp_path):
+    """NodeLocal DNSCache puts its listen addresses on a dummy link named `nodelocaldns`; an IPv6 cluster picks a
+    unique-local address, so the prefix alone cannot tell (169.254.20.10 could). Each way the slice names it:
+    the nameserver is on that link, a DNS listener sits on the link's IPv6 address, and the link with nothing
+    listening (the cache's pod gone, its link left behind)."""
+    import os
+
+    from bundle.lab.topology import Topology
+
+    def note(ns: str) -> str | None:
+        out = fresh(tmp_path)
+        proc = netbundle("collect", "--passive", "--slice", "dns", "--netns", ns, "-o", str(out))
+        assert proc.returncode in (0, 5), proc.stderr
+        return read_bundle(out).dns(f"netns-{ns}").nodelocal
+
+    with Topology(f"nbt-nld-{os.getpid() % 100000}") as t:
+        ns = t.add_netns("node")
+        # the real link is a dummy; this kernel has no dummy module to load, so a veth pair plays it (only the
+        # link's name and addresses matter)
+        for argv in (["link", "add", "nodelocaldns", "type", "veth", "peer", "name", "nld-peer"],
+                     ["link", "set", "nodelocaldns", "up"], ["link", "set", "nld-peer", "up"],
+                     ["-6", "addr", "add", "fd00:10:96::53/128", "dev", "nodelocaldns", "nodad"]):
+            subprocess.run(["ip", "-n", ns, *argv], check=True)
+        t.netns_file("node", "resolv.conf", "nameserver 10.96.0.10\n")
+        assert "nothing listens on port 53" in note(ns) and "fd00:10:96::53" in note(ns)
+        t.netns_file("node", "resolv.conf", "nameserver fd00:10:96::53\n")
+        assert "nameserver fd00:10:96::53 is on this netns's nodelocaldns link" in note(ns)
+        t.netns_file("node", "resolv.conf", "nameserver 10.96.0.10\n")
+        listener = ("import socket, time\ns = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)\n"
+                    "s.bind(('fd00:10:96::53', 53))\ntime.sleep(60)\n")
+        proc = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-c", listener])
+        try:
+            for _ in range(50):
+                if "fd00:10:96::53" in subprocess.run(["ip", "netns", "exec", ns, "ss", "-uanH"], capture_output=True,
+                                                      text=True).stdout:
+                    break
+                time.sleep(0.1)
+            assert "a DNS cache listens on [fd00:10:96::53]:53" in note(ns)
+        finally:
+            proc.kill()
+            proc.wait()
+    # and a plain node (no such link, a routable nameserver) is not suspected
+    with Topology(f"nbt-nld0-{os.getpid() % 100000}") as t:
+        ns = t.add_netns("node")
+        t.netns_file("node", "resolv.conf", "nameserver fd00:10:96::a\n")
+        assert note(ns) is None
