@@ -128,18 +128,26 @@ def services_from_iptables(text: str, source: str) -> list[ServiceEntry]:
     nat = tables.get("nat", {})
     out: list[ServiceEntry] = []
     for chain, nodeport in (("KUBE-SERVICES", False), ("KUBE-NODEPORTS", True)):
-        for r in nat.get(chain, []):
+        rules = nat.get(chain, [])
+        open_ports = {(r.get("-p"), r.get("--dport")) for r in rules if "-d" not in r}
+        for r in rules:
             target = r.get("-j", "")
             if not target.startswith(_SERVICE_CHAINS) or "--dport" not in r:
                 continue
+            if nodeport and "-d" in r and (r.get("-p"), r["--dport"]) in open_ports:
+                continue  # the same node port on 127.0.0.0/8 (counted apart with nfacct): one frontend
             service, kind = _service_of(r.get("--comment", ""))
             affinity = next((int(x["--seconds"]) for x in nat.get(target, []) if "--rcheck" in x and "--seconds" in x),
                             None)
+            # a KUBE-FW chain (loadBalancerSourceRanges) hands on only the sources it lists; KUBE-PROXY-FIREWALL
+            # in the filter table drops the rest
+            ranges = [x["-s"] for x in nat.get(target, []) if target.startswith("KUBE-FW-") and "-s" in x
+                      and x.get("-j", "").startswith(_SERVICE_CHAINS)]
             out.append(ServiceEntry(
                 service=service, kind="nodeport" if nodeport else (kind or "cluster IP"),
                 protocol=r.get("-p", "tcp"), address=_strip(r.get("-d", "")) or None,
                 port=int(r["--dport"]), endpoints=_endpoints(nat, target), session_affinity_s=affinity,
-                source=f"{source} nat {chain}"))
+                source_ranges=ranges, source=f"{source} nat {chain}"))
     for table in ("filter", "nat"):
         for chain in ("KUBE-SERVICES", "KUBE-EXTERNAL-SERVICES"):
             for r in tables.get(table, {}).get(chain, []):

@@ -104,6 +104,8 @@ class ServiceEntry(Model):
     endpoints: list[DataplaneEndpoint] = Field(default_factory=list)
     reject: bool = Field(default=False, description="a REJECT/DROP rule says it has no endpoints")
     session_affinity_s: int | None = Field(default=None, description="ClientIP affinity timeout, when set")
+    source_ranges: list[str] = Field(default_factory=list, description="loadBalancerSourceRanges as programmed "
+                                     "(iptables KUBE-FW chain): only these sources are translated, the rest dropped")
     source: str = Field(description="where it was read: iptables nat/filter, nft table, IPVS")
 
 
