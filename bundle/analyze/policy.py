@@ -1,0 +1,145 @@
+"""NetworkPolicy decisions for one flow, with the upstream (networking.k8s.io/v1) semantics.
+
+A pod is isolated for a direction when any policy of that type in its namespace selects it; an isolated pod's
+traffic in that direction is allowed only when some rule of a selecting policy matches both the peer and the
+port. The client's egress and the server's ingress are decided apart and a flow passes when both allow it.
+Peers: podSelector (pods of the policy's namespace), namespaceSelector (every pod of the matching namespaces),
+both in one entry (pods matching the first in namespaces matching the second), ipBlock (the peer's addresses,
+minus `except`). Ports: protocol (TCP when unset), a number or a range to endPort, or a name resolved on the
+destination pod's container ports; an empty list matches every port. Pods on the host network are left out,
+as most CNIs do (the spec leaves them undefined).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from bundle.models.policy import (
+    DirectionVerdict,
+    FlowDecision,
+    LabelSelector,
+    NamespaceView,
+    NetworkPolicyView,
+    PolicyPeer,
+    PolicyPort,
+    PolicyRule,
+    RuleRef,
+)
+
+
+@dataclass(frozen=True)
+class Party:
+    """One end of a flow: a pod (namespace, labels, named container ports) or an address that is no pod."""
+
+    name: str
+    ips: tuple[str, ...]
+    namespace: str | None = None
+    labels: Mapping[str, str] = field(default_factory=dict)
+    named_ports: tuple[tuple[str, str, int], ...] = ()  # (name, protocol, number)
+    host_network: bool = False
+
+    @property
+    def is_pod(self) -> bool:
+        return self.namespace is not None and not self.host_network
+
+
+def selects(sel: LabelSelector, labels: Mapping[str, str]) -> bool:
+    """metav1.LabelSelector: every matchLabels pair and every requirement; an empty selector selects all."""
+    if any(labels.get(k) != v for k, v in sel.match_labels.items()):
+        return False
+    for req in sel.match_expressions:
+        present = req.key in labels
+        if req.operator == "In":
+            ok = present and labels[req.key] in req.values
+        elif req.operator == "NotIn":
+            ok = not present or labels[req.key] not in req.values
+        elif req.operator == "Exists":
+            ok = present
+        elif req.operator == "DoesNotExist":
+            ok = not present
+        else:
+            ok = False  # the API refuses other operators; one that got through selects nothing
+        if not ok:
+            return False
+    return True
+
+
+def _in_block(ip: str, cidr: str, excepts: Iterable[str]) -> bool:
+    try:
+        addr = ipaddress.ip_address(ip)
+        net = ipaddress.ip_network(cidr, strict=False)
+        if addr.version != net.version or addr not in net:
+            return False
+        return not any(addr in n for n in (ipaddress.ip_network(e, strict=False) for e in excepts)
+                       if n.version == addr.version)
+    except ValueError:
+        return False
+
+
+def peer_matches(peer: PolicyPeer, policy_ns: str, party: Party, namespaces: Mapping[str, Mapping[str, str]]) -> bool:
+    if peer.ip_block is not None:
+        return any(_in_block(ip, peer.ip_block.cidr, peer.ip_block.except_cidrs) for ip in party.ips)
+    if not party.is_pod:
+        return False
+    assert party.namespace is not None
+    if peer.namespace_selector is not None:
+        ns_labels = namespaces.get(party.namespace)
+        if ns_labels is None or not selects(peer.namespace_selector, ns_labels):
+            return False
+    elif party.namespace != policy_ns:  # a podSelector alone: the policy's own namespace
+        return False
+    return peer.pod_selector is None or selects(peer.pod_selector, party.labels)
+
+
+def port_matches(p: PolicyPort, port: int, protocol: str, destination: Party) -> bool:
+    if p.protocol.upper() != protocol.upper():
+        return False
+    if p.port is None:
+        return True
+    if isinstance(p.port, int):
+        return port == p.port if p.end_port is None else p.port <= port <= p.end_port
+    # a named port means the destination pod's container port of that name and protocol
+    return any(name == p.port and proto.upper() == protocol.upper() and number == port
+               for name, proto, number in destination.named_ports)
+
+
+def _rule_matches(rule: PolicyRule, policy_ns: str, peer: Party, port: int, protocol: str, destination: Party,
+                  namespaces: Mapping[str, Mapping[str, str]]) -> bool:
+    if rule.peers and not any(peer_matches(p, policy_ns, peer, namespaces) for p in rule.peers):
+        return False
+    return not rule.ports or any(port_matches(p, port, protocol, destination) for p in rule.ports)
+
+
+def direction(policies: Iterable[NetworkPolicyView], direction_: str, pod: Party, peer: Party, port: int,
+              protocol: str, destination: Party, namespaces: Mapping[str, Mapping[str, str]]) -> DirectionVerdict:
+    """Ingress of `pod` from `peer`, or egress of `pod` to `peer` (direction_ "ingress" or "egress")."""
+    if not pod.is_pod:
+        why = "on the host network: policies do not select it" if pod.host_network else "not a pod"
+        return DirectionVerdict(isolated=False, allowed=True, note=why)
+    kind = "Ingress" if direction_ == "ingress" else "Egress"
+    selecting = [p for p in policies if p.namespace == pod.namespace and kind in p.policy_types
+                 and selects(p.pod_selector, pod.labels)]
+    if not selecting:
+        return DirectionVerdict(isolated=False, allowed=True, note=f"no {kind} policy selects it")
+    allowing = []
+    for p in selecting:
+        rules = p.ingress if direction_ == "ingress" else p.egress
+        allowing += [RuleRef(namespace=p.namespace, name=p.name, direction=direction_, rule=i)
+                     for i, r in enumerate(rules)
+                     if _rule_matches(r, p.namespace, peer, port, protocol, destination, namespaces)]
+    refs = [RuleRef(namespace=p.namespace, name=p.name, direction=direction_) for p in selecting]
+    return DirectionVerdict(isolated=True, allowed=bool(allowing), selecting=refs, allowing=allowing,
+                            note="" if allowing else "isolated, and no policy allows it")
+
+
+def decide(policies: list[NetworkPolicyView], namespaces: list[NamespaceView], source: Party, destination: Party,
+           port: int, protocol: str = "TCP", purpose: str = "", address: str | None = None) -> FlowDecision:
+    """The policies' verdict on source -> destination:port/protocol."""
+    labels = {n.name: n.labels for n in namespaces}
+    egress = direction(policies, "egress", source, destination, port, protocol, destination, labels)
+    ingress = direction(policies, "ingress", destination, source, port, protocol, destination, labels)
+    return FlowDecision(purpose=purpose, source=source.name, destination=destination.name, address=address,
+                        port=port, protocol=protocol.upper(), egress=egress, ingress=ingress,
+                        allowed=egress.allowed and ingress.allowed)
