@@ -23,12 +23,13 @@ from urllib.parse import parse_qs, urlsplit
 # resource plural -> (API prefix, kind); the paths the real API server uses
 RESOURCES = {
     "services": ("/api/v1", "Service"), "pods": ("/api/v1", "Pod"), "nodes": ("/api/v1", "Node"),
+    "namespaces": ("/api/v1", "Namespace"),
     "configmaps": ("/api/v1", "ConfigMap"),
     "endpointslices": ("/apis/discovery.k8s.io/v1", "EndpointSlice"),
     "daemonsets": ("/apis/apps/v1", "DaemonSet"),
     "networkpolicies": ("/apis/networking.k8s.io/v1", "NetworkPolicy"),
 }
-CLUSTER_SCOPED = {"nodes"}
+CLUSTER_SCOPED = {"nodes", "namespaces"}
 
 
 @dataclass
@@ -200,16 +201,31 @@ def endpoint_slice(ns: str, service_name: str, endpoints: list[tuple[str, bool, 
 
 
 def pod(ns: str, name: str, ip: str, node: str, labels: dict[str, str], ports: list[int], uid: str,
-        ready: bool = True, restarts: int = 0, host_network: bool = False) -> dict[str, Any]:
+        ready: bool = True, restarts: int = 0, host_network: bool = False,
+        port_names: dict[int, str] | None = None, protocol: str = "TCP") -> dict[str, Any]:
+    names = port_names or {}
     return {"kind": "Pod", "apiVersion": "v1", "metadata": _meta(name, ns, labels, uid),
             "spec": {"nodeName": node, "hostNetwork": host_network, "dnsPolicy": "ClusterFirst",
                      "containers": [{"name": "main", "image": "registry.example/app:1",
-                                     "ports": [{"containerPort": p, "protocol": "TCP"} for p in ports]}]},
+                                     "ports": [{"containerPort": p, "protocol": protocol,
+                                                **({"name": names[p]} if p in names else {})} for p in ports]}]},
             "status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}],
                        "conditions": [{"type": "Ready", "status": "True" if ready else "False"}],
                        "containerStatuses": [{"name": "main", "ready": ready, "restartCount": restarts,
                                               "image": "registry.example/app:1", "imageID": "", "started": True,
                                               "state": {"running": {}}, "lastState": {}}]}}
+
+
+def namespace(name: str, labels: dict[str, str] | None = None) -> dict[str, Any]:
+    """A Namespace as the API serves it: the apiserver always adds kubernetes.io/metadata.name."""
+    return {"kind": "Namespace", "apiVersion": "v1",
+            "metadata": _meta(name, None, {"kubernetes.io/metadata.name": name, **(labels or {})}),
+            "spec": {"finalizers": ["kubernetes"]}, "status": {"phase": "Active"}}
+
+
+def network_policy(ns: str, name: str, spec: dict[str, Any]) -> dict[str, Any]:
+    return {"kind": "NetworkPolicy", "apiVersion": "networking.k8s.io/v1", "metadata": _meta(name, ns),
+            "spec": spec}
 
 
 def node(name: str, internal_ip: str, pod_cidr: str) -> dict[str, Any]:
@@ -227,3 +243,11 @@ def daemon_set(ns: str, name: str, ready: int, desired: int) -> dict[str, Any]:
             "spec": {"selector": {"matchLabels": {"k8s-app": name}}, "template": {"metadata": {}, "spec": {}}},
             "status": {"numberReady": ready, "desiredNumberScheduled": desired, "currentNumberScheduled": desired,
                        "numberMisscheduled": 0}}
+
+
+def load(path: Path) -> FakeApi:
+    """A cluster a lab scenario wrote (`files["cluster"]`: {"items": [{"resource", "object"}]})."""
+    api = FakeApi()
+    for item in json.loads(path.read_text())["items"]:
+        api.add(item["resource"], item["object"])
+    return api

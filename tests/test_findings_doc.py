@@ -1,5 +1,6 @@
 """docs/findings.md lists exactly the finding ids the analysis emits: read from the code's calls (the first
-argument of an `add(...)` or `CounterRule(...)` call, or `Finding(id=...)`), not from a list kept beside it;
+argument of an `add(...)` or `CounterRule(...)` call, or the strings in `Finding(id=...)`), not from a list kept
+beside it;
 and it names every explanation rule the analysis applies."""
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ def _emitted() -> set[str]:
                 continue
             name = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
             values = [node.args[0]] if name in ("add", "CounterRule") and node.args else []
-            values += [k.value for k in node.keywords if name == "Finding" and k.arg == "id"]
+            values += [c for k in node.keywords if name == "Finding" and k.arg == "id" for c in ast.walk(k.value)]
             ids |= {v.value for v in values if isinstance(v, ast.Constant) and isinstance(v.value, str)
                     and _ID.match(v.value)}
     return ids

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from bundle.analyze._common import VantageDocs
 from bundle.analyze.roles import Flow
-from bundle.models import Explanation, Finding, Severity
+from bundle.models import Explanation, Finding, Layer, Severity
 
 # The client's symptoms a rule may explain, by kind.
 NEW_FLOW_LOST = frozenset({"transport.connect_timeout", "transport.syn_sent_stuck", "capture.syn_unanswered",
@@ -89,6 +89,32 @@ def _stale_endpoints(doc: VantageDocs | None, front: str | None, port: int | Non
         return set()
     return {e.address for s in doc.nat.services if s.address == front and (port is None or s.port == port)
             for e in s.endpoints}
+
+
+DNS_LOST = frozenset({"dns.timeout", "capture.dns_unanswered"})
+
+
+def policy_denied(case: Case) -> list[Explanation]:
+    """policy.denied_egress / policy.denied_ingress, decided for the client pod's own flow, explain its lost new
+    flows toward that Service's frontend or endpoints (or, for the cluster DNS, its unanswered lookups): most
+    CNIs drop what a NetworkPolicy denies. Refusals are not explained: a REJECT-ing CNI is the rare one and a
+    refusal has likelier causes."""
+    out: list[Explanation] = []
+    for fid in ("policy.denied_egress", "policy.denied_ingress"):
+        for c in [i for i, f in enumerate(case.findings) if f.id == fid]:
+            cause = case.findings[c]
+            if cause.layer is Layer.DNS:
+                effects = case.at(DNS_LOST, case.client())
+            else:
+                front = _addr(cause)
+                if not case.flow.covers(front):
+                    continue
+                port = cause.target.port if cause.target else None
+                effects = case.at(NEW_FLOW_LOST - DNS_LOST, case.client(), {front} if front else None, port)
+            side = "the client's egress" if fid.endswith("egress") else "the endpoints' ingress"
+            out += _explain("policy_denied_egress" if fid == "policy.denied_egress" else "policy_denied_ingress", c, effects,
+                            f"the NetworkPolicies isolating {side} allow none of this flow")
+    return out
 
 
 def conntrack_exhaustion(case: Case) -> list[Explanation]:
@@ -193,8 +219,8 @@ def dead_answer(case: Case) -> list[Explanation]:
 
 
 # In order of precedence: where two rules explain one symptom, the earlier one's cause owns it.
-RULES: tuple[Rule, ...] = (dead_answer, stale_dnat, conntrack_exhaustion, rp_filter, mtu_blackhole, stale_neighbor,
-                           listener, no_route)
+RULES: tuple[Rule, ...] = (dead_answer, stale_dnat, policy_denied, conntrack_exhaustion, rp_filter, mtu_blackhole,
+                           stale_neighbor, listener, no_route)
 
 
 def explanations(case: Case) -> list[Explanation]:

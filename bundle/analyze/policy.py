@@ -16,6 +16,8 @@ import ipaddress
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+from bundle.models import Evidence, Finding, FindingTarget, Layer, Severity
+from bundle.models.kube import KubeSlice, PodView, target_port
 from bundle.models.policy import (
     DirectionVerdict,
     FlowDecision,
@@ -143,3 +145,105 @@ def decide(policies: list[NetworkPolicyView], namespaces: list[NamespaceView], s
     return FlowDecision(purpose=purpose, source=source.name, destination=destination.name, address=address,
                         port=port, protocol=protocol.upper(), egress=egress, ingress=ingress,
                         allowed=egress.allowed and ingress.allowed)
+
+
+# --- the flows of one incident, from the Kubernetes slice ---------------------------------------------------
+
+KUBE_VANTAGE = "kubernetes-api"
+KUBE_DOC = f"vantages/{KUBE_VANTAGE}/kube.json"
+DNS_PURPOSE = "cluster DNS"
+
+
+def party(pod: PodView) -> Party:
+    named = tuple((p.name, p.protocol, p.port) for c in pod.containers for p in c.named_ports)
+    return Party(name=f"{pod.namespace}/{pod.name}", ips=tuple(pod.pod_ips), namespace=pod.namespace,
+                 labels=dict(pod.labels), named_ports=named, host_network=pod.host_network)
+
+
+def client_pod(kube: KubeSlice, addresses: Iterable[str], vantage: str | None) -> PodView | None:
+    """The client's Pod object: the one holding an address of the client vantage, else the pod that became it."""
+    held = set(addresses)
+    pod = next((p for p in kube.pods if held & set(p.pod_ips)), None)
+    if pod is None and vantage is not None:
+        named = next((pv.pod for pv in kube.pod_vantages if pv.vantage == vantage), None)
+        pod = next((p for p in kube.pods if f"{p.namespace}/{p.name}" == named), None)
+    return pod
+
+
+@dataclass(frozen=True)
+class Frontend:
+    """What the client dials for one decided flow: a Service's frontend, and what the flow is for."""
+
+    purpose: str
+    address: str | None
+    port: int
+    name: str | None
+
+
+def decisions(kube: KubeSlice, client: PodView) -> list[tuple[Frontend, FlowDecision]]:
+    """The client's flows to each Service's endpoint pods on the target port, and to the cluster DNS pods on
+    53/UDP and 53/TCP, decided. An endpoint whose Pod object was not read is left out: its ingress policies
+    cannot be judged without its labels."""
+    src = party(client)
+    by_ip = {ip: p for p in [*kube.pods, *(kube.cluster_dns.pods if kube.cluster_dns else [])] for ip in p.pod_ips}
+    out: list[tuple[Frontend, FlowDecision]] = []
+    for svc in kube.services:
+        slices = [v for v in kube.endpoint_slices if v.service == f"{svc.namespace}/{svc.name}"]
+        for port in svc.ports:
+            tp = target_port(port, slices)
+            if tp is None:
+                continue
+            front = Frontend(purpose=f"{svc.namespace}/{svc.name}:{port.name or port.port}",
+                             address=next((ip for ip in svc.cluster_ips if ip and ip != "None"), None), port=port.port,
+                             name=f"{svc.name}.{svc.namespace}.svc.cluster.local")
+            for address in dict.fromkeys(a for v in slices for e in v.endpoints if e.ready is not False
+                                         for a in e.addresses):
+                pod = by_ip.get(address)
+                if pod is not None:
+                    out.append((front, decide(kube.policies, kube.namespaces, src, party(pod), tp, port.protocol,
+                                              purpose=front.purpose, address=address)))
+    dns = kube.cluster_dns
+    if dns is not None:
+        front = Frontend(purpose=DNS_PURPOSE, port=53, name=None,
+                         address=next((ip for ip in (dns.service.cluster_ips if dns.service else []) if ip), None))
+        for pod in dns.pods:
+            for proto in ("UDP", "TCP"):
+                out.append((front, decide(kube.policies, kube.namespaces, src, party(pod), 53, proto,
+                                          purpose=DNS_PURPOSE, address=next(iter(pod.pod_ips), None))))
+    return out
+
+
+def _policies_pointer(kube: KubeSlice, refs: list[RuleRef]) -> list[Evidence]:
+    found = {i for ref in refs for i, p in enumerate(kube.policies) if (p.namespace, p.name) == (ref.namespace, ref.name)}
+    return [Evidence(member=KUBE_DOC, pointer=f"policies[{i}]") for i in sorted(found)]
+
+
+def policy_findings(kube: KubeSlice, client: PodView) -> list[Finding]:
+    """policy.denied_egress / policy.denied_ingress, one per direction and Service port (or the cluster DNS):
+    the policies isolate the pod for that direction and none of their rules allows the client's flow."""
+    found: dict[tuple[str, str, int], list[tuple[Frontend, FlowDecision]]] = {}
+    for front, d in decisions(kube, client):
+        for side, verdict in (("egress", d.egress), ("ingress", d.ingress)):
+            if not verdict.allowed:
+                found.setdefault((side, front.purpose, front.port), []).append((front, d))
+    out: list[Finding] = []
+    for (side, purpose, port), items in found.items():
+        front = items[0][0]
+        denied = sorted({f"{d.destination} ({d.address}) {d.protocol} {d.port}" for _, d in items})
+        refs = [r for _, d in items for r in (d.egress if side == "egress" else d.ingress).selecting]
+        names = sorted({f"{r.namespace}/{r.name}" for r in refs})
+        pod = items[0][1].source if side == "egress" else items[0][1].destination
+        whose = (f"the client {pod}'s egress" if side == "egress" else f"the ingress of {pod}"
+                 + (f" and {len({d.destination for _, d in items}) - 1} more" if len({d.destination for _, d in items}) > 1 else ""))
+        summary = (f"NetworkPolicy denies {client.namespace}/{client.name} -> {purpose}: {whose} is isolated by "
+                   f"{', '.join(names)}, and no rule of theirs allows {', '.join(denied[:4])}"
+                   + (f" (+{len(denied) - 4} more)" if len(denied) > 4 else "")
+                   + ". Where the CNI enforces NetworkPolicy, these packets are dropped.")
+        ns = (client.namespace if side == "egress" else items[0][1].destination.split("/")[0])
+        out.append(Finding(
+            id="policy.denied_egress" if side == "egress" else "policy.denied_ingress", severity=Severity.WARNING,
+            layer=Layer.DNS if purpose == DNS_PURPOSE else Layer.TRANSPORT, vantage=KUBE_VANTAGE,
+            target=FindingTarget(address=front.address, port=port, name=front.name), count=len(denied),
+            summary=summary, evidence=_policies_pointer(kube, refs) or [Evidence(member=KUBE_DOC, pointer="policies")],
+            next_command=f"kubectl get networkpolicy -n {ns} {' '.join(n.split('/')[1] for n in names if n.startswith(ns + '/'))} -o yaml"))
+    return out

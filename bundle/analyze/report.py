@@ -13,9 +13,11 @@ from bundle.analyze.counters import counter_findings
 from bundle.analyze.dns import dns_findings
 from bundle.analyze.ladder import LAYERS, flows, target_ladders
 from bundle.analyze.nat import nat_findings
+from bundle.analyze.policy import client_pod, decisions, policy_findings
 from bundle.analyze.roles import Flow, client_of, frontends
 from bundle.analyze.route import neighbor_findings, route_findings
 from bundle.analyze.transport import VantageEvidence, transport_findings
+from bundle.models.kube import PodView
 from bundle.models import (
     CaptureAnalysis,
     Evidence,
@@ -58,7 +60,21 @@ def build_report(inp: Inputs) -> FindingsReport:
     ladders, explanations = target_ladders(m, inp.docs, findings, placed)
     for e in explanations:  # a cause of a client's failure is critical, whatever it weighs alone
         findings[e.cause].severity = Severity.CRITICAL
-    return _sentences(m, findings, ladders, explanations)
+    report = _sentences(m, findings, ladders, explanations)
+    pod = _client_pod(inp)
+    if inp.kube is not None and pod is not None:
+        report.policy = [d for _, d in decisions(inp.kube, pod)]
+    return report
+
+
+def _client_pod(inp: Inputs) -> PodView | None:
+    """The client's Pod object in the Kubernetes slice, when the client is a pod."""
+    if inp.kube is None:
+        return None
+    client = client_of(inp.manifest)
+    doc = next((d for d in inp.docs if d.vantage == client), None)
+    held = [a.address for a in doc.route.addresses] if doc is not None and doc.route is not None else []
+    return client_pod(inp.kube, held, client)
 
 
 def _findings(inp: Inputs) -> list[Finding]:
@@ -80,6 +96,9 @@ def _findings(inp: Inputs) -> list[Finding]:
     out += transport_findings([VantageEvidence(by_id[d.vantage], d.route, d.sockets) for d in inp.docs],
                               list(m.targets))
     out += unseen_targets(inp)
+    pod = _client_pod(inp)
+    if inp.kube is not None and pod is not None:
+        out += policy_findings(inp.kube, pod)
     for d in inp.docs:  # after the probes' findings: a probe's words name a failure before the packets do
         if d.capture is not None and d.capture.analysis is not None:
             walks = d.route.paths if d.route is not None else []

@@ -14,10 +14,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bundle.collect.kubeproxy import endpoint_slices
+from bundle.collect.netpol import policy_view
 from bundle.models import MediaType
 from bundle.models.kube import (
     ApiCall,
     ClusterDns,
+    ContainerPort,
     ContainerView,
     KubeProxyConfig,
     KubeSlice,
@@ -27,6 +29,7 @@ from bundle.models.kube import (
     ServiceView,
     target_port,
 )
+from bundle.models.policy import NamespaceView
 
 MAX_PAGES = 10
 PAGE = 200
@@ -229,10 +232,13 @@ def pod_view(obj: dict[str, Any]) -> PodView:
         if not isinstance(c, dict):
             continue
         st = statuses.get(c.get("name"), {})
+        ports = [p for p in c.get("ports") or [] if isinstance(p, dict) and _int(p.get("containerPort")) is not None]
         containers.append(ContainerView(
             name=str(c.get("name", "")),
-            ports=[p["containerPort"] for p in c.get("ports") or [] if isinstance(p, dict)
-                   and _int(p.get("containerPort")) is not None],
+            ports=[p["containerPort"] for p in ports],
+            named_ports=[ContainerPort(name=p["name"], port=p["containerPort"],
+                                       protocol=str(p.get("protocol") or "TCP").upper())
+                         for p in ports if isinstance(p.get("name"), str) and p["name"]],
             ready=st.get("ready") if isinstance(st.get("ready"), bool) else None,
             restarts=_int(st.get("restartCount")) or 0))
     ips = [str(p["ip"]) for p in status.get("podIPs") or [] if isinstance(p, dict) and isinstance(p.get("ip"), str)]
@@ -241,7 +247,10 @@ def pod_view(obj: dict[str, Any]) -> PodView:
     ready = next((c.get("status") == "True" for c in status.get("conditions") or []
                   if isinstance(c, dict) and c.get("type") == "Ready"), None)
     dns_config = spec.get("dnsConfig") if isinstance(spec.get("dnsConfig"), dict) else None
+    labels = {str(k): str(v) for k, v in (meta.get("labels") or {}).items()} if isinstance(meta.get("labels"), dict) \
+        else {}
     return PodView(namespace=str(meta.get("namespace", "")), name=str(meta.get("name", "")), uid=_str(meta.get("uid")),
+                   labels=labels,
                    node=_str(spec.get("nodeName")), pod_ips=ips, host_network=spec.get("hostNetwork") is True,
                    dns_policy=_str(spec.get("dnsPolicy")), dns_config=dns_config, phase=_str(status.get("phase")),
                    ready=ready, containers=containers)
@@ -350,12 +359,24 @@ def collect_kube(req: KubeRequest, client: Any, server: str, context: str | None
     doc.kube_proxy = _kube_proxy_config(
         api.get("configmaps", core.read_namespaced_config_map, "kube-system", "kube-proxy"),
         api.get("daemonsets.apps", apps.read_namespaced_daemon_set, "kube-system", "kube-proxy"))
+    # NetworkPolicies decide flows by the labels of pods and namespaces: the policies of every namespace involved
+    # (the client's, the Services' and their endpoints', the cluster DNS's) and those namespaces' labels
     for ns in dict.fromkeys([*namespaces, "kube-system"]):
+        member = f"objects/networkpolicies.networking.k8s.io/{_name(ns)}/list.json"
         items = api.request("list", "networkpolicies.networking.k8s.io", networking.list_namespaced_network_policy, ns,
-                            namespace=ns, member=f"objects/networkpolicies.networking.k8s.io/{_name(ns)}/list.json",
-                            limit=PAGE)
+                            namespace=ns, member=member, limit=PAGE)
         if isinstance(items, dict):
-            doc.network_policies[ns] = len(items.get("items") or [])
+            objects = [i for i in items.get("items") or [] if isinstance(i, dict)]
+            doc.network_policies[ns] = len(objects)
+            for obj in objects:
+                pol = policy_view(obj, member=f"{ROOT}/{member}")
+                if pol is not None:
+                    doc.policies.append(pol)
+        obj = api.get_cluster("namespaces", core.read_namespace, ns)
+        if obj is not None:
+            labels = (obj.get("metadata") or {}).get("labels")
+            doc.namespaces.append(NamespaceView(name=ns, labels={str(k): str(v) for k, v in labels.items()}
+                                                if isinstance(labels, dict) else {}))
     doc.endpoint_slices = endpoint_slices(raw_slices)
     result.raw_endpoint_slices = raw_slices
     doc.pods = list(pods.values())

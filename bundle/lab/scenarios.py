@@ -810,6 +810,159 @@ def _v6_stale_dnat(t: Topology) -> LabInfo:
     )
 
 
+# --- NetworkPolicy: the cluster as the API serves it, and an nft drop standing in for the CNI's enforcement ---
+
+CLIENT_POD = "10.244.1.2"
+_POLICY_INGRESS_DROP = f"""
+table inet nb_lab {{
+    chain input {{ type filter hook input priority 0; ip saddr {CLIENT_POD} tcp dport {LISTEN_PORT} drop; }}
+}}
+"""
+# on the node, where CNIs enforce a pod's egress (the host side of its interface), not inside the pod
+_POLICY_EGRESS_DNS_DROP = f"""
+table inet nb_lab {{
+    chain forward {{ type filter hook forward priority 0; ip saddr {CLIENT_POD} udp dport 53 drop;
+        ip saddr {CLIENT_POD} tcp dport 53 drop; }}
+}}
+"""
+
+
+def _object_meta(name: str, ns: str | None, labels: dict[str, str] | None = None) -> dict[str, object]:
+    meta: dict[str, object] = {"name": name, "uid": f"00000000-0000-4000-8000-{sum(map(ord, f'{ns}/{name}')):012d}",
+                               "resourceVersion": "4242", "creationTimestamp": "2026-11-26T03:00:00Z"}
+    if ns is not None:
+        meta["namespace"] = ns
+    if labels:
+        meta["labels"] = labels
+    return meta
+
+
+def _pod_object(ns: str, name: str, ip: str, node: str, labels: dict[str, str],
+                ports: list[tuple[str, int, str]]) -> dict[str, object]:
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": _object_meta(name, ns, labels),
+            "spec": {"nodeName": node, "dnsPolicy": "ClusterFirst",
+                     "containers": [{"name": "main", "image": "registry.example/app:1",
+                                     "ports": [{"name": n, "containerPort": port, "protocol": proto}
+                                               for n, port, proto in ports]}]},
+            "status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}],
+                       "conditions": [{"type": "Ready", "status": "True"}]}}
+
+
+def _service_object(ns: str, name: str, ip: str, ports: list[tuple[str, int, int | str, str]],
+                    selector: dict[str, str]) -> dict[str, object]:
+    return {"apiVersion": "v1", "kind": "Service", "metadata": _object_meta(name, ns),
+            "spec": {"type": "ClusterIP", "clusterIP": ip, "clusterIPs": [ip], "selector": selector,
+                     "ports": [{"name": n, "port": port, "targetPort": target, "protocol": proto}
+                               for n, port, target, proto in ports]}}
+
+
+def _policy_object(name: str, spec: dict[str, object], ns: str = "default") -> dict[str, object]:
+    return {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "metadata": _object_meta(name, ns),
+            "spec": spec}
+
+
+def _write_cluster(t: Topology, policies: list[dict[str, object]]) -> Path:
+    """What the API serves for this lab's cluster (`{"items": [{"resource", "object"}]}`): namespaces, the client
+    and payments pods, payments and kube-dns with their EndpointSlices and the CoreDNS pod (dnsmasq on the
+    remote node plays it), and the NetworkPolicies. The tests serve it through their loopback API server."""
+    dns_slice: dict[str, object] = {
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice", "addressType": "IPv4",
+        "metadata": {"name": "kube-dns-8fz2q", "namespace": "kube-system",
+                     "labels": {"kubernetes.io/service-name": "kube-dns",
+                                "endpointslice.kubernetes.io/managed-by": "endpointslice-controller.k8s.io"}},
+        "ports": [{"name": "dns", "port": 53, "protocol": "UDP"}, {"name": "dns-tcp", "port": 53, "protocol": "TCP"}],
+        "endpoints": [{"addresses": [DNS_POD], "nodeName": "node-b",
+                       "conditions": {"ready": True, "serving": True, "terminating": False},
+                       "targetRef": {"kind": "Pod", "namespace": "kube-system", "name": "coredns-0"}}]}
+    items: list[tuple[str, dict[str, object]]] = [
+        ("namespaces", {"apiVersion": "v1", "kind": "Namespace",
+                        "metadata": _object_meta(ns, None, {"kubernetes.io/metadata.name": ns})})
+        for ns in ("default", "kube-system")]
+    items += [
+        ("pods", _pod_object("default", "client", CLIENT_POD, "node-a", {"app": "client"}, [])),
+        ("pods", _pod_object("default", "payments-0", "10.244.1.3", "node-a", {"app": "payments"},
+                             [("https", LISTEN_PORT, "TCP")])),
+        ("pods", _pod_object("kube-system", "coredns-0", DNS_POD, "node-b", {"k8s-app": "kube-dns"},
+                             [("dns", 53, "UDP"), ("dns-tcp", 53, "TCP")])),
+        ("services", _service_object("default", "payments", SERVICE_IP, [("https", SERVICE_PORT, "https", "TCP")],
+                                     {"app": "payments"})),
+        ("services", _service_object("kube-system", "kube-dns", CLUSTER_DNS,
+                                     [("dns", 53, 53, "UDP"), ("dns-tcp", 53, 53, "TCP")], {"k8s-app": "kube-dns"})),
+        ("endpointslices", _endpoint_slice("10.244.1.3")),
+        ("endpointslices", dns_slice),
+    ]
+    items += [("networkpolicies", pol) for pol in policies]
+    path = t.run_dir() / "cluster.json"
+    path.write_text(json.dumps({"items": [{"resource": r, "object": o} for r, o in items]}, indent=1))
+    return path
+
+
+_DEFAULT_DENY = _policy_object("default-deny-ingress", {"podSelector": {}, "policyTypes": ["Ingress"]})
+
+
+def _policy_base(t: Topology) -> Path:
+    """The k8s-healthy cluster's dataplane: a client and a payments pod on node A, kube-proxy's nftables rules,
+    the cluster DNS behind its ClusterIP; returns the EndpointSlices' file."""
+    _two_nodes(t, server_pod=True, node_link_mtu=1500)
+    _cluster_dns(t, service_route=False)
+    return _nft_services(t, node_service_route=True)
+
+
+def _policy_ingress(t: Topology) -> LabInfo:
+    slices = _policy_base(t)
+    t.nft("server", _POLICY_INGRESS_DROP)
+    cluster = _write_cluster(t, [_DEFAULT_DENY, _policy_object("allow-frontend-to-payments", {
+        "podSelector": {"matchLabels": {"app": "payments"}},
+        "ingress": [{"from": [{"podSelector": {"matchLabels": {"role": "frontend"}}}], "ports": [{"port": "https"}]}]})])
+    return LabInfo(
+        scenario="policy-ingress",
+        description="default-deny ingress in the server's namespace and an allow for role=frontend, a label the "
+                    "client lacks; the server pod's netns drops the client's SYNs as a CNI enforcing it would. "
+                    "Served with its API objects (files: cluster), the ladder names the policy",
+        namespaces=dict(t.namespaces), targets=[f"{SERVICE_IP}:{SERVICE_PORT}"], vantages=["pod", "node"],
+        files={"endpointslices": str(slices), "cluster": str(cluster)},
+        verdict=Expect(f"{SERVICE_IP}:{SERVICE_PORT}", "transport", ("transport.connect_timeout",)),
+    )
+
+
+def _policy_dns_egress(t: Topology) -> LabInfo:
+    slices = _policy_base(t)
+    t.nft("node", _POLICY_EGRESS_DNS_DROP)
+    cluster = _write_cluster(t, [_policy_object("client-egress", {
+        "podSelector": {"matchLabels": {"app": "client"}}, "policyTypes": ["Egress"],
+        "egress": [{"to": [{"podSelector": {"matchLabels": {"app": "payments"}}}],
+                    "ports": [{"port": LISTEN_PORT, "protocol": "TCP"}]}]})])
+    return LabInfo(
+        scenario="policy-dns-egress",
+        description="the client's egress policy allows payments on 8080 and forgot port 53: its lookups of the "
+                    "Service name time out (the node drops them as the CNI would) while the ClusterIP answers",
+        namespaces=dict(t.namespaces), targets=[f"payments:{SERVICE_PORT}"], vantages=["pod", "node"],
+        files={"endpointslices": str(slices), "cluster": str(cluster)},
+        verdict=Expect(f"payments:{SERVICE_PORT}", "dns", ("dns.timeout",)),
+    )
+
+
+def _policy_healthy(t: Topology) -> LabInfo:
+    slices = _policy_base(t)
+    cluster = _write_cluster(t, [_DEFAULT_DENY, _policy_object("allow-client-to-payments", {
+        "podSelector": {"matchLabels": {"app": "payments"}},
+        "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": "client"}}}], "ports": [{"port": "https"}]}]}),
+        _policy_object("client-egress", {
+            "podSelector": {"matchLabels": {"app": "client"}}, "policyTypes": ["Egress"],
+            "egress": [{"to": [{"podSelector": {"matchLabels": {"app": "payments"}}}],
+                        "ports": [{"port": LISTEN_PORT, "protocol": "TCP"}]},
+                       {"to": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}},
+                                "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}}],
+                        "ports": [{"port": 53, "protocol": "UDP"}, {"port": 53, "protocol": "TCP"}]}]})])
+    return LabInfo(
+        scenario="policy-healthy",
+        description="default-deny ingress, an allow for the client on the named port, and a client egress policy "
+                    "that remembers DNS: every flow the client needs is allowed and works",
+        namespaces=dict(t.namespaces), targets=[f"payments:{SERVICE_PORT}"], vantages=["pod", "node"],
+        files={"endpointslices": str(slices), "cluster": str(cluster)}, verdict=Expect(None, None),
+    )
+
+
 SCENARIOS: dict[str, Callable[[Topology], LabInfo]] = {
     "conntrack-full": _conntrack_full,
     "service-nft": _service_nft,
@@ -834,6 +987,9 @@ SCENARIOS: dict[str, Callable[[Topology], LabInfo]] = {
     "dualstack-healthy": _dualstack_healthy,
     "v6-mtu": _v6_mtu,
     "v6-stale-dnat": _v6_stale_dnat,
+    "policy-ingress": _policy_ingress,
+    "policy-dns-egress": _policy_dns_egress,
+    "policy-healthy": _policy_healthy,
 }
 
 

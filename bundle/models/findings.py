@@ -11,6 +11,7 @@ from enum import StrEnum
 from pydantic import Field
 
 from bundle.models._base import Model
+from bundle.models.policy import FlowDecision
 
 
 class Severity(StrEnum):
@@ -120,3 +121,5 @@ class FindingsReport(Model):
     summary: list[str] = Field(description="at most five sentences for the incident channel")
     proof: list[str] = Field(description="the members that prove it (at most three)")
     capture: str | None = Field(default=None, description="the capture to open first")
+    policy: list[FlowDecision] = Field(default_factory=list, description="the NetworkPolicies' verdict on each of the "
+                                       "client pod's flows (Service endpoints, cluster DNS), when the API was read")

@@ -7,6 +7,7 @@ from pydantic import Field
 
 from bundle.models._base import Model
 from bundle.models.nat import EndpointSliceView
+from bundle.models.policy import NamespaceView, NetworkPolicyView
 
 
 class ApiCall(Model):
@@ -43,9 +44,17 @@ class ServiceView(Model):
     external_traffic_policy: str | None = None
 
 
+class ContainerPort(Model):
+    name: str
+    port: int
+    protocol: str = "TCP"
+
+
 class ContainerView(Model):
     name: str
     ports: list[int] = Field(default_factory=list)
+    named_ports: list[ContainerPort] = Field(default_factory=list, description="the ports that have a name: what "
+                                             "a NetworkPolicy's named port and a Service's targetPort resolve to")
     ready: bool | None = None
     restarts: int = 0
 
@@ -54,6 +63,7 @@ class PodView(Model):
     namespace: str
     name: str
     uid: str | None = None
+    labels: dict[str, str] = Field(default_factory=dict)
     node: str | None = None
     pod_ips: list[str] = Field(default_factory=list)
     host_network: bool = False
@@ -114,5 +124,9 @@ class KubeSlice(Model):
     cluster_dns: ClusterDns | None = None
     kube_proxy: KubeProxyConfig | None = None
     network_policies: dict[str, int] = Field(default_factory=dict, description="namespace -> NetworkPolicies")
+    policies: list[NetworkPolicyView] = Field(default_factory=list, description="the NetworkPolicies of the "
+                                              "namespaces involved (the client's, the Services', kube-system)")
+    namespaces: list[NamespaceView] = Field(default_factory=list, description="the namespaces involved, with the "
+                                            "labels namespaceSelectors match")
     pod_vantages: list[PodVantage] = Field(default_factory=list)
     truncated: bool = Field(default=False, description="the overall budget cut the calls short")

@@ -22,6 +22,7 @@ from bundle.archive import StagedBundle, read_bundle
 from bundle.archive.writer import MANIFEST_DIGEST, ZSTD_OPTIONS, trailer
 from bundle.errors import BundleWriteError, InvalidBundle, NetbundleError
 from bundle.models import Manifest, MediaType, Provenance
+from bundle.models.manifest import FORMAT_VERSION
 from tests.archive import hostile
 from tests.conftest import netbundle
 
@@ -58,7 +59,7 @@ def _repack(members: list[tuple[str, bytes]], checksum: bool = True, seal: bool 
 
 def test_a_written_bundle_is_checksummed_three_ways(tmp_path):
     out = _write(tmp_path)
-    assert read_bundle(out).manifest.format_version == "1.2"
+    assert read_bundle(out).manifest.format_version == "1.2"  # as _write declares it
     assert "Check: XXH64" in subprocess.run(["zstd", "-lv", str(out)], capture_output=True, text=True).stdout
     names = subprocess.run(["tar", "--zstd", "-tf", str(out)], capture_output=True, text=True, check=True).stdout
     assert names.splitlines()[-1].endswith("/" + MANIFEST_DIGEST)  # plain tar still opens it, trailer and all
@@ -138,7 +139,7 @@ def test_collect_and_redact_refuse_an_existing_output(tmp_path):
         assert earlier.read_bytes() == before
     proc = netbundle("collect", "--passive", "--slice", "route", "-o", str(earlier), "--force")
     assert proc.returncode == 0, proc.stderr
-    assert earlier.read_bytes() != before and read_bundle(earlier).manifest.format_version == "1.2"
+    assert earlier.read_bytes() != before and read_bundle(earlier).manifest.format_version == FORMAT_VERSION
 
 
 def test_every_output_with_unredacted_evidence_is_private(tmp_path):

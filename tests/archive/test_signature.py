@@ -13,6 +13,7 @@ import pytest
 
 from bundle.archive.signature import verify
 from bundle.errors import SignatureError
+from bundle.models.manifest import FORMAT_VERSION
 from tests.archive.test_integrity import _members, _repack
 from tests.conftest import fresh, netbundle
 
@@ -56,7 +57,7 @@ def test_a_signed_bundle_verifies_both_ways(tmp_path, key):
     assert _ssh_verify(out, key[1]) == 0
     proc = netbundle("verify", str(out), "--allowed-signers", str(key[1]), "--identity", IDENTITY)
     assert proc.returncode == 0, proc.stderr
-    assert f"good netbundle signature by {IDENTITY} (ED25519 SHA256:" in proc.stdout and "valid netbundle 1.2" in proc.stdout
+    assert f"good netbundle signature by {IDENTITY} (ED25519 SHA256:" in proc.stdout and f"valid netbundle {FORMAT_VERSION}" in proc.stdout
 
 
 def test_a_changed_member_is_refused_by_both(tmp_path, key):

@@ -66,6 +66,8 @@ def cluster() -> kubeapi.FakeApi:
     api.add("configmaps", kubeapi.config_map("kube-system", "coredns", {"Corefile": COREFILE}))
     api.add("configmaps", kubeapi.config_map("kube-system", "kube-proxy", {"config.conf": KUBE_PROXY_CONF}))
     api.add("daemonsets", kubeapi.daemon_set("kube-system", "kube-proxy", 2, 3))
+    for ns in ("default", "kube-system"):
+        api.add("namespaces", kubeapi.namespace(ns))
     return api
 
 
@@ -103,7 +105,10 @@ def test_every_object_is_recorded(fake_api, tmp_path):
     assert [(p.ready, p.containers[0].restarts) for p in dns.pods] == [(True, 0), (False, 3)]
     assert doc.kube_proxy.mode == "iptables" and doc.kube_proxy.conntrack["maxPerCore"] == 32768
     assert doc.kube_proxy.daemonset_ready == "2/3"
-    assert doc.network_policies == {"default": 0, "kube-system": 0}
+    assert doc.network_policies == {"default": 0, "kube-system": 0} and doc.policies == []
+    assert {n.name: n.labels for n in doc.namespaces} == {
+        "default": {"kubernetes.io/metadata.name": "default"}, "kube-system": {"kubernetes.io/metadata.name": "kube-system"}}
+    assert pods["payments-5d9c7b-q8z4m"].labels == {"app": "payments"}
     members = {path: data for path, data, _media, _source in result.members}
     for call in doc.calls:  # each answer kept as the API sent it
         assert call.member in members

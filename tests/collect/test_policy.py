@@ -1,0 +1,107 @@
+"""NetworkPolicy end to end: the policy lab scenarios collected with their API objects served by the loopback API
+server of the tests (tests/kubeapi.py: it plays the API server, nothing here plays the kubelet), the nft drop in
+a pod's netns playing the CNI that enforces them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bundle.archive import read_bundle
+from bundle.models import Layer
+from tests import kubeapi
+from tests.conftest import fresh, netbundle
+
+pytestmark = pytest.mark.privileged
+
+
+def _collect(tmp_path, info, *extra: str):
+    api = kubeapi.load(Path(info.files["cluster"]))
+    out = fresh(tmp_path)
+    with kubeapi.serve(api):
+        proc = netbundle("collect", "--service", "default/payments", "--pod", "default/client",
+                         "--kubeconfig", str(api.kubeconfig(tmp_path)), "--client", f"netns-{info.namespaces['pod']}",
+                         "--netns", info.namespaces["pod"], "--netns", info.namespaces["node"], *extra,
+                         "-o", str(out))
+    assert proc.returncode in (0, 5), proc.stderr
+    b = read_bundle(out)
+    return b, b.findings()
+
+
+def test_lab_objects_are_what_the_client_models_accept(lab):
+    """The lab's API objects deserialize into the kubernetes client's own models (a typo in a field would not)."""
+    from kubernetes.client import ApiClient
+
+    info = lab("policy-healthy")
+    client = ApiClient()
+    kinds = {"pods": "V1Pod", "services": "V1Service", "namespaces": "V1Namespace",
+             "endpointslices": "V1EndpointSlice", "networkpolicies": "V1NetworkPolicy"}
+    import json
+
+    for item in json.loads(Path(info.files["cluster"]).read_text())["items"]:
+        obj = client._ApiClient__deserialize(item["object"], kinds[item["resource"]])  # type: ignore[attr-defined]
+        assert obj.metadata.name == item["object"]["metadata"]["name"]
+        if item["resource"] == "networkpolicies":
+            assert obj.spec.pod_selector is not None
+
+
+def test_default_deny_ingress_owns_the_timeout(lab, tmp_path):
+    """policy-ingress: default-deny in the server's namespace, an allow for a label the client lacks. The
+    client's connect to the ClusterIP times out; the ladder's owner is transport, explained by
+    policy.denied_ingress naming the policies, not 'dropped on the way'."""
+    info = lab("policy-ingress")
+    b, report = _collect(tmp_path, info)
+    client = f"netns-{info.namespaces['pod']}"
+    [denied] = [f for f in report.findings if f.id == "policy.denied_ingress"]
+    assert denied.layer is Layer.TRANSPORT and denied.target.address == "10.96.0.20" and denied.target.port == 443
+    assert "default/default-deny-ingress" in denied.summary and "default/allow-frontend-to-payments" in denied.summary
+    assert "default/client -> default/payments:https" in denied.summary
+    assert {e.pointer for e in denied.evidence} == {"policies[0]", "policies[1]"}
+    assert denied.next_command == "kubectl get networkpolicy -n default allow-frontend-to-payments " \
+                                  "default-deny-ingress -o yaml"
+    [lad] = [lad for lad in report.ladders if lad.target == "10.96.0.20:443" and lad.client == client]
+    assert lad.owner is Layer.TRANSPORT
+    cause = report.findings[lad.cause]
+    assert cause.id == "policy.denied_ingress" and cause.severity.value == "critical"
+    rules = {e.rule for e in report.explanations if e.cause == lad.cause}
+    assert rules == {"policy_denied_ingress"}
+    # the decisions: the endpoint's ingress isolated, nothing allows it; the client's egress open; DNS allowed
+    flows = {(d.purpose, d.protocol): d for d in report.policy}
+    pay = flows[("default/payments:https", "TCP")]
+    assert not pay.allowed and pay.egress.allowed and not pay.egress.isolated
+    assert pay.ingress.isolated and pay.ingress.allowing == [] and pay.port == 8080 and pay.address == "10.244.1.3"
+    assert flows[("cluster DNS", "UDP")].allowed and flows[("cluster DNS", "TCP")].allowed
+    assert not [f for f in report.findings if f.id == "policy.denied_egress"]
+
+
+def test_an_egress_policy_without_dns_owns_the_lookup_timeouts(lab, tmp_path):
+    """policy-dns-egress: the client's egress policy allows payments:8080 and forgot port 53. DNS owns the name
+    target, explained by policy.denied_egress (both UDP and TCP 53 to the CoreDNS pod); the flow to payments
+    itself is allowed."""
+    info = lab("policy-dns-egress")
+    b, report = _collect(tmp_path, info, "--target", "payments:443")
+    client = f"netns-{info.namespaces['pod']}"
+    [denied] = [f for f in report.findings if f.id == "policy.denied_egress"]
+    assert denied.layer is Layer.DNS and "default/client-egress" in denied.summary
+    assert "UDP 53" in denied.summary and "TCP 53" in denied.summary
+    [lad] = [lad for lad in report.ladders if lad.target == "payments:443" and lad.client == client]
+    assert lad.owner is Layer.DNS and report.findings[lad.cause].id == "policy.denied_egress"
+    flows = {(d.purpose, d.protocol): d for d in report.policy}
+    assert flows[("default/payments:https", "TCP")].allowed
+    assert [r.name for r in flows[("default/payments:https", "TCP")].egress.allowing] == ["client-egress"]
+    assert not flows[("cluster DNS", "UDP")].allowed and flows[("cluster DNS", "UDP")].egress.isolated
+
+
+def test_policies_that_allow_the_flows_say_nothing(lab, tmp_path):
+    """policy-healthy: default-deny plus the allows the client needs (a named port, DNS by namespace and pod
+    selector in one entry): every flow allowed, no policy finding, no owner."""
+    info = lab("policy-healthy")
+    b, report = _collect(tmp_path, info, "--target", "payments:443")
+    assert not [f for f in report.findings if f.id.startswith("policy.")]
+    assert report.policy and all(d.allowed for d in report.policy)
+    pay = next(d for d in report.policy if d.purpose == "default/payments:https")
+    assert [r.name for r in pay.ingress.allowing] == ["allow-client-to-payments"] and pay.ingress.isolated
+    dns = next(d for d in report.policy if d.purpose == "cluster DNS" and d.protocol == "UDP")
+    assert [(r.name, r.rule) for r in dns.egress.allowing] == [("client-egress", 1)]
+    assert all(lad.owner is None for lad in report.ladders)
