@@ -30,8 +30,89 @@ from bundle.models import (
     TargetLadder,
     Vantage,
 )
+from bundle.models.policy import LabelSelector, PolicyRule
 
 BAD_NEIGHBOR_STATES = UNRESOLVED_NEIGHBOR_STATES  # STALE is shown, softer
+
+
+@dataclass
+class PolicyBlock:
+    """A piece of a policy as YAML: its head (selector, types) or one rule; `mark` says what a decision made of
+    it: "allows" (a rule that lets a decided flow through) or "isolates" (the head of a policy that selects an
+    endpoint of a denied flow and allows none of it)."""
+
+    text: str
+    mark: str = ""
+    label: str = ""
+
+
+@dataclass
+class PolicyCard:
+    namespace: str
+    name: str
+    blocks: list[PolicyBlock]
+
+
+def _selector_api(sel: LabelSelector | None) -> dict[str, object] | None:
+    if sel is None:
+        return None
+    out: dict[str, object] = {}
+    if sel.match_labels:
+        out["matchLabels"] = dict(sel.match_labels)
+    if sel.match_expressions:
+        out["matchExpressions"] = [{"key": e.key, "operator": e.operator, **({"values": e.values} if e.values else {})}
+                                   for e in sel.match_expressions]
+    return out
+
+
+def _rule_api(rule: PolicyRule, key: str) -> dict[str, object]:
+    out: dict[str, object] = {}
+    if rule.peers:
+        peers = []
+        for peer in rule.peers:
+            entry: dict[str, object] = {}
+            if peer.ip_block is not None:
+                entry["ipBlock"] = {"cidr": peer.ip_block.cidr,
+                                    **({"except": peer.ip_block.except_cidrs} if peer.ip_block.except_cidrs else {})}
+            for k, v in (("namespaceSelector", peer.namespace_selector), ("podSelector", peer.pod_selector)):
+                if v is not None:
+                    entry[k] = _selector_api(v)
+            peers.append(entry)
+        out[key] = peers
+    if rule.ports:
+        out["ports"] = [{"protocol": pt.protocol, **({"port": pt.port} if pt.port is not None else {}),
+                         **({"endPort": pt.end_port} if pt.end_port is not None else {})} for pt in rule.ports]
+    return out
+
+
+def policy_cards(kube: KubeSlice | None, report: FindingsReport) -> list[PolicyCard]:
+    """Each policy of the Kubernetes slice in API spelling, cut into its head and rules, with what the report's
+    decisions made of each marked (the analysis decided; this only points at the parts)."""
+    import yaml
+
+    if kube is None or not kube.policies:
+        return []
+    allows = {(r.namespace, r.name, r.direction, r.rule) for d in report.policy for v in (d.egress, d.ingress)
+              for r in v.allowing}
+    isolates = {(r.namespace, r.name) for d in report.policy for v in (d.egress, d.ingress) if not v.allowed
+                for r in v.selecting}
+    cards = []
+    for pol in kube.policies:
+        head = {"metadata": {"namespace": pol.namespace, "name": pol.name},
+                "spec": {"podSelector": _selector_api(pol.pod_selector) or {}, "policyTypes": pol.policy_types}}
+        blocks = [PolicyBlock(yaml.safe_dump(head, sort_keys=False).rstrip(),
+                              "isolates" if (pol.namespace, pol.name) in isolates else "", "")]
+        for direction, rules, key in (("ingress", pol.ingress, "from"), ("egress", pol.egress, "to")):
+            if direction.capitalize() not in pol.policy_types and not rules:
+                continue
+            blocks.append(PolicyBlock(f"  {direction}:" + ("" if rules else " []  # isolates, allows nothing")))
+            for i, rule in enumerate(rules):
+                text = yaml.safe_dump([_rule_api(rule, key)], sort_keys=False, default_flow_style=False).rstrip()
+                text = "\n".join("  " + line for line in text.splitlines()) if text != "- {}" else "  - {}  # everything"
+                blocks.append(PolicyBlock(text, "allows" if (pol.namespace, pol.name, direction, i) in allows else "",
+                                          f"{direction} rule {i}"))
+        cards.append(PolicyCard(pol.namespace, pol.name, blocks))
+    return cards
 # Capabilities whose absence hides evidence: netns entry, raw probes, netlink writes/dumps, other owners' /proc.
 KEY_CAPABILITIES = ("CAP_SYS_ADMIN", "CAP_NET_ADMIN", "CAP_NET_RAW", "CAP_SYS_PTRACE", "CAP_DAC_READ_SEARCH")
 TREND_STATES = ("ESTAB", "SYN-SENT", "SYN-RECV", "CLOSE-WAIT", "TIME-WAIT", "FIN-WAIT-2", "LISTEN")
@@ -86,6 +167,7 @@ class View:
     report: FindingsReport | None = None
     timeline: list[TimelineRow] = field(default_factory=list)
     timeline_span_s: float = 0.0
+    policies: list[PolicyCard] = field(default_factory=list)
 
     @property
     def sweeps(self) -> list[tuple[VantageView, MtuSweep]]:
@@ -129,7 +211,7 @@ def build_view(bundle: Bundle, recompute: bool = False) -> View:
     span = max([b[1] for r in rows for b in r.bars] + [t for r in rows for t, _k, _l in r.marks] + [0.001])
     return View(manifest=m, vantages=vantages, findings=report.findings, lookups=lookups,
                 operator_captures=[a for _, a in inp.operator], kube=inp.kube, hops=hops, report=report,
-                timeline=rows, timeline_span_s=span)
+                timeline=rows, timeline_span_s=span, policies=policy_cards(inp.kube, report))
 
 
 @dataclass

@@ -73,6 +73,15 @@ def test_default_deny_ingress_owns_the_timeout(lab, tmp_path):
     assert pay.ingress.isolated and pay.ingress.allowing == [] and pay.port == 8080 and pay.address == "10.244.1.3"
     assert flows[("cluster DNS", "UDP")].allowed and flows[("cluster DNS", "TCP")].allowed
     assert not [f for f in report.findings if f.id == "policy.denied_egress"]
+    # the appendix: the denied flow, and the heads of the two policies that isolate the payments pod marked
+    from bundle.render import render_html
+
+    html = render_html(b)
+    section = html[html.index('id="policy"'):html.index('id="timeline"')]
+    assert "<strong>denied</strong>: isolated by <code>default/allow-frontend-to-payments</code>, " \
+           "<code>default/default-deny-ingress</code>, and no rule allows it" in section
+    assert section.count('<span class="isolates">') == 2 and 'class="allows"' not in section
+    assert "role: frontend" in section and "port: https" in section
 
 
 def test_an_egress_policy_without_dns_owns_the_lookup_timeouts(lab, tmp_path):
@@ -105,3 +114,9 @@ def test_policies_that_allow_the_flows_say_nothing(lab, tmp_path):
     dns = next(d for d in report.policy if d.purpose == "cluster DNS" and d.protocol == "UDP")
     assert [(r.name, r.rule) for r in dns.egress.allowing] == [("client-egress", 1)]
     assert all(lad.owner is None for lad in report.ladders)
+    from bundle.render import render_html
+
+    html = render_html(b)
+    section = html[html.index('id="policy"'):html.index('id="timeline"')]
+    assert 'title="ingress rule 0: allows"' in section and 'title="egress rule 1: allows"' in section
+    assert 'class="isolates"' not in section and "<strong>denied</strong>" not in section
