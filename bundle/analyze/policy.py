@@ -247,3 +247,34 @@ def policy_findings(kube: KubeSlice, client: PodView) -> list[Finding]:
             summary=summary, evidence=_policies_pointer(kube, refs) or [Evidence(member=KUBE_DOC, pointer="policies")],
             next_command=f"kubectl get networkpolicy -n {ns} {' '.join(n.split('/')[1] for n in names if n.startswith(ns + '/'))} -o yaml"))
     return out
+
+
+LOST = frozenset({"transport.connect_timeout", "transport.syn_sent_stuck", "capture.syn_unanswered"})
+
+
+def allowed_but_lost(kube: KubeSlice, client: PodView, client_vantage: str, findings: list[Finding]) -> list[Finding]:
+    """policy.allowed_but_lost: policies select the pods of a flow (so a CNI programs rules for it), allow it, and
+    the client's SYNs toward that Service or endpoint still go unanswered. The policy objects are not the cause;
+    the dataplane's programmed rules (stale, or a CNI that disagrees), or something else on the path, is."""
+    out: list[Finding] = []
+    lost = [f for f in findings if f.id in LOST and f.vantage == client_vantage and f.target is not None]
+    seen: set[tuple[str, int]] = set()
+    for front, d in decisions(kube, client):
+        if not d.allowed or not (d.egress.isolated or d.ingress.isolated) or front.purpose == DNS_PURPOSE:
+            continue
+        hit = next((f for f in lost if f.target is not None and (f.target.address, f.target.port) in
+                    ((front.address, front.port), (d.address, d.port))), None)
+        if hit is None or (front.purpose, front.port) in seen:
+            continue
+        seen.add((front.purpose, front.port))
+        rules = [r for v in (d.egress, d.ingress) for r in v.allowing]
+        out.append(Finding(
+            id="policy.allowed_but_lost", severity=Severity.INFO, layer=Layer.TRANSPORT, vantage=KUBE_VANTAGE,
+            target=FindingTarget(address=front.address, port=front.port, name=front.name),
+            summary=f"The NetworkPolicies allow {d.source} -> {front.purpose} ({d.destination} {d.protocol} {d.port}: "
+                    + ", ".join(f"{r.namespace}/{r.name} {r.direction} rule {r.rule}" for r in rules)
+                    + f"), yet the client's SYNs go unanswered: not the policy objects — look at what the dataplane "
+                      f"programmed for them (the CNI's rules on the nodes), or elsewhere on the path.",
+            evidence=_policies_pointer(kube, rules) + hit.evidence[:1],
+            next_command=f"kubectl get networkpolicy -n {d.destination.split('/')[0]} -o yaml"))
+    return out

@@ -13,7 +13,7 @@ from bundle.analyze.counters import counter_findings
 from bundle.analyze.dns import dns_findings
 from bundle.analyze.ladder import LAYERS, flows, target_ladders
 from bundle.analyze.nat import nat_findings
-from bundle.analyze.policy import client_pod, decisions, policy_findings
+from bundle.analyze.policy import allowed_but_lost, client_pod, decisions, policy_findings
 from bundle.analyze.roles import Flow, client_of, frontends
 from bundle.analyze.route import neighbor_findings, route_findings
 from bundle.analyze.transport import VantageEvidence, transport_findings
@@ -55,13 +55,15 @@ def build_report(inp: Inputs) -> FindingsReport:
     findings = _findings(inp)
     findings += dead_answers(m, client, inp.docs, placed)
     findings = _one_fact_once(findings)
+    pod = _client_pod(inp)
+    if inp.kube is not None and pod is not None and client is not None:
+        findings += allowed_but_lost(inp.kube, pod, client, findings)
     _calibrate(findings, inp)
     findings.sort(key=lambda f: (LAYERS.index(f.layer), _SEVERITY[f.severity]))
     ladders, explanations = target_ladders(m, inp.docs, findings, placed)
     for e in explanations:  # a cause of a client's failure is critical, whatever it weighs alone
         findings[e.cause].severity = Severity.CRITICAL
     report = _sentences(m, findings, ladders, explanations)
-    pod = _client_pod(inp)
     if inp.kube is not None and pod is not None:
         report.policy = [d for _, d in decisions(inp.kube, pod)]
     return report

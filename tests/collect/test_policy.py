@@ -16,8 +16,8 @@ from tests.conftest import fresh, netbundle
 pytestmark = pytest.mark.privileged
 
 
-def _collect(tmp_path, info, *extra: str):
-    api = kubeapi.load(Path(info.files["cluster"]))
+def _collect(tmp_path, info, *extra: str, api=None):
+    api = api or kubeapi.load(Path(info.files["cluster"]))
     out = fresh(tmp_path)
     with kubeapi.serve(api):
         proc = netbundle("collect", "--service", "default/payments", "--pod", "default/client",
@@ -120,3 +120,20 @@ def test_policies_that_allow_the_flows_say_nothing(lab, tmp_path):
     section = html[html.index('id="policy"'):html.index('id="timeline"')]
     assert 'title="ingress rule 0: allows"' in section and 'title="egress rule 1: allows"' in section
     assert 'class="isolates"' not in section and "<strong>denied</strong>" not in section
+
+
+def test_allowed_by_policy_yet_dropped_points_at_the_dataplane(lab, tmp_path):
+    """The policy-ingress dataplane (the server's netns drops the client's SYNs) with policies that allow the
+    client: the decision is 'allowed', so no policy finding owns the timeout; policy.allowed_but_lost (info) says
+    the objects allow it and the dataplane is where to look."""
+    info = lab("policy-ingress")
+    api = kubeapi.load(Path(info.files["cluster"]))
+    allow = api.objects[("networkpolicies", "default", "allow-frontend-to-payments")]
+    allow["spec"]["ingress"][0]["from"][0]["podSelector"]["matchLabels"] = {"app": "client"}
+    b, report = _collect(tmp_path, info, api=api)
+    assert not [f for f in report.findings if f.id.startswith("policy.denied")]
+    [hint] = [f for f in report.findings if f.id == "policy.allowed_but_lost"]
+    assert hint.severity.value == "info" and "default/allow-frontend-to-payments ingress rule 0" in hint.summary
+    assert "the dataplane" in hint.summary
+    [lad] = [lad for lad in report.ladders if lad.target == "10.96.0.20:443"]
+    assert lad.owner is Layer.TRANSPORT and report.findings[lad.cause].id == "transport.connect_timeout"
