@@ -28,8 +28,9 @@ RESOURCES = {
     "endpointslices": ("/apis/discovery.k8s.io/v1", "EndpointSlice"),
     "daemonsets": ("/apis/apps/v1", "DaemonSet"),
     "networkpolicies": ("/apis/networking.k8s.io/v1", "NetworkPolicy"),
+    "adminnetworkpolicies": ("/apis/policy.networking.k8s.io/v1alpha1", "AdminNetworkPolicy"),
 }
-CLUSTER_SCOPED = {"nodes", "namespaces"}
+CLUSTER_SCOPED = {"nodes", "namespaces", "adminnetworkpolicies"}
 
 
 @dataclass
@@ -102,7 +103,8 @@ class _Handler(BaseHTTPRequestHandler):
         ns = None
         if rest[:1] == ["namespaces"] and len(rest) >= 3:
             ns, rest = rest[1], rest[2:]
-        if not rest or rest[0] not in RESOURCES:
+        served = "/" + "/".join(parts[:2] if parts[:1] == ["api"] else parts[:3])
+        if not rest or rest[0] not in RESOURCES or RESOURCES[rest[0]][0] != served:  # a group this server lacks
             return self._send(404, _status(404, "NotFound", "the server could not find the requested resource"))
         resource = rest[0]
         prefix, kind = RESOURCES[resource]

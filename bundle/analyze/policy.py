@@ -227,6 +227,20 @@ def policy_findings(kube: KubeSlice, client: PodView) -> list[Finding]:
             if not verdict.allowed:
                 found.setdefault((side, front.purpose, front.port), []).append((front, d))
     out: list[Finding] = []
+    others = {k: n for k, n in kube.other_policies.items() if n}
+    caveat = (" Also in force and not evaluated here: " + ", ".join(f"{k} ({n})" for k, n in sorted(others.items()))
+              + " — an admin tier or the CNI's own policies may decide this flow first.") if others else ""
+    if others:
+        i = next((i for i, c in enumerate(kube.calls) if c.member and c.resource in {k.split(" ")[0] for k in others}), None)
+        out.append(Finding(
+            id="policy.not_evaluated", severity=Severity.INFO, layer=Layer.TRANSPORT, vantage=KUBE_VANTAGE,
+            target=None, summary="Policy objects beside NetworkPolicy exist and are kept raw, not evaluated: "
+                                 + ", ".join(f"{k} ({n})" for k, n in sorted(others.items()))
+                                 + ". AdminNetworkPolicy decides before NetworkPolicy (and Baseline after it); Calico "
+                                   "and Cilium policies are enforced beside it: read them before trusting a verdict.",
+            evidence=[Evidence(member=KUBE_DOC, pointer="other_policies")]
+            + ([Evidence(member=kube.calls[i].member or KUBE_DOC, pointer="items")] if i is not None else []),
+            next_command="kubectl get adminnetworkpolicies,baselineadminnetworkpolicies -o yaml"))
     for (side, purpose, port), items in found.items():
         front = items[0][0]
         denied = sorted({f"{d.destination} ({d.address}) {d.protocol} {d.port}" for _, d in items})
@@ -238,7 +252,7 @@ def policy_findings(kube: KubeSlice, client: PodView) -> list[Finding]:
         summary = (f"NetworkPolicy denies {client.namespace}/{client.name} -> {purpose}: {whose} is isolated by "
                    f"{', '.join(names)}, and no rule of theirs allows {', '.join(denied[:4])}"
                    + (f" (+{len(denied) - 4} more)" if len(denied) > 4 else "")
-                   + ". Where the CNI enforces NetworkPolicy, these packets are dropped.")
+                   + ". Where the CNI enforces NetworkPolicy, these packets are dropped." + caveat)
         ns = (client.namespace if side == "egress" else items[0][1].destination.split("/")[0])
         out.append(Finding(
             id="policy.denied_egress" if side == "egress" else "policy.denied_ingress", severity=Severity.WARNING,

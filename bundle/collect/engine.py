@@ -351,7 +351,7 @@ def _kube_first(req: CollectRequest, kreq: KubeRequest, staged: StagedBundle,
     staged.add_bytes(f"vantages/{KUBE_VANTAGE}/kube.json", doc.model_dump_json(indent=1).encode(), MediaType.KUBE,
                      Provenance(vantage=KUBE_VANTAGE, slice="kube", source=f"kubernetes API at {server}",
                                 duration_s=round(time.monotonic() - started, 6)))
-    failed = [c for c in doc.calls if c.outcome != "ok"]
+    failed = [c for c in doc.calls if c.outcome not in ("ok", "not_served")]  # not served: an API this cluster lacks
     run.status = SliceStatus.PARTIAL if failed or doc.truncated else SliceStatus.COMPLETE
     if failed:
         what = sorted({f"{c.verb} {c.resource}: {c.outcome}" for c in failed})

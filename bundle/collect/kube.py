@@ -32,6 +32,16 @@ from bundle.models.kube import (
 from bundle.models.policy import NamespaceView
 
 MAX_PAGES = 10
+# Policy APIs that decide beside or before NetworkPolicy (admin tiers first), where a cluster serves them:
+# (group, version, plural, namespaced). Kept as the API's raw lists; a 404 means this cluster does not serve it.
+OTHER_POLICIES = (
+    ("policy.networking.k8s.io", "v1alpha1", "adminnetworkpolicies", False),
+    ("policy.networking.k8s.io", "v1alpha1", "baselineadminnetworkpolicies", False),
+    ("projectcalico.org", "v3", "globalnetworkpolicies", False),
+    ("projectcalico.org", "v3", "networkpolicies", True),
+    ("cilium.io", "v2", "ciliumclusterwidenetworkpolicies", False),
+    ("cilium.io", "v2", "ciliumnetworkpolicies", True),
+)
 PAGE = 200
 MAX_OBJECT_BYTES = 8 << 20
 MAX_LOG_BYTES = 256 << 10
@@ -111,7 +121,7 @@ class _Api:
 
     def request(self, verb: str, resource: str, fn: Callable[..., Any], *args: Any, namespace: str | None = None,
                 name: str | None = None, selector: str | None = None, text: bool = False, member: str | None = None,
-                **kwargs: Any) -> Any:
+                absent_ok: bool = False, **kwargs: Any) -> Any:
         """One call; the decoded answer (JSON, or text for logs) or None when it failed (and says why)."""
         from kubernetes.client.exceptions import ApiException
         from urllib3.exceptions import HTTPError
@@ -130,7 +140,8 @@ class _Api:
             call.status = resp.status
         except ApiException as exc:
             call.status = exc.status
-            call.outcome = {401: "unauthorized", 403: "forbidden", 404: "not_found"}.get(exc.status or 0, "error")
+            call.outcome = {401: "unauthorized", 403: "forbidden", 404: "not_served" if absent_ok else "not_found"}.get(
+                exc.status or 0, "error")
             call.detail = _api_message(exc)
             self._record(call, started)
             return None
@@ -297,6 +308,19 @@ def _kube_proxy_config(cm: dict[str, Any] | None, ds: dict[str, Any] | None) -> 
     return out
 
 
+def _other_policies(api: _Api, doc: KubeSlice, fn: Callable[..., Any], group: str, version: str, plural: str,
+                    ns: str | None) -> None:
+    """One policy API's objects, kept raw and counted (`other_policies`: resource -> count); not served (404) is
+    the cluster's answer, not a failure."""
+    resource = f"{plural}.{group}"
+    member = f"objects/{_name(resource)}/{_name(ns or '_cluster')}/list.json"
+    args = (group, version, ns, plural) if ns is not None else (group, version, plural)
+    items = api.request("list", resource, fn, *args, namespace=ns, member=member, limit=PAGE, absent_ok=True)
+    if isinstance(items, dict):
+        key = resource if ns is None else f"{resource} -n {ns}"
+        doc.other_policies[key] = len(items.get("items") or [])
+
+
 def collect_kube(req: KubeRequest, client: Any, server: str, context: str | None) -> KubeResult:
     """Everything the request asks for, in order of importance, until the budget is spent."""
     from kubernetes import client as k
@@ -305,6 +329,7 @@ def collect_kube(req: KubeRequest, client: Any, server: str, context: str | None
     api = _Api(req, result)
     core, discovery = k.CoreV1Api(client), k.DiscoveryV1Api(client)
     apps, networking = k.AppsV1Api(client), k.NetworkingV1Api(client)
+    custom = k.CustomObjectsApi(client)
     doc = result.doc
     namespaces: list[str] = []
     raw_slices: list[dict[str, Any]] = []
@@ -372,11 +397,17 @@ def collect_kube(req: KubeRequest, client: Any, server: str, context: str | None
                 pol = policy_view(obj, member=f"{ROOT}/{member}")
                 if pol is not None:
                     doc.policies.append(pol)
+        for group, version, plural, namespaced in OTHER_POLICIES:
+            if namespaced:
+                _other_policies(api, doc, custom.list_namespaced_custom_object, group, version, plural, ns)
         obj = api.get_cluster("namespaces", core.read_namespace, ns)
         if obj is not None:
             labels = (obj.get("metadata") or {}).get("labels")
             doc.namespaces.append(NamespaceView(name=ns, labels={str(k): str(v) for k, v in labels.items()}
                                                 if isinstance(labels, dict) else {}))
+    for group, version, plural, namespaced in OTHER_POLICIES:
+        if not namespaced:
+            _other_policies(api, doc, custom.list_cluster_custom_object, group, version, plural, None)
     doc.endpoint_slices = endpoint_slices(raw_slices)
     result.raw_endpoint_slices = raw_slices
     doc.pods = list(pods.values())

@@ -16,7 +16,8 @@ class ApiCall(Model):
     namespace: str | None = None
     name: str | None = None
     selector: str | None = None
-    outcome: str = Field(description="ok, forbidden, not_found, unauthorized, timeout, error, skipped")
+    outcome: str = Field(description="ok, forbidden, not_found, not_served (an optional API this cluster does not "
+                                     "serve), unauthorized, timeout, error, skipped")
     status: int | None = Field(default=None, description="HTTP status, when one came back")
     detail: str = ""
     items: int | None = None
@@ -128,5 +129,8 @@ class KubeSlice(Model):
                                               "namespaces involved (the client's, the Services', kube-system)")
     namespaces: list[NamespaceView] = Field(default_factory=list, description="the namespaces involved, with the "
                                             "labels namespaceSelectors match")
+    other_policies: dict[str, int] = Field(default_factory=dict, description="policy APIs beside NetworkPolicy this "
+                                           "cluster serves (AdminNetworkPolicy, Calico, Cilium): resource -> objects; "
+                                           "kept raw, not evaluated")
     pod_vantages: list[PodVantage] = Field(default_factory=list)
     truncated: bool = Field(default=False, description="the overall budget cut the calls short")

@@ -87,7 +87,15 @@ def test_every_object_is_recorded(fake_api, tmp_path):
     result = _collect(fake_api, tmp_path)
     doc = result.doc
     assert doc.server == fake_api.url and not doc.truncated
-    assert all(c.outcome == "ok" for c in doc.calls), [c for c in doc.calls if c.outcome != "ok"]
+    # the optional policy APIs this server lacks (Calico, Cilium, the admin tiers) answer 404: not served
+    assert all(c.outcome == "ok" or (c.outcome == "not_served" and c.status == 404) for c in doc.calls), \
+        [c for c in doc.calls if c.outcome != "ok"]
+    # (this server serves AdminNetworkPolicy, with none in it)
+    assert doc.other_policies == {"adminnetworkpolicies.policy.networking.k8s.io": 0}
+    assert {c.resource for c in doc.calls if c.outcome == "not_served"} == {
+        "baselineadminnetworkpolicies.policy.networking.k8s.io",
+        "globalnetworkpolicies.projectcalico.org", "networkpolicies.projectcalico.org",
+        "ciliumclusterwidenetworkpolicies.cilium.io", "ciliumnetworkpolicies.cilium.io"}
     [svc] = [s for s in doc.services if s.name == "payments"]
     assert (svc.cluster_ips, [(p.name, p.port, p.target_port, p.protocol) for p in svc.ports], svc.selector) == \
         (["10.96.0.20"], [("https", 443, "8080", "TCP")], {"app": "payments"})
@@ -110,8 +118,8 @@ def test_every_object_is_recorded(fake_api, tmp_path):
         "default": {"kubernetes.io/metadata.name": "default"}, "kube-system": {"kubernetes.io/metadata.name": "kube-system"}}
     assert pods["payments-5d9c7b-q8z4m"].labels == {"app": "payments"}
     members = {path: data for path, data, _media, _source in result.members}
-    for call in doc.calls:  # each answer kept as the API sent it
-        assert call.member in members
+    for call in doc.calls:  # each answer kept as the API sent it (a 404 has none to keep)
+        assert call.member in members or (call.outcome == "not_served" and call.member is None)
     svc_member = next(c.member for c in doc.calls if c.resource == "services" and c.name == "payments")
     assert json.loads(members[svc_member])["spec"]["clusterIP"] == "10.96.0.20"
     # the label selectors the client sent are the ones the API needs
@@ -263,8 +271,10 @@ def test_collect_with_service_and_pod_against_the_api(lab, tmp_path):
     assert proc.returncode in (0, 5), proc.stderr
     b = read_bundle(out)
     k = b.kube()
-    assert k is not None and all(c.outcome == "ok" for c in k.calls)
+    assert k is not None and all(c.outcome in ("ok", "not_served") for c in k.calls)
     for call in k.calls:  # every answer is a member, with its checksum in the manifest
+        if call.outcome == "not_served":
+            continue
         member = b.member(call.member)
         assert member is not None and member.provenance.vantage == "kubernetes-api", call
     [pv] = k.pod_vantages
@@ -336,3 +346,21 @@ def test_pods_that_cannot_be_vantages_say_why():
         "hostnet": ("host_network", None), "far": ("other_node", None), "here": ("no_process", None),
         "absent": ("not_found", None)}
     assert "node node-b, this is node-a" in outcomes["far"][0].detail
+
+
+def test_admin_network_policies_are_kept_raw_and_counted(tmp_path):
+    """Where the cluster serves AdminNetworkPolicy, its objects are kept as the API sent them and counted (they
+    decide before NetworkPolicy, and are not evaluated: the decisions say so); the slice stays complete."""
+    api = cluster()
+    api.add("adminnetworkpolicies", {
+        "apiVersion": "policy.networking.k8s.io/v1alpha1", "kind": "AdminNetworkPolicy",
+        "metadata": kubeapi._meta("cluster-wide-deny", None),
+        "spec": {"priority": 10, "subject": {"namespaces": {}},
+                 "ingress": [{"name": "deny-all", "action": "Deny", "from": [{"namespaces": {}}]}]}})
+    with kubeapi.serve(api):
+        result = _collect(api, tmp_path)
+    doc = result.doc
+    assert doc.other_policies == {"adminnetworkpolicies.policy.networking.k8s.io": 1}
+    [call] = [c for c in doc.calls if c.resource == "adminnetworkpolicies.policy.networking.k8s.io"]
+    members = {path: data for path, data, _m, _s in result.members}
+    assert call.outcome == "ok" and json.loads(members[call.member])["items"][0]["spec"]["priority"] == 10

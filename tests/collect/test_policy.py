@@ -137,3 +137,23 @@ def test_allowed_by_policy_yet_dropped_points_at_the_dataplane(lab, tmp_path):
     assert "the dataplane" in hint.summary
     [lad] = [lad for lad in report.ladders if lad.target == "10.96.0.20:443"]
     assert lad.owner is Layer.TRANSPORT and report.findings[lad.cause].id == "transport.connect_timeout"
+
+
+def test_policies_beside_networkpolicy_are_named_not_evaluated(lab, tmp_path):
+    """An AdminNetworkPolicy served beside the NetworkPolicies: kept raw, counted, policy.not_evaluated says so,
+    and the denial carries the caveat that an admin tier decides first."""
+    info = lab("policy-ingress")
+    api = kubeapi.load(Path(info.files["cluster"]))
+    api.add("adminnetworkpolicies", {
+        "apiVersion": "policy.networking.k8s.io/v1alpha1", "kind": "AdminNetworkPolicy",
+        "metadata": {"name": "pass-monitoring", "uid": "00000000-0000-4000-8000-000000000777"},
+        "spec": {"priority": 20, "subject": {"namespaces": {}},
+                 "ingress": [{"name": "pass", "action": "Pass", "from": [{"namespaces": {}}]}]}})
+    b, report = _collect(tmp_path, info, api=api)
+    assert b.kube().other_policies == {"adminnetworkpolicies.policy.networking.k8s.io": 1}
+    [note] = [f for f in report.findings if f.id == "policy.not_evaluated"]
+    assert "adminnetworkpolicies.policy.networking.k8s.io (1)" in note.summary
+    [denied] = [f for f in report.findings if f.id == "policy.denied_ingress"]
+    assert "an admin tier or the CNI's own policies may decide this flow first" in denied.summary
+    runs = {(r.vantage, r.slice): r for r in b.manifest.slices}
+    assert "not_served" not in (runs[("kubernetes-api", "kube")].reason or "")
