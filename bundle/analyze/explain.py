@@ -8,12 +8,14 @@ the server's own facts): a fault on a vantage the client's traffic never crosses
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from bundle.analyze._common import VantageDocs
 from bundle.analyze.roles import Flow
 from bundle.models import Explanation, Finding, Layer, Severity
+from bundle.models.counters import PolicyChain
 
 # The client's symptoms a rule may explain, by kind.
 NEW_FLOW_LOST = frozenset({"transport.connect_timeout", "transport.syn_sent_stuck", "capture.syn_unanswered",
@@ -115,6 +117,59 @@ def policy_denied(case: Case) -> list[Explanation]:
             out += _explain("policy_denied_egress" if fid == "policy.denied_egress" else "policy_denied_ingress", c, effects,
                             f"the NetworkPolicies isolating {side} allow none of this flow")
     return out
+
+
+def cni_policy_drops(case: Case) -> list[Explanation]:
+    """policy.dataplane_drops on the client or its path, in a chain naming the interface that vantage routes the
+    flow's address (or its endpoint) out of, explains the client's lost new flows to it: the CNI's policy
+    enforcement dropped them there, whatever the API objects say (read without them too)."""
+    out: list[Explanation] = []
+    for c in case.causes("policy.dataplane_drops", case.flow.upstream()):
+        doc = case.docs.get(case.findings[c].vantage)
+        chain = _chain(doc, case.findings[c])
+        if doc is None or doc.route is None or chain is None:
+            continue
+        toward = {a for a in set(case.flow.addresses) | set(case.flow.endpoints) if _out_dev(doc, a) in chain.interfaces}
+        if not toward:
+            continue
+        effects = case.at(NEW_FLOW_LOST - DNS_LOST, case.client())
+        out += _explain("cni_policy_drops", c, effects,
+                        f"{case.findings[c].vantage}'s {chain.engine} policy chain {chain.chain} dropped packets out "
+                        f"of {', '.join(sorted({str(_out_dev(doc, a)) for a in toward}))}, toward "
+                        f"{', '.join(sorted(toward))}")
+    return out
+
+
+def _chain(doc: VantageDocs | None, f: Finding) -> PolicyChain | None:
+    if doc is None or doc.counters is None:
+        return None
+    pointer = next((e.pointer for e in f.evidence if e.pointer.startswith("policy_chains[")), None)
+    if pointer is None:
+        return None
+    w = doc.counters.policy_chains[int(pointer[len("policy_chains["):-1])]
+    return w.end
+
+
+def _out_dev(doc: VantageDocs, address: str) -> str | None:
+    """The device the vantage's main table sends the address out of (longest prefix), or its lookup's."""
+    if doc.route is None:
+        return None
+    for lk in doc.route.lookups:
+        if lk.target == address and lk.source is None and lk.iif is None and lk.ok:
+            return lk.dev
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return None
+    best: tuple[int, str | None] | None = None
+    for r in doc.route.routes:
+        try:
+            net = ipaddress.ip_network(r.dst, strict=False)
+        except ValueError:
+            continue
+        if r.table == 254 and net.version == ip.version and ip in net and (best is None or net.prefixlen > best[0]):
+            best = (net.prefixlen, r.dev)
+    return best[1] if best else None
 
 
 def conntrack_exhaustion(case: Case) -> list[Explanation]:
@@ -219,8 +274,8 @@ def dead_answer(case: Case) -> list[Explanation]:
 
 
 # In order of precedence: where two rules explain one symptom, the earlier one's cause owns it.
-RULES: tuple[Rule, ...] = (dead_answer, stale_dnat, policy_denied, conntrack_exhaustion, rp_filter, mtu_blackhole,
-                           stale_neighbor, listener, no_route)
+RULES: tuple[Rule, ...] = (dead_answer, stale_dnat, policy_denied, cni_policy_drops, conntrack_exhaustion, rp_filter,
+                           mtu_blackhole, stale_neighbor, listener, no_route)
 
 
 def explanations(case: Case) -> list[Explanation]:

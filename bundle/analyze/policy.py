@@ -16,7 +16,8 @@ import ipaddress
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from bundle.models import Evidence, Finding, FindingTarget, Layer, Severity
+from bundle.analyze._common import in_vantage
+from bundle.models import CountersSlice, Evidence, Finding, FindingTarget, Layer, RouteSlice, Severity, Vantage
 from bundle.models.kube import KubeSlice, PodView, target_port
 from bundle.models.policy import (
     DirectionVerdict,
@@ -292,3 +293,42 @@ def allowed_but_lost(kube: KubeSlice, client: PodView, client_vantage: str, find
             evidence=_policies_pointer(kube, rules) + hit.evidence[:1],
             next_command=f"kubectl get networkpolicy -n {d.destination.split('/')[0]} -o yaml"))
     return out
+
+
+def chain_findings(vantage: Vantage, doc: CountersSlice) -> list[Finding]:
+    """policy.dataplane_drops: a CNI policy chain's DROP/REJECT rules counted packets during the window — the
+    CNI's NetworkPolicy enforcement refused traffic here, on the interfaces the chain names."""
+    out: list[Finding] = []
+    for i, w in enumerate(doc.policy_chains):
+        if w.end is None or w.end.drop_packets <= w.start.drop_packets:
+            continue
+        dropped = w.end.drop_packets - w.start.drop_packets
+        where = f" (interfaces {', '.join(w.end.interfaces)})" if w.end.interfaces else ""
+        out.append(Finding(
+            id="policy.dataplane_drops", severity=Severity.WARNING, layer=Layer.TRANSPORT, vantage=vantage.id,
+            target=None, count=dropped,
+            summary=f"In {vantage.id}, the {w.end.engine} policy chain {w.end.chain}{where} dropped {dropped} "
+                    f"packet(s) during the window ({w.end.backend}, IPv{w.end.family}): the CNI's NetworkPolicy "
+                    f"enforcement refused traffic here.",
+            evidence=[Evidence(member=f"vantages/{vantage.id}/counters.json", pointer=f"policy_chains[{i}]")],
+            next_command=in_vantage(vantage, f"{'ip6tables' if w.end.family == 6 else 'iptables'} -t filter -L "
+                                             f"{w.end.chain} -v -x -n")))
+    return out
+
+
+def dataplane_not_visible(vantage: Vantage, route: RouteSlice) -> list[Finding]:
+    """policy.dataplane_not_visible: the node's links show a CNI that enforces policy outside netfilter (Cilium's
+    eBPF, Calico's eBPF mode, Antrea's OVS): its drops cannot be seen in the filter table's counters."""
+    names = {link.name for link in route.links}
+    engine = ("Cilium (eBPF)" if names & {"cilium_host", "cilium_net", "cilium_vxlan", "cilium_geneve"} else
+              "Calico in eBPF mode" if names & {"bpfnatin", "bpfnatout"} else
+              "Antrea (Open vSwitch)" if "antrea-gw0" in names else None)
+    if engine is None:
+        return []
+    return [Finding(
+        id="policy.dataplane_not_visible", severity=Severity.INFO, layer=Layer.TRANSPORT, vantage=vantage.id,
+        target=None, summary=f"In {vantage.id}, the links show {engine}: it enforces NetworkPolicy outside netfilter, "
+                             f"so its drops do not show in the filter table's counters; use the CNI's own tools.",
+        evidence=[Evidence(member=f"vantages/{vantage.id}/route.json", pointer="links")],
+        next_command="cilium-dbg monitor --type drop" if engine.startswith("Cilium") else
+        "kubectl -n kube-system logs ds/calico-node" if engine.startswith("Calico") else "antctl get ovsflows")]

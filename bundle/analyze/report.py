@@ -13,7 +13,14 @@ from bundle.analyze.counters import counter_findings
 from bundle.analyze.dns import dns_findings
 from bundle.analyze.ladder import LAYERS, flows, target_ladders
 from bundle.analyze.nat import nat_findings
-from bundle.analyze.policy import allowed_but_lost, client_pod, decisions, policy_findings
+from bundle.analyze.policy import (
+    allowed_but_lost,
+    chain_findings,
+    client_pod,
+    dataplane_not_visible,
+    decisions,
+    policy_findings,
+)
 from bundle.analyze.roles import Flow, client_of, frontends
 from bundle.analyze.route import neighbor_findings, route_findings
 from bundle.analyze.transport import VantageEvidence, transport_findings
@@ -94,6 +101,9 @@ def _findings(inp: Inputs) -> list[Finding]:
             out += route_findings(v, d.route)
         if d.counters is not None:
             out += counter_findings(v, d.counters)
+            out += chain_findings(v, d.counters)
+        if d.route is not None and inp.kube is not None and inp.kube.policies:
+            out += dataplane_not_visible(v, d.route)
     out += neighbor_findings([(by_id[d.vantage], d.route) for d in inp.docs if d.route is not None])
     out += transport_findings([VantageEvidence(by_id[d.vantage], d.route, d.sockets) for d in inp.docs],
                               list(m.targets))

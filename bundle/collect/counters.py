@@ -7,8 +7,10 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from bundle.collect import policychains
 from bundle.collect.base import Artifact, Collector, SliceContext, SliceResult
 from bundle.models import CounterSample, CountersSlice, MediaType, SliceStatus
+from bundle.models.counters import PolicyChainWindow
 
 # /proc/net is the reading process's netns: the agent runs inside the vantage's.
 SOURCES = ("/proc/net/snmp", "/proc/net/netstat", "/proc/net/snmp6")
@@ -76,6 +78,7 @@ class CountersCollector(Collector):
             return SliceResult(status=SliceStatus.FAILED, reason="no counter file could be read: " + "; ".join(
                 f"{p}: {why}" for p, why in unreadable.items()))
         samples = [_sample(start, started)]
+        chains_start, chain_problems = policychains.read()
         ctx.probe_gate()  # the first reading holds none of the probes' packets
         wake = started
         if ctx.alone:  # nothing to span: one interval between the readings
@@ -88,11 +91,16 @@ class CountersCollector(Collector):
         end, more = read_all()
         unreadable.update(more)
         samples.append(_sample(end, started))
+        chains_end, more_problems = policychains.read() if chains_start else ([], [])
+        at_end = {(c.backend, c.family, c.chain): c for c in chains_end}
         doc = CountersSlice(
             sources=[p for p in SOURCES if p not in unreadable], unreadable=unreadable,
             window_s=round(time.monotonic() - started, 3), start=start, end=end,
             delta={k: v - start[k] for k, v in end.items() if k in start and v != start[k]},
-            watched=[w for w in WATCHED if w in start], samples=samples)
+            watched=[w for w in WATCHED if w in start], samples=samples,
+            policy_chains=[PolicyChainWindow(start=c, end=at_end.get((c.backend, c.family, c.chain)))
+                           for c in chains_start],
+            policy_chains_unreadable=list(dict.fromkeys(chain_problems + more_problems)))
         status = SliceStatus.PARTIAL if unreadable else SliceStatus.COMPLETE
         return SliceResult(status=status, reason="; ".join(f"{p}: {w}" for p, w in unreadable.items()) or None,
                            artifacts=[Artifact.document("counters.json", doc, MediaType.COUNTERS,

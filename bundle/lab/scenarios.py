@@ -813,10 +813,25 @@ def _v6_stale_dnat(t: Topology) -> LabInfo:
 # --- NetworkPolicy: the cluster as the API serves it, and an nft drop standing in for the CNI's enforcement ---
 
 CLIENT_POD = "10.244.1.2"
-_POLICY_INGRESS_DROP = f"""
-table inet nb_lab {{
-    chain input {{ type filter hook input priority 0; ip saddr {CLIENT_POD} tcp dport {LISTEN_PORT} drop; }}
-}}
+# Calico's shape of a workload's ingress enforcement on its node (the host side of the pod's interface, here
+# cbr0): FORWARD -> cali-FORWARD -> the to-workload dispatch -> cali-tw-<iface>, whose policy chain marks what a
+# policy allows and whose last rule drops the rest. Only established flows and the frontend range are allowed.
+_CALICO_INGRESS = f"""*filter
+:FORWARD ACCEPT [0:0]
+:cali-FORWARD - [0:0]
+:cali-to-wl-dispatch - [0:0]
+:cali-tw-cbr0 - [0:0]
+:cali-pi-_NBLAB0payments - [0:0]
+-A FORWARD -m comment --comment "cali:wUHhoiAYhphO9Mso" -j cali-FORWARD
+-A cali-FORWARD -m comment --comment "cali:vjrMJCRpqwy5oRoX" -j cali-to-wl-dispatch
+-A cali-to-wl-dispatch -o cbr0 -m comment --comment "cali:nblab0dispatch" -g cali-tw-cbr0
+-A cali-tw-cbr0 -m comment --comment "cali:nblab0ctstate" -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT
+-A cali-tw-cbr0 -m comment --comment "cali:nblab0clearmk" -j MARK --set-xmark 0x0/0x10000
+-A cali-tw-cbr0 -p tcp -m comment --comment "cali:nblab0policy" -j cali-pi-_NBLAB0payments
+-A cali-tw-cbr0 -m comment --comment "cali:nblab0pass" -m mark --mark 0x10000/0x10000 -j RETURN
+-A cali-tw-cbr0 -m comment --comment "cali:nblab0drop Drop if no policies passed packet" -m mark --mark 0x0/0x10000 -j DROP
+-A cali-pi-_NBLAB0payments -s 10.244.7.0/24 -p tcp -m comment --comment "cali:nblab0frontend" -m tcp --dport {LISTEN_PORT} -j MARK --set-xmark 0x10000/0x10000
+COMMIT
 """
 # on the node, where CNIs enforce a pod's egress (the host side of its interface), not inside the pod
 _POLICY_EGRESS_DNS_DROP = f"""
@@ -910,18 +925,19 @@ def _policy_base(t: Topology) -> Path:
 
 def _policy_ingress(t: Topology) -> LabInfo:
     slices = _policy_base(t)
-    t.nft("server", _POLICY_INGRESS_DROP)
+    t.iptables_restore("node", _CALICO_INGRESS)
     cluster = _write_cluster(t, [_DEFAULT_DENY, _policy_object("allow-frontend-to-payments", {
         "podSelector": {"matchLabels": {"app": "payments"}},
         "ingress": [{"from": [{"podSelector": {"matchLabels": {"role": "frontend"}}}], "ports": [{"port": "https"}]}]})])
     return LabInfo(
         scenario="policy-ingress",
         description="default-deny ingress in the server's namespace and an allow for role=frontend, a label the "
-                    "client lacks; the server pod's netns drops the client's SYNs as a CNI enforcing it would. "
+                    "client lacks; the node drops the client's SYNs in Calico-shaped chains as the CNI would. "
                     "Served with its API objects (files: cluster), the ladder names the policy",
         namespaces=dict(t.namespaces), targets=[f"{SERVICE_IP}:{SERVICE_PORT}"], vantages=["pod", "node"],
         files={"endpointslices": str(slices), "cluster": str(cluster)},
-        verdict=Expect(f"{SERVICE_IP}:{SERVICE_PORT}", "transport", ("transport.connect_timeout",)),
+        # without the API objects, the drops counted in the node's Calico chain toward the endpoint are the cause
+        verdict=Expect(f"{SERVICE_IP}:{SERVICE_PORT}", "transport", ("policy.dataplane_drops",)),
     )
 
 

@@ -16,6 +16,27 @@ class CounterSample(Model):
     values: dict[str, int] = Field(description="the watched counters only (nstat names)")
 
 
+class PolicyChain(Model):
+    """One CNI policy chain of the filter table (Calico's cali-, kube-router's KUBE-NWPLCY-), its counters summed."""
+
+    backend: str = Field(description="iptables-nft or iptables-legacy")
+    family: int
+    chain: str
+    engine: str = Field(description="calico or kube-router, by the chain's prefix")
+    rules: int = 0
+    packets: int = 0
+    bytes: int = 0
+    drop_packets: int = Field(default=0, description="packets counted by the chain's DROP and REJECT rules")
+    interfaces: list[str] = Field(default_factory=list, description="the interfaces its rules name (-i/-o)")
+
+
+class PolicyChainWindow(Model):
+    """A policy chain at the start and the end of the window."""
+
+    start: PolicyChain
+    end: PolicyChain | None = Field(default=None, description="None when the chain was gone at the end")
+
+
 class CountersSlice(Model):
     sources: list[str] = Field(description="the files read, e.g. /proc/net/snmp")
     unreadable: dict[str, str] = Field(default_factory=dict, description="file -> why it could not be read")
@@ -26,3 +47,6 @@ class CountersSlice(Model):
     delta: dict[str, int] = Field(description="end - start for the counters that changed")
     watched: list[str] = Field(description="the counters sampled in between (silent loss)")
     samples: list[CounterSample]
+    policy_chains: list[PolicyChainWindow] = Field(default_factory=list, description="the CNI's NetworkPolicy chains "
+                                                   "with their counters at the start and the end (iptables-save -c)")
+    policy_chains_unreadable: list[str] = Field(default_factory=list, description="tool: why it could not be read")

@@ -74,3 +74,48 @@ def test_parse_the_three_formats():
     assert parse("Ip6InReceives                   \t5\nIcmp6InMsgs 0\n") == {"Ip6InReceives": 5, "Icmp6InMsgs": 0}
     # a header without its value line, or a value that is not a number, is skipped, never mis-paired
     assert parse("Udp: InDatagrams NoPorts\nTcp: InSegs\nTcp: x\n") == {}
+
+
+@pytest.mark.privileged
+def test_policy_chains_equal_iptables_counters(tmp_path):
+    """The CNI policy chains (Calico-shaped, from the policy-ingress lab) as the counters slice reads them equal
+    `iptables -L CHAIN -v -x -n` in the same netns: per chain the rule count, the packets summed over its rules
+    and those of its DROP rules (three forwarded SYNs dropped before the collect). The interface a chain guards
+    comes from its Calico name or the dispatch rule into it. (That drops rising during the window are counted
+    is tests/collect/test_policy.py's, on the lab.)"""
+    import os
+    import sys
+
+    from bundle.lab.scenarios import _CALICO_INGRESS
+    from bundle.lab.topology import Topology
+
+    def listing(ns: str, chain: str) -> tuple[int, int, int]:
+        out = subprocess.run(["ip", "netns", "exec", ns, "iptables", "-t", "filter", "-L", chain, "-v", "-x", "-n"],
+                             capture_output=True, text=True, check=True).stdout.splitlines()[2:]
+        rows = [line.split() for line in out if line.strip()]
+        return len(rows), sum(int(r[0]) for r in rows), sum(int(r[0]) for r in rows if r[2] in ("DROP", "REJECT"))
+
+    with Topology(f"nbt-cali-{os.getpid() % 100000}") as t:
+        ns = t.add_netns("node")
+        for role, ifname, net in (("peer", "cbr0", 1), ("client", "eth1", 2)):
+            t.add_netns(role)
+            t.veth("node", ifname, role, "eth0")
+            t.address("node", ifname, f"10.244.{net}.1/24")
+            t.address(role, "eth0", f"10.244.{net}.{net + 1}/24")
+            t.route(role, "0.0.0.0/0", gateway=f"10.244.{net}.1")
+        t.sysctl("node", "net.ipv4.ip_forward", "1")
+        t.iptables_restore("node", _CALICO_INGRESS)
+        syn = ("import socket,time\nheld=[]\nfor i in range(3):\n    s=socket.socket(); s.setblocking(False)\n"
+               "    s.connect_ex(('10.244.1.2', 8080)); held.append(s)\ntime.sleep(0.3)\n")
+        subprocess.run(["ip", "netns", "exec", t.namespaces["client"], sys.executable, "-c", syn], check=True)
+        out = tmp_path / "b.tar.zst"
+        proc = netbundle("collect", "--passive", "--slice", "counters", "--netns", ns, "-o", str(out))
+        assert proc.returncode == 0, proc.stderr
+        doc = read_bundle(out).counters(f"netns-{ns}")
+        by_chain = {w.start.chain: w for w in doc.policy_chains}
+        assert set(by_chain) == {"cali-FORWARD", "cali-to-wl-dispatch", "cali-tw-cbr0", "cali-pi-_NBLAB0payments"}
+        for name, w in by_chain.items():
+            assert w.end is not None and (w.end.rules, w.end.packets, w.end.drop_packets) == listing(ns, name), name
+        tw = by_chain["cali-tw-cbr0"]
+        assert tw.end.drop_packets >= 3 and tw.end.engine == "calico" and tw.end.backend == "iptables-nft"
+        assert tw.end.interfaces == ["cbr0"] and by_chain["cali-to-wl-dispatch"].end.interfaces == ["cbr0"]

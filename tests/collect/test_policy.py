@@ -66,6 +66,11 @@ def test_default_deny_ingress_owns_the_timeout(lab, tmp_path):
     assert cause.id == "policy.denied_ingress" and cause.severity.value == "critical"
     rules = {e.rule for e in report.explanations if e.cause == lad.cause}
     assert rules == {"policy_denied_ingress"}
+    # the dataplane agrees: the node's Calico chain toward the endpoint counted the drops in the window
+    node = f"netns-{info.namespaces['node']}"
+    [drops] = [f for f in report.findings if f.id == "policy.dataplane_drops" and f.vantage == node]
+    assert "cali-tw-cbr0" in drops.summary and "cbr0" in drops.summary and drops.count >= 1
+    assert any(e.rule == "cni_policy_drops" for e in report.explanations)
     # the decisions: the endpoint's ingress isolated, nothing allows it; the client's egress open; DNS allowed
     flows = {(d.purpose, d.protocol): d for d in report.policy}
     pay = flows[("default/payments:https", "TCP")]
@@ -123,9 +128,10 @@ def test_policies_that_allow_the_flows_say_nothing(lab, tmp_path):
 
 
 def test_allowed_by_policy_yet_dropped_points_at_the_dataplane(lab, tmp_path):
-    """The policy-ingress dataplane (the server's netns drops the client's SYNs) with policies that allow the
-    client: the decision is 'allowed', so no policy finding owns the timeout; policy.allowed_but_lost (info) says
-    the objects allow it and the dataplane is where to look."""
+    """The policy-ingress dataplane (the node's Calico-shaped chain drops the client's SYNs) with policies that
+    allow the client — the objects and the programmed rules disagree: no policy denial owns the timeout;
+    policy.allowed_but_lost (info) says the objects allow it, and the owner's cause is the dataplane's own
+    evidence, the drops counted in the chain toward the endpoint."""
     info = lab("policy-ingress")
     api = kubeapi.load(Path(info.files["cluster"]))
     allow = api.objects[("networkpolicies", "default", "allow-frontend-to-payments")]
@@ -136,7 +142,8 @@ def test_allowed_by_policy_yet_dropped_points_at_the_dataplane(lab, tmp_path):
     assert hint.severity.value == "info" and "default/allow-frontend-to-payments ingress rule 0" in hint.summary
     assert "the dataplane" in hint.summary
     [lad] = [lad for lad in report.ladders if lad.target == "10.96.0.20:443"]
-    assert lad.owner is Layer.TRANSPORT and report.findings[lad.cause].id == "transport.connect_timeout"
+    assert lad.owner is Layer.TRANSPORT and report.findings[lad.cause].id == "policy.dataplane_drops"
+    assert {e.rule for e in report.explanations if e.cause == lad.cause} == {"cni_policy_drops"}
 
 
 def test_policies_beside_networkpolicy_are_named_not_evaluated(lab, tmp_path):
