@@ -29,8 +29,9 @@ from bundle._netns import setns_net, named_netns_path
 setns_net(named_netns_path(sys.argv[1]))
 from bundle.collect.base import SliceContext
 from bundle.collect.sockets import SocketsCollector
+from bundle.models.request import CollectOptions
 ctx = SliceContext(vantage_id="bench", targets=(), passive=True, deadline=time.monotonic() + 120,
-                   options=(("socket_samples", "1"),))
+                   options=CollectOptions(socket_samples=1))
 t = time.perf_counter()
 result = SocketsCollector().collect(ctx)
 elapsed = time.perf_counter() - t

@@ -281,6 +281,7 @@ def _cmd_collect(args: argparse.Namespace, argv: list[str]) -> int:
     from bundle.collect.nat import MAX_KEEP
     from bundle.archive import ReadLimits
     from bundle.collect.sockets import MAX_TABLE_ROWS
+    from bundle.models.request import CollectOptions
 
     if args.timeout <= 0:
         raise UsageError("--timeout must be positive")
@@ -304,8 +305,8 @@ def _cmd_collect(args: argparse.Namespace, argv: list[str]) -> int:
     if args.socket_samples < 1 or args.socket_interval < 0 or not 0 <= args.socket_rows <= MAX_TABLE_ROWS:
         raise UsageError(f"--socket-samples must be >= 1, --socket-interval >= 0 and --socket-rows 0 to "
                          f"{MAX_TABLE_ROWS}")
-    options = {"socket_samples": str(args.socket_samples), "socket_interval": str(args.socket_interval),
-               "socket_rows": str(args.socket_rows)}
+    options: dict[str, Any] = {"socket_samples": args.socket_samples, "socket_interval": args.socket_interval,
+                               "socket_rows": args.socket_rows}
     if args.capture_packets < 1 or args.capture_bytes < 4096 or args.capture_seconds <= 0:
         raise UsageError("--capture-packets >= 1, --capture-bytes >= 4096 and --capture-seconds > 0")
     # what collect writes, validate must read: a member stays under the reader's limits (docs/format.md)
@@ -325,8 +326,8 @@ def _cmd_collect(args: argparse.Namespace, argv: list[str]) -> int:
     if args.capture_iface:
         _check_iface(args.capture_iface, specs)
         options["capture_iface"] = args.capture_iface
-    options.update(capture_packets=str(args.capture_packets), capture_bytes=str(args.capture_bytes),
-                   capture_seconds=str(args.capture_seconds), snaplen=str(args.snaplen))
+    options.update(capture_packets=args.capture_packets, capture_bytes=args.capture_bytes,
+                   capture_seconds=args.capture_seconds, snaplen=args.snaplen)
     if len(args.names) > 20:
         raise UsageError("at most 20 --name")
     for name in args.names:
@@ -334,21 +335,20 @@ def _cmd_collect(args: argparse.Namespace, argv: list[str]) -> int:
             raise UsageError(f"not a DNS name: {name!r}")
     _refuse_conflicts(args)
     if args.names:
-        options["dns_names"] = ",".join(args.names)
+        options["dns_names"] = list(args.names)
     if args.dns_server:
         options["dns_server"] = parse_address(args.dns_server, "--dns-server")
     if args.dns_timeout is not None:
         if args.dns_timeout <= 0:
             raise UsageError("--dns-timeout must be positive")
-        options["dns_timeout"] = str(args.dns_timeout)
+        options["dns_timeout"] = args.dns_timeout
     if args.route_from:
         options["route_from"] = parse_address(args.route_from, "--route-from")
     if args.route_iif:
         options["route_iif"] = args.route_iif
     if not 0 <= args.conntrack_rows <= MAX_KEEP or args.nat_samples < 1:
         raise UsageError(f"--conntrack-rows must be 0 to {MAX_KEEP} and --nat-samples >= 1")
-    options.update(nat_keep=str(args.conntrack_rows), nat_samples=str(args.nat_samples),
-                   nat_interval=str(args.socket_interval))
+    options.update(nat_keep=args.conntrack_rows, nat_samples=args.nat_samples, nat_interval=args.socket_interval)
     if args.endpointslices is not None:
         from bundle.collect.kubeproxy import ParseError, load_endpoint_slices
 
@@ -375,7 +375,8 @@ def _cmd_collect(args: argparse.Namespace, argv: list[str]) -> int:
     if args.client and not args.pods and not any(args.client in (sp.id, sp.ref) for sp in specs):
         raise UsageError(f"--client {args.client!r} is none of the vantages named "
                          f"({', '.join(sp.ref or sp.id for sp in specs)})")
-    req = CollectRequest(finalize=_findings_member, kube=kube_req, pcaps=args.pcap, options=options,
+    req = CollectRequest(finalize=_findings_member, kube=kube_req, pcaps=args.pcap,
+                         options=CollectOptions.model_validate(options),
                          targets=targets, vantages=vantage.dedupe(specs), output=args.output, passive=args.passive,
                          timeout_s=args.timeout, ticket=args.ticket, note=args.note, argv=argv,
                          slices=args.slices, debug=args.debug, client=args.client, force=args.force)

@@ -70,14 +70,17 @@ def run(request: dict[str, Any]) -> None:
 
     from bundle.collect.base import SliceContext
     from bundle.collect.dns import resolve_targets
+    from bundle.models.request import CollectOptions
     from bundle.collect.registry import collectors
 
     table = collectors()
-    options = request.get("options", {})
+    options = CollectOptions.model_validate(request.get("options") or {})
+    where = request.get("vantage") or {}
+    kind, ref = str(where.get("kind") or "host"), where.get("ref") or None
     asked = [Target.model_validate(t) for t in request["targets"]]
-    max_wait = float(options.get("dns_timeout") or 0) or None
+    max_wait = options.dns_timeout
     targets_list, name_reports, answers = resolve_targets(
-        asked, options.get("vantage_kind", "host"), options.get("vantage_ref") or None,
+        asked, kind, ref,
         passive=bool(request["passive"]), deadline=min(deadline, time.monotonic() + 20), max_wait=max_wait)
     targets = tuple(targets_list)
     vantage_event["resolved"] = answers
@@ -127,7 +130,7 @@ def run(request: dict[str, Any]) -> None:
             continue
         ctx = SliceContext(vantage_id=request["vantage_id"], targets=targets, passive=bool(request["passive"]),
                            deadline=started + budget, capabilities=tuple(caps),
-                           options=tuple(sorted((str(k), str(v)) for k, v in request.get("options", {}).items())),
+                           options=options, vantage_kind=kind, vantage_ref=ref, disk_free=where.get("disk_free"),
                            probe_gate=gate_for(name), resolved_names=tuple(name_reports),
                            peers_done=peers_done_for(name),
                            alone=not any(n != name and not table[n].spans_window for n in runnable))

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
 
 from bundle.models import MediaType, Model, Provenance, SliceStatus
+from bundle.models.request import CollectOptions
 
 T = TypeVar("T")
 
@@ -85,7 +86,10 @@ class SliceContext:
     passive: bool
     deadline: float  # time.monotonic() value the slice must finish by
     capabilities: tuple[str, ...] = ()
-    options: tuple[tuple[str, str], ...] = ()  # slice options from the command line, e.g. ("route_from", IP)
+    options: CollectOptions = field(default_factory=CollectOptions)  # what the command line asked, typed
+    vantage_kind: str = "host"  # how the vantage was named (netns_name, netns_pid, ...), for where files live
+    vantage_ref: str | None = None
+    disk_free: int | None = None  # bytes free where the bundle is written
     # Called by a collector between its passive reads and its first probe packet: it returns once every slice
     # of the vantage has taken its passive snapshot, so no table records another slice's probes.
     probe_gate: Callable[[], None] = _no_gate
@@ -93,9 +97,6 @@ class SliceContext:
     # True once every other slice of the vantage has finished: a capture stops then (its window covers them)
     peers_done: Callable[[], bool] = _never
     alone: bool = False  # no slice but window slices runs beside this one (`--slice counters` alone)
-
-    def option(self, name: str) -> str | None:
-        return dict(self.options).get(name)
 
     def remaining(self) -> float:
         return max(0.0, self.deadline - time.monotonic())

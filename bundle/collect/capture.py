@@ -101,11 +101,6 @@ def _linktype_of(ifname: str) -> int | None:
     return None
 
 
-def _int(ctx: SliceContext, name: str, default: int) -> int:
-    value = ctx.option(name)
-    return int(value) if value else default
-
-
 class CaptureCollector(Collector):
     name = "capture"
     description = "bounded, kernel-filtered capture on the egress interface, written as pcapng and analysed"
@@ -114,15 +109,14 @@ class CaptureCollector(Collector):
 
     def collect(self, ctx: SliceContext) -> SliceResult:
         started = time.monotonic()
-        limits = CaptureLimits(packets=_int(ctx, "capture_packets", DEFAULT_PACKETS),
-                               bytes=_int(ctx, "capture_bytes", DEFAULT_BYTES),
-                               seconds=float(ctx.option("capture_seconds") or DEFAULT_SECONDS),
-                               snaplen=_int(ctx, "snaplen", DEFAULT_SNAPLEN))
-        expr = ctx.option("capture_filter")
+        o = ctx.options
+        limits = CaptureLimits(packets=o.capture_packets or DEFAULT_PACKETS, bytes=o.capture_bytes or DEFAULT_BYTES,
+                               seconds=o.capture_seconds or DEFAULT_SECONDS, snaplen=o.snaplen or DEFAULT_SNAPLEN)
+        expr = ctx.options.capture_filter
         source = "operator" if expr else "default"
-        names = bool(ctx.option("dns_names")) or any(t.name for t in ctx.targets)
+        names = bool(ctx.options.dns_names) or any(t.name for t in ctx.targets)
         expr = expr or default_filter(ctx.targets, names, os.environ.get("SSH_CONNECTION"))
-        chosen = ctx.option("capture_iface")
+        chosen = ctx.options.capture_iface
         run = CaptureRun(interface=chosen, filter=expr or "", filter_source=source, limits=limits)
 
         def stop(status: SliceStatus, reason: str, why: MissingReason = MissingReason.SKIPPED) -> SliceResult:
@@ -133,7 +127,7 @@ class CaptureCollector(Collector):
         if expr is None:
             return stop(SliceStatus.SKIPPED, "no target or name to filter on (give --capture-filter EXPR)",
                         MissingReason.NOT_APPLICABLE)
-        free = ctx.option("disk_free")
+        free = ctx.disk_free
         if free is not None and int(free) < limits.bytes * 2 + DISK_FLOOR:
             return stop(SliceStatus.SKIPPED, f"only {int(free) >> 20} MiB free where the bundle is written")
         cooked = chosen == "any"
@@ -149,7 +143,7 @@ class CaptureCollector(Collector):
             # every interface a target's route takes, and a nameserver's when names are resolved here
             toward = [t.address for t in ctx.targets]
             if names:
-                _, _, conf, _ = load_conf(ctx.option("vantage_kind") or "host", ctx.option("vantage_ref"))
+                _, _, conf, _ = load_conf(ctx.vantage_kind, ctx.vantage_ref)
                 toward += conf.nameservers if conf else []
             ifaces = _egress(toward)
             if not ifaces:

@@ -72,7 +72,7 @@ class CountersCollector(Collector):
 
     def collect(self, ctx: SliceContext) -> SliceResult:
         started = time.monotonic()
-        interval = max(0.2, float(ctx.option("counter_interval") or DEFAULT_INTERVAL_S))
+        interval = max(0.2, ctx.options.counter_interval or DEFAULT_INTERVAL_S)
         start, unreadable = read_all()
         if not start:
             return SliceResult(status=SliceStatus.FAILED, reason="no counter file could be read: " + "; ".join(

@@ -255,9 +255,9 @@ class DnsCollector(Collector):
 
     def collect(self, ctx: SliceContext) -> SliceResult:
         started = time.monotonic()
-        names = [n for n in (ctx.option("dns_names") or "").split(",") if n][:MAX_NAMES]
-        alt = ctx.option("dns_server")
-        path, raw, conf, unavailable = load_conf(ctx.option("vantage_kind") or "host", ctx.option("vantage_ref"))
+        names = list(ctx.options.dns_names)[:MAX_NAMES]
+        alt = ctx.options.dns_server
+        path, raw, conf, unavailable = load_conf(ctx.vantage_kind, ctx.vantage_ref)
         artifacts: list[Artifact] = []
         reasons: list[str] = []
         if raw is not None:
@@ -274,7 +274,7 @@ class DnsCollector(Collector):
         names = [n for n in names if n not in done]
         if conf is not None:
             ex = Exchanger(conf.options, deadline=ctx.deadline - 0.5,
-                           max_wait=float(ctx.option("dns_timeout") or 0) or None)
+                           max_wait=ctx.options.dns_timeout)
             for name in names:
                 if ctx.passive:
                     steps = plan(name, conf, families)

@@ -60,6 +60,7 @@ from bundle.models import (
     endpoint_spec,
 )
 from bundle.models.kube import KubeSlice, PodVantage
+from bundle.models.request import CollectOptions
 
 EXIT_OK = 0
 EXIT_INCOMPLETE = 5
@@ -80,7 +81,7 @@ class CollectRequest:
     note: str | None = None
     argv: list[str] = field(default_factory=list)
     slices: list[str] | None = None
-    options: dict[str, str] = field(default_factory=dict)
+    options: CollectOptions = field(default_factory=CollectOptions)
     pcaps: list[Path] = field(default_factory=list)
     debug: bool = False
     kube: KubeRequest | None = None  # --service / --pod: ask the Kubernetes API first
@@ -329,17 +330,14 @@ def _kube_first(req: CollectRequest, kreq: KubeRequest, staged: StagedBundle,
     have = {(t.address, t.port) for t in req.targets}
     targets = list(req.targets) + [Target(spec=endpoint_spec(a, p), address=a, port=p) for a, p in addresses
                                    if (a, p) not in have]
-    options = dict(req.options)
-    if names:
-        options["dns_names"] = ",".join(dict.fromkeys([n for n in options.get("dns_names", "").split(",") if n]
-                                                      + names))
+    options = req.options.model_copy(update={"dns_names": list(dict.fromkeys([*req.options.dns_names, *names]))})
     raw = result.raw_endpoint_slices
-    if raw and "endpointslices" not in options:
+    if raw and options.endpointslices is None:
         fd, name = tempfile.mkstemp(prefix="netbundle-endpointslices-", suffix=".json")
         with os.fdopen(fd, "w") as fh:
             json.dump({"apiVersion": "v1", "kind": "List", "items": raw}, fh)
         phase.slices_file = Path(name)
-        options["endpointslices"] = name
+        options = options.model_copy(update={"endpointslices": name})
     specs = list(req.vantages)
     client = req.client
     for ns, pod_name in kreq.pods:
@@ -419,11 +417,10 @@ def _collect_vantages(req: CollectRequest, progress: Callable[[Progress], None] 
             "targets": [t.model_dump(mode="json") for t in req.targets], "passive": req.passive,
             "timeout_s": max(1.0, req.timeout_s - _GRACE_S), "slice_budget_s": req.timeout_s,
             "slices": table_slices, "debug": req.debug,
-            "options": {**req.options, "vantage_kind": spec.kind.value, "vantage_ref": spec.ref or "",
-                        "disk_free": str(shutil.disk_usage(out.parent).free),
-                        "dns_names": ",".join(dict.fromkeys(
-                            [n for n in req.options.get("dns_names", "").split(",") if n]
-                            + [t.name for t in req.targets if t.name]))},
+            "options": req.options.model_copy(update={"dns_names": list(dict.fromkeys(
+                [*req.options.dns_names, *(t.name for t in req.targets if t.name)]))}).model_dump(mode="json"),
+            "vantage": {"kind": spec.kind.value, "ref": spec.ref or None,
+                        "disk_free": shutil.disk_usage(out.parent).free},
         }
         agents[spec.id] = _Agent(spec, request, events)
     for agent in agents.values():

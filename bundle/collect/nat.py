@@ -305,12 +305,12 @@ class NatCollector(Collector):
     def collect(self, ctx: SliceContext) -> SliceResult:
         started = time.monotonic()
         reasons: list[str] = []
-        samples_wanted = max(1, int(ctx.option("nat_samples") or DEFAULT_SAMPLES))
-        interval = max(0.0, float(ctx.option("nat_interval") or DEFAULT_INTERVAL_S))
+        samples_wanted = max(1, ctx.options.nat_samples or DEFAULT_SAMPLES)
+        interval = max(0.0, DEFAULT_INTERVAL_S if ctx.options.nat_interval is None else ctx.options.nat_interval)
         samples = [sample()]
         conf = settings()
         slices: list[EndpointSliceView] | None = None
-        slices_source = ctx.option("endpointslices")
+        slices_source = ctx.options.endpointslices
         if slices_source:
             try:
                 slices = kubeproxy.load_endpoint_slices(Path(slices_source))
@@ -318,7 +318,7 @@ class NatCollector(Collector):
                 reasons.append(f"EndpointSlices: {exc}")
         proxy, services, raw = proxy_dataplane(min(20.0, ctx.remaining() / 2), active=not ctx.passive)
         watch = watched_addresses([t.address for t in ctx.targets], services, slices)
-        table = conntrack_table(watch, min(MAX_KEEP, int(ctx.option("nat_keep") or DEFAULT_KEEP)), max(1.0, ctx.remaining() / 2))
+        table = conntrack_table(watch, min(MAX_KEEP, DEFAULT_KEEP if ctx.options.nat_keep is None else ctx.options.nat_keep), max(1.0, ctx.remaining() / 2))
         if isinstance(table, Unavailable):
             reasons.append(f"conntrack table: {table.detail}")
         ctx.probe_gate()

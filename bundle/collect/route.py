@@ -267,7 +267,7 @@ class RouteCollector(Collector):
         tables = snapshot()
         names, ipr = tables.names, tables.ipr
         by_name = {link.name: link for link in tables.links}
-        source, iif = ctx.option("route_from"), ctx.option("route_iif")
+        source, iif = ctx.options.route_from, ctx.options.route_iif
         addresses = list(dict.fromkeys(t.address for t in ctx.targets))  # one lookup per address, in order
         with ipr:
             lookups = [route_get(ipr, a, names, by_name) for a in addresses]

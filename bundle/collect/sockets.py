@@ -128,9 +128,9 @@ class SocketsCollector(Collector):
 
     def collect(self, ctx: SliceContext) -> SliceResult:
         started = time.monotonic()
-        samples_wanted = max(1, int(ctx.option("socket_samples") or DEFAULT_SAMPLES))
-        interval = max(0.0, float(ctx.option("socket_interval") or DEFAULT_INTERVAL_S))
-        row_limit = max(0, int(ctx.option("socket_rows") or DEFAULT_ROWS))
+        samples_wanted = max(1, ctx.options.socket_samples or DEFAULT_SAMPLES)
+        interval = max(0.0, DEFAULT_INTERVAL_S if ctx.options.socket_interval is None else ctx.options.socket_interval)
+        row_limit = max(0, DEFAULT_ROWS if ctx.options.socket_rows is None else ctx.options.socket_rows)
         reasons: list[str] = []
 
         first = dump_all()
