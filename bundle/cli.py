@@ -276,7 +276,8 @@ def _check_iface(name: str, specs: list[Any]) -> None:
 
 def _cmd_collect(args: argparse.Namespace, argv: list[str]) -> int:
     from bundle.collect import vantage
-    from bundle.collect.engine import CollectRequest, Progress, collect
+    from bundle.collect.engine import collect
+    from bundle.collect.request import CollectRequest, Progress
     from bundle.collect.targets import parse_address, parse_target, valid_name
     from bundle.collect.nat import MAX_KEEP
     from bundle.archive import ReadLimits

@@ -1,4 +1,6 @@
-"""Run every slice in every vantage under one deadline, stage what arrives, write one bundle.
+"""Run every slice in every vantage of this node under one deadline, stage what arrives, write one bundle.
+(The request and outcome: collect/request.py; the agent processes: collect/agents.py; the Kubernetes phase
+that runs first: collect/kubephase.py.)
 
 Each vantage gets one agent process inside its netns; agents run
 concurrently. Whatever happens (a slice raising, hanging, an agent dying,
@@ -21,26 +23,20 @@ import re
 import secrets
 import shutil
 import socket
-import subprocess
 import sys
-import tempfile
-import threading
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from bundle import __version__
-from bundle._netns import effective_caps
-from bundle.archive import Bundle, StagedBundle, staged_bundle
-from bundle.collect import kube, podns
-from bundle.collect import vantage as vantage_mod
-from bundle.collect.kube import KubeRequest
+from bundle.archive import StagedBundle, staged_bundle
+from bundle.collect.agents import Agent
+from bundle.collect.kubephase import KUBE_VANTAGE, KubePhase, kube_first
 from bundle.collect.registry import collectors
-from bundle.collect.vantage import VantageSpec
+from bundle.collect.request import CollectOutcome, CollectRequest, Finalizer, Progress
 from bundle.errors import BundleWriteError, StagingError, UsageError
 from bundle.models import (
     FORMAT_NAME,
@@ -54,56 +50,14 @@ from bundle.models import (
     Provenance,
     SliceRun,
     SliceStatus,
-    Target,
     Vantage,
     VantageKind,
-    endpoint_spec,
 )
-from bundle.models.kube import KubeSlice, PodVantage
-from bundle.models.request import CollectOptions
 
 EXIT_OK = 0
 EXIT_INCOMPLETE = 5
 EXIT_INTERRUPTED = 130
 _GRACE_S = 1.5  # the agent's own deadline sits this much inside ours
-KUBE_VANTAGE = "kubernetes-api"
-
-
-@dataclass(frozen=True)
-class CollectRequest:
-    targets: list[Target]
-    vantages: list[VantageSpec]
-    output: Path | None = None
-    force: bool = False  # --force: replace an existing output file (never otherwise)
-    passive: bool = False
-    timeout_s: float = 60.0
-    ticket: str | None = None
-    note: str | None = None
-    argv: list[str] = field(default_factory=list)
-    slices: list[str] | None = None
-    options: CollectOptions = field(default_factory=CollectOptions)
-    pcaps: list[Path] = field(default_factory=list)
-    debug: bool = False
-    kube: KubeRequest | None = None  # --service / --pod: ask the Kubernetes API first
-    finalize: Finalizer | None = None  # members computed from what was collected (findings.json)
-    client: str | None = None  # --client (a vantage id or the netns as named); the kube phase sets the pod's
-
-
-@dataclass(frozen=True)
-class Progress:
-    vantage: str
-    slice: str
-    status: SliceStatus
-    duration_s: float
-    reason: str | None
-
-
-@dataclass
-class CollectOutcome:
-    path: Path | None
-    manifest: Manifest | None
-    exit_code: int
-    interrupted: bool = False
 
 
 def host_facts() -> HostFacts:
@@ -124,48 +78,6 @@ def default_output(created: datetime, hostname: str, directory: Path = Path(".")
     while candidate.exists():
         candidate, n = directory / f"{stem}-{n}.tar.zst", n + 1
     return candidate
-
-
-class _Agent(threading.Thread):
-    """Starts one vantage's agent and forwards its JSON lines to the engine's queue."""
-
-    def __init__(self, spec: VantageSpec, request: dict[str, Any], events: queue.Queue[tuple[str, dict[str, Any]]]) -> None:
-        super().__init__(daemon=True, name=f"agent-{spec.id}")
-        self.spec = spec
-        self.request = request
-        self.events = events
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.stderr = tempfile.TemporaryFile()
-
-    def run(self) -> None:
-        try:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "bundle.collect.agent"],
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr,
-            )
-            assert self.proc.stdin is not None and self.proc.stdout is not None
-            self.proc.stdin.write(json.dumps(self.request).encode())
-            self.proc.stdin.close()
-            for line in self.proc.stdout:
-                try:
-                    event = json.loads(line)
-                except ValueError:
-                    continue
-                if isinstance(event, dict):
-                    self.events.put((self.spec.id, event))
-            self.proc.wait()
-        except OSError as exc:
-            self.events.put((self.spec.id, {"event": "crash", "reason": f"cannot start agent: {exc}"}))
-        finally:
-            self.events.put((self.spec.id, {"event": "exit"}))
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-
-    def stderr_tail(self, limit: int = 2000) -> str:
-        self.stderr.seek(0)
-        return self.stderr.read()[-limit:].decode(errors="replace")
 
 
 def _lost_member(run: SliceRun, why: str) -> None:
@@ -284,9 +196,9 @@ def collect(req: CollectRequest, progress: Callable[[Progress], None] | None = N
 def _collect(req: CollectRequest, progress: Callable[[Progress], None] | None, *, table_slices: list[str],
              staged: StagedBundle, created: datetime, host: HostFacts, out: Path) -> CollectOutcome:
     deadline = time.monotonic() + req.timeout_s
-    kube_phase: _KubePhase | None = None
+    kube_phase: KubePhase | None = None
     if req.kube is not None:
-        kube_phase = _kube_first(req, req.kube, staged, progress, host.hostname)
+        kube_phase = kube_first(req, req.kube, staged, progress, host.hostname)
         req = kube_phase.request
     try:
         return _collect_vantages(req, progress, table_slices=table_slices, staged=staged, out=out,
@@ -294,73 +206,6 @@ def _collect(req: CollectRequest, progress: Callable[[Progress], None] | None, *
     finally:
         if kube_phase is not None and kube_phase.slices_file is not None:
             kube_phase.slices_file.unlink(missing_ok=True)
-
-
-@dataclass
-class _KubePhase:
-    request: CollectRequest
-    vantage: Vantage
-    run: SliceRun
-    slices_file: Path | None = None
-
-
-def _kube_first(req: CollectRequest, kreq: KubeRequest, staged: StagedBundle,
-                progress: Callable[[Progress], None] | None, hostname: str) -> _KubePhase:
-    """Ask the API before the netns vantages start: its Services become targets (ClusterIP:port, endpoints, the
-    Service's DNS name), its EndpointSlices the NAT slice's reference, and a named pod on this node a vantage."""
-    started_wall, started = datetime.now(UTC), time.monotonic()
-    cap_hex, caps = effective_caps()  # the API is asked from this process: its own identity and privileges
-    vantage = Vantage(id=KUBE_VANTAGE, kind=VantageKind.KUBERNETES_API, entered=True,
-                      privileges=Privileges(uid=os.getuid(), euid=os.geteuid(), cap_effective=cap_hex,
-                                            capabilities=caps))
-    run = SliceRun(slice="kube", vantage=KUBE_VANTAGE, status=SliceStatus.FAILED, started=started_wall)
-    phase = _KubePhase(request=req, vantage=vantage, run=run)
-    try:
-        client, server, context = kube.api_client(kreq.kubeconfig, kreq.context)
-    except kube.KubeConfigError as exc:
-        vantage.error = run.reason = str(exc)
-        run.finished, run.duration_s = datetime.now(UTC), round(time.monotonic() - started, 3)
-        return phase
-    vantage.ref = server
-    result = kube.collect_kube(kreq, client, server, context)
-    doc = result.doc
-    for path, data, media, source in result.members:
-        staged.add_bytes(path, data, media, Provenance(vantage=KUBE_VANTAGE, slice="kube", source=source))
-    addresses, names = kube.service_targets(doc)
-    have = {(t.address, t.port) for t in req.targets}
-    targets = list(req.targets) + [Target(spec=endpoint_spec(a, p), address=a, port=p) for a, p in addresses
-                                   if (a, p) not in have]
-    options = req.options.model_copy(update={"dns_names": list(dict.fromkeys([*req.options.dns_names, *names]))})
-    raw = result.raw_endpoint_slices
-    if raw and options.endpointslices is None:
-        fd, name = tempfile.mkstemp(prefix="netbundle-endpointslices-", suffix=".json")
-        with os.fdopen(fd, "w") as fh:
-            json.dump({"apiVersion": "v1", "kind": "List", "items": raw}, fh)
-        phase.slices_file = Path(name)
-        options = options.model_copy(update={"endpointslices": name})
-    specs = list(req.vantages)
-    client = req.client
-    for ns, pod_name in kreq.pods:
-        pv, spec = pod_vantage(doc, ns, pod_name, hostname)
-        doc.pod_vantages.append(pv)
-        if spec is not None and all(s.ref != spec.ref for s in specs):
-            specs.append(spec)
-        client = client or (spec.id if spec is not None else None)  # the pod of --pod is the client
-    staged.add_bytes(f"vantages/{KUBE_VANTAGE}/kube.json", doc.model_dump_json(indent=1).encode(), MediaType.KUBE,
-                     Provenance(vantage=KUBE_VANTAGE, slice="kube", source=f"kubernetes API at {server}",
-                                duration_s=round(time.monotonic() - started, 6)))
-    failed = [c for c in doc.calls if c.outcome not in ("ok", "not_served")]  # not served: an API this cluster lacks
-    run.status = SliceStatus.PARTIAL if failed or doc.truncated else SliceStatus.COMPLETE
-    if failed:
-        what = sorted({f"{c.verb} {c.resource}: {c.outcome}" for c in failed})
-        run.reason = "; ".join(what[:6]) + (f" (+{len(what) - 6} more)" if len(what) > 6 else "")
-    run.finished, run.duration_s = datetime.now(UTC), round(time.monotonic() - started, 3)
-    if progress is not None:
-        progress(Progress(vantage=KUBE_VANTAGE, slice="kube", status=run.status, duration_s=run.duration_s,
-                          reason=run.reason))
-    phase.request = replace(req, targets=targets, options=options, vantages=vantage_mod.dedupe(specs),
-                            client=client)
-    return phase
 
 
 def _client(req: CollectRequest, vantages: list[Vantage]) -> str | None:
@@ -374,37 +219,15 @@ def _client(req: CollectRequest, vantages: list[Vantage]) -> str | None:
     return first[0].id if first else None
 
 
-def pod_vantage(doc: KubeSlice, ns: str, name: str, hostname: str) -> tuple[PodVantage, VantageSpec | None]:
-    """A named pod as a vantage: found by its UID in /proc/*/cgroup when it runs here."""
-    label = f"{ns}/{name}"
-    pod = next((p for p in doc.pods if p.namespace == ns and p.name == name), None)
-    if pod is None or not pod.uid:
-        return PodVantage(pod=label, outcome="not_found", detail="the API did not return this pod"), None
-    if pod.host_network:
-        return PodVantage(pod=label, outcome="host_network",
-                          detail="hostNetwork: the pod uses its node's netns; collect from the node (--host)"), None
-    found = podns.find_pod_process(pod.uid)
-    if found is None:
-        if pod.node and pod.node != hostname:
-            return PodVantage(pod=label, outcome="other_node",
-                              detail=f"the pod runs on node {pod.node}, this is {hostname}: the API view only"), None
-        return PodVantage(pod=label, outcome="no_process",
-                          detail=f"no process in a cgroup of pod UID {pod.uid} is visible here"), None
-    spec = VantageSpec(id=vantage_mod.safe_id(f"pod-{ns}-{name}"), kind=VantageKind.NETNS_PID, ref=str(found.pid),
-                       path=Path(f"/proc/{found.pid}/ns/net"))
-    return PodVantage(pod=label, outcome="added", pid=found.pid, vantage=spec.id,
-                      detail=f"pid {found.pid} in cgroup {found.cgroup}"), spec
-
-
 def _collect_vantages(req: CollectRequest, progress: Callable[[Progress], None] | None, *, table_slices: list[str],
                       staged: StagedBundle, out: Path, created: datetime, host: HostFacts, deadline: float,
-                      kube_phase: _KubePhase | None) -> CollectOutcome:
+                      kube_phase: KubePhase | None) -> CollectOutcome:
     run = _Run(req, staged, table_slices)
     if kube_phase is not None:
         run.vantages[KUBE_VANTAGE] = kube_phase.vantage
         run.runs[(KUBE_VANTAGE, "kube")] = kube_phase.run
     events: queue.Queue[tuple[str, dict[str, Any]]] = queue.Queue()
-    agents: dict[str, _Agent] = {}
+    agents: dict[str, Agent] = {}
     for spec in req.vantages:
         problem = spec.problem()
         if problem:
@@ -422,7 +245,7 @@ def _collect_vantages(req: CollectRequest, progress: Callable[[Progress], None] 
             "vantage": {"kind": spec.kind.value, "ref": spec.ref or None,
                         "disk_free": shutil.disk_usage(out.parent).free},
         }
-        agents[spec.id] = _Agent(spec, request, events)
+        agents[spec.id] = Agent(spec, request, events)
     for agent in agents.values():
         agent.start()
     live = set(agents)
@@ -523,8 +346,6 @@ _BULK: tuple[tuple[str, frozenset[str]], ...] = (
 )
 
 
-# What the caller adds once everything is collected (the CLI: findings.json): (path, bytes, media, source).
-Finalizer = Callable[[Bundle], list[tuple[str, bytes, str, str]]]
 
 
 def _finalize(finalize: Finalizer, manifest: Manifest, staged: StagedBundle) -> None:
@@ -568,7 +389,7 @@ def _add_pcap(staged: StagedBundle, path: Path, index: int) -> None:
                                 duration_s=round(time.monotonic() - started, 6)))
 
 
-def _dispatch(run: _Run, agents: dict[str, _Agent], live: set[str], vid: str, event: dict[str, Any],
+def _dispatch(run: _Run, agents: dict[str, Agent], live: set[str], vid: str, event: dict[str, Any],
               progress: Callable[[Progress], None] | None) -> None:
     kind = event.get("event")
     if kind == "vantage":

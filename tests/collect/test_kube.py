@@ -334,7 +334,7 @@ def test_rbac_denial_is_named_and_the_rest_is_collected(lab, tmp_path):
 
 
 def test_pods_that_cannot_be_vantages_say_why():
-    from bundle.collect.engine import pod_vantage
+    from bundle.collect.kubephase import pod_vantage
     from bundle.models.kube import KubeSlice, PodView
 
     doc = KubeSlice(server="http://127.0.0.1:1", calls=[], pods=[
