@@ -29,6 +29,7 @@ RESOURCES = {
     "daemonsets": ("/apis/apps/v1", "DaemonSet"),
     "networkpolicies": ("/apis/networking.k8s.io/v1", "NetworkPolicy"),
     "adminnetworkpolicies": ("/apis/policy.networking.k8s.io/v1alpha1", "AdminNetworkPolicy"),
+    "ciliumnetworkpolicies": ("/apis/cilium.io/v2", "CiliumNetworkPolicy"),
 }
 CLUSTER_SCOPED = {"nodes", "namespaces", "adminnetworkpolicies"}
 

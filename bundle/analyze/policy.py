@@ -20,6 +20,9 @@ from bundle.analyze._common import in_vantage
 from bundle.models import CountersSlice, Evidence, Finding, FindingTarget, Layer, RouteSlice, Severity, Vantage
 from bundle.models.kube import KubeSlice, PodView, target_port
 from bundle.models.policy import (
+    AdminPeer,
+    AdminPolicyView,
+    AdminRule,
     DirectionVerdict,
     FlowDecision,
     LabelSelector,
@@ -115,17 +118,92 @@ def _rule_matches(rule: PolicyRule, policy_ns: str, peer: Party, port: int, prot
     return not rule.ports or any(port_matches(p, port, protocol, destination) for p in rule.ports)
 
 
+def _admin_subject(pol: AdminPolicyView, pod: Party, namespaces: Mapping[str, Mapping[str, str]]) -> bool:
+    ns_labels = namespaces.get(pod.namespace or "")
+    if ns_labels is None:
+        return False
+    if pol.subject_namespaces is not None:
+        return selects(pol.subject_namespaces, ns_labels)
+    if pol.subject_pod_namespaces is not None and pol.subject_pods is not None:
+        return selects(pol.subject_pod_namespaces, ns_labels) and selects(pol.subject_pods, pod.labels)
+    return False
+
+
+def _admin_peer(peer: AdminPeer, party: Party, namespaces: Mapping[str, Mapping[str, str]]) -> bool:
+    if peer.networks:
+        return any(_in_block(ip, cidr, ()) for cidr in peer.networks for ip in party.ips)
+    if peer.unsupported is not None or not party.is_pod:
+        return False
+    ns_labels = namespaces.get(party.namespace or "")
+    if ns_labels is None:
+        return False
+    if peer.namespaces is not None:
+        return selects(peer.namespaces, ns_labels)
+    if peer.pod_namespaces is not None and peer.pod_selector is not None:
+        return selects(peer.pod_namespaces, ns_labels) and selects(peer.pod_selector, party.labels)
+    return False
+
+
+def _admin_port(p: PolicyPort, port: int, protocol: str, destination: Party) -> bool:
+    if p.protocol == "ANY":  # a named port: the destination pod's, whatever its protocol says
+        return any(name == p.port and proto.upper() == protocol.upper() and number == port
+                   for name, proto, number in destination.named_ports)
+    return port_matches(p, port, protocol, destination)
+
+
+def _admin_match(rule: AdminRule, peer: Party, port: int, protocol: str, destination: Party,
+                 namespaces: Mapping[str, Mapping[str, str]]) -> bool:
+    if not any(_admin_peer(p, peer, namespaces) for p in rule.peers):
+        return False  # `from`/`to` is required: an admin rule without peers matches nothing
+    return rule.ports is None or any(_admin_port(p, port, protocol, destination) for p in rule.ports)
+
+
+def _admin_tier(admin: Iterable[AdminPolicyView], kind: str, direction_: str, pod: Party, peer: Party, port: int,
+                protocol: str, destination: Party, namespaces: Mapping[str, Mapping[str, str]]) -> list[RuleRef]:
+    """The first matching rule of the tier's policies that select the pod (AdminNetworkPolicies by ascending
+    priority, rules in order): [] when none matches."""
+    pols = sorted((a for a in admin if a.kind == kind and _admin_subject(a, pod, namespaces)),
+                  key=lambda a: (a.priority if a.priority is not None else 1 << 30, a.name))
+    for pol in pols:
+        rules = pol.ingress if direction_ == "ingress" else pol.egress
+        for i, rule in enumerate(rules):
+            if _admin_match(rule, peer, port, protocol, destination, namespaces):
+                return [RuleRef(namespace="", name=f"{pol.name}/{rule.name}" if rule.name else pol.name,
+                                direction=direction_, rule=i, tier=kind, action=rule.action)]
+    return []
+
+
 def direction(policies: Iterable[NetworkPolicyView], direction_: str, pod: Party, peer: Party, port: int,
-              protocol: str, destination: Party, namespaces: Mapping[str, Mapping[str, str]]) -> DirectionVerdict:
-    """Ingress of `pod` from `peer`, or egress of `pod` to `peer` (direction_ "ingress" or "egress")."""
+              protocol: str, destination: Party, namespaces: Mapping[str, Mapping[str, str]],
+              admin: Iterable[AdminPolicyView] = ()) -> DirectionVerdict:
+    """Ingress of `pod` from `peer`, or egress of `pod` to `peer` (direction_ "ingress" or "egress"): the
+    AdminNetworkPolicies first (Allow and Deny are final, Pass hands on), then NetworkPolicy, then — for a pod
+    no NetworkPolicy isolates — the BaselineAdminNetworkPolicy."""
     if not pod.is_pod:
         why = "on the host network: policies do not select it" if pod.host_network else "not a pod"
-        return DirectionVerdict(isolated=False, allowed=True, note=why)
+        return DirectionVerdict(isolated=False, allowed=True, decided_by="none", note=why)
+    admin = list(admin)
+    first = _admin_tier(admin, "AdminNetworkPolicy", direction_, pod, peer, port, protocol, destination, namespaces)
+    if first and first[0].action in ("Allow", "Deny"):
+        allowed = first[0].action == "Allow"
+        return DirectionVerdict(isolated=True, allowed=allowed, decided_by="AdminNetworkPolicy", admin=first,
+                                selecting=first if not allowed else [], allowing=first if allowed else [],
+                                note=f"AdminNetworkPolicy {first[0].name}: {first[0].action}")
     kind = "Ingress" if direction_ == "ingress" else "Egress"
     selecting = [p for p in policies if p.namespace == pod.namespace and kind in p.policy_types
                  and selects(p.pod_selector, pod.labels)]
     if not selecting:
-        return DirectionVerdict(isolated=False, allowed=True, note=f"no {kind} policy selects it")
+        base = _admin_tier(admin, "BaselineAdminNetworkPolicy", direction_, pod, peer, port, protocol, destination,
+                           namespaces)
+        if base and base[0].action in ("Allow", "Deny"):
+            allowed = base[0].action == "Allow"
+            return DirectionVerdict(isolated=True, allowed=allowed, decided_by="BaselineAdminNetworkPolicy",
+                                    admin=first + base, selecting=base if not allowed else [],
+                                    allowing=base if allowed else [],
+                                    note=f"no NetworkPolicy selects it; BaselineAdminNetworkPolicy {base[0].name}: "
+                                         f"{base[0].action}")
+        return DirectionVerdict(isolated=False, allowed=True, decided_by="none", admin=first,
+                                note=f"no {kind} policy selects it")
     allowing = []
     for p in selecting:
         rules = p.ingress if direction_ == "ingress" else p.egress
@@ -133,16 +211,18 @@ def direction(policies: Iterable[NetworkPolicyView], direction_: str, pod: Party
                      for i, r in enumerate(rules)
                      if _rule_matches(r, p.namespace, peer, port, protocol, destination, namespaces)]
     refs = [RuleRef(namespace=p.namespace, name=p.name, direction=direction_) for p in selecting]
-    return DirectionVerdict(isolated=True, allowed=bool(allowing), selecting=refs, allowing=allowing,
+    return DirectionVerdict(isolated=True, allowed=bool(allowing), selecting=refs, allowing=allowing, admin=first,
                             note="" if allowing else "isolated, and no policy allows it")
 
 
 def decide(policies: list[NetworkPolicyView], namespaces: list[NamespaceView], source: Party, destination: Party,
-           port: int, protocol: str = "TCP", purpose: str = "", address: str | None = None) -> FlowDecision:
+           port: int, protocol: str = "TCP", purpose: str = "", address: str | None = None,
+           admin: Iterable[AdminPolicyView] = ()) -> FlowDecision:
     """The policies' verdict on source -> destination:port/protocol."""
     labels = {n.name: n.labels for n in namespaces}
-    egress = direction(policies, "egress", source, destination, port, protocol, destination, labels)
-    ingress = direction(policies, "ingress", destination, source, port, protocol, destination, labels)
+    admin = list(admin)
+    egress = direction(policies, "egress", source, destination, port, protocol, destination, labels, admin)
+    ingress = direction(policies, "ingress", destination, source, port, protocol, destination, labels, admin)
     return FlowDecision(purpose=purpose, source=source.name, destination=destination.name, address=address,
                         port=port, protocol=protocol.upper(), egress=egress, ingress=ingress,
                         allowed=egress.allowed and ingress.allowed)
@@ -202,7 +282,7 @@ def decisions(kube: KubeSlice, client: PodView) -> list[tuple[Frontend, FlowDeci
                 pod = by_ip.get(address)
                 if pod is not None:
                     out.append((front, decide(kube.policies, kube.namespaces, src, party(pod), tp, port.protocol,
-                                              purpose=front.purpose, address=address)))
+                                              purpose=front.purpose, address=address, admin=kube.admin_policies)))
     dns = kube.cluster_dns
     if dns is not None:
         front = Frontend(purpose=DNS_PURPOSE, port=53, name=None,
@@ -210,13 +290,23 @@ def decisions(kube: KubeSlice, client: PodView) -> list[tuple[Frontend, FlowDeci
         for pod in dns.pods:
             for proto in ("UDP", "TCP"):
                 out.append((front, decide(kube.policies, kube.namespaces, src, party(pod), 53, proto,
-                                          purpose=DNS_PURPOSE, address=next(iter(pod.pod_ips), None))))
+                                          purpose=DNS_PURPOSE, address=next(iter(pod.pod_ips), None),
+                                          admin=kube.admin_policies)))
     return out
 
 
+def ref_name(r: RuleRef) -> str:
+    """ns/name for a NetworkPolicy; the tier and policy/rule for the admin tiers."""
+    return f"{r.namespace}/{r.name}" if r.tier == "NetworkPolicy" else f"{r.tier} {r.name}"
+
+
 def _policies_pointer(kube: KubeSlice, refs: list[RuleRef]) -> list[Evidence]:
-    found = {i for ref in refs for i, p in enumerate(kube.policies) if (p.namespace, p.name) == (ref.namespace, ref.name)}
-    return [Evidence(member=KUBE_DOC, pointer=f"policies[{i}]") for i in sorted(found)]
+    found = {i for ref in refs for i, p in enumerate(kube.policies) if ref.tier == "NetworkPolicy"
+             and (p.namespace, p.name) == (ref.namespace, ref.name)}
+    admin = {i for ref in refs for i, a in enumerate(kube.admin_policies) if ref.tier == a.kind
+             and a.name == ref.name.split("/")[0]}
+    return [Evidence(member=KUBE_DOC, pointer=f"policies[{i}]") for i in sorted(found)] + \
+        [Evidence(member=KUBE_DOC, pointer=f"admin_policies[{i}]") for i in sorted(admin)]
 
 
 def policy_findings(kube: KubeSlice, client: PodView) -> list[Finding]:
@@ -228,30 +318,32 @@ def policy_findings(kube: KubeSlice, client: PodView) -> list[Finding]:
             if not verdict.allowed:
                 found.setdefault((side, front.purpose, front.port), []).append((front, d))
     out: list[Finding] = []
-    others = {k: n for k, n in kube.other_policies.items() if n}
+    others = {k: n for k, n in kube.other_policies.items() if n and "policy.networking.k8s.io" not in k}
     caveat = (" Also in force and not evaluated here: " + ", ".join(f"{k} ({n})" for k, n in sorted(others.items()))
-              + " — an admin tier or the CNI's own policies may decide this flow first.") if others else ""
+              + " — the CNI's own policies may decide this flow too.") if others else ""
     if others:
         i = next((i for i, c in enumerate(kube.calls) if c.member and c.resource in {k.split(" ")[0] for k in others}), None)
         out.append(Finding(
             id="policy.not_evaluated", severity=Severity.INFO, layer=Layer.TRANSPORT, vantage=KUBE_VANTAGE,
-            target=None, summary="Policy objects beside NetworkPolicy exist and are kept raw, not evaluated: "
+            target=None, summary="Policy objects of the CNI beside NetworkPolicy exist and are kept raw, not evaluated: "
                                  + ", ".join(f"{k} ({n})" for k, n in sorted(others.items()))
-                                 + ". AdminNetworkPolicy decides before NetworkPolicy (and Baseline after it); Calico "
-                                   "and Cilium policies are enforced beside it: read them before trusting a verdict.",
+                                 + ". Calico and Cilium enforce them beside NetworkPolicy (and the admin tiers, which "
+                                   "are evaluated): read them before trusting a verdict.",
             evidence=[Evidence(member=KUBE_DOC, pointer="other_policies")]
             + ([Evidence(member=kube.calls[i].member or KUBE_DOC, pointer="items")] if i is not None else []),
-            next_command="kubectl get adminnetworkpolicies,baselineadminnetworkpolicies -o yaml"))
+            next_command="kubectl get " + ",".join(sorted({k.split(" ")[0] for k in others})) + " -A -o yaml"))
     for (side, purpose, port), items in found.items():
         front = items[0][0]
         denied = sorted({f"{d.destination} ({d.address}) {d.protocol} {d.port}" for _, d in items})
         refs = [r for _, d in items for r in (d.egress if side == "egress" else d.ingress).selecting]
-        names = sorted({f"{r.namespace}/{r.name}" for r in refs})
+        names = sorted({ref_name(r) for r in refs})
         pod = items[0][1].source if side == "egress" else items[0][1].destination
         whose = (f"the client {pod}'s egress" if side == "egress" else f"the ingress of {pod}"
                  + (f" and {len({d.destination for _, d in items}) - 1} more" if len({d.destination for _, d in items}) > 1 else ""))
-        summary = (f"NetworkPolicy denies {client.namespace}/{client.name} -> {purpose}: {whose} is isolated by "
-                   f"{', '.join(names)}, and no rule of theirs allows {', '.join(denied[:4])}"
+        tier = (items[0][1].egress if side == "egress" else items[0][1].ingress).decided_by
+        how = (f"{whose} is isolated by {', '.join(names)}, and no rule of theirs allows" if tier == "NetworkPolicy"
+               else f"for {whose}, {', '.join(names)} denies")
+        summary = (f"{tier} denies {client.namespace}/{client.name} -> {purpose}: {how} {', '.join(denied[:4])}"
                    + (f" (+{len(denied) - 4} more)" if len(denied) > 4 else "")
                    + ". Where the CNI enforces NetworkPolicy, these packets are dropped." + caveat)
         ns = (client.namespace if side == "egress" else items[0][1].destination.split("/")[0])
@@ -260,7 +352,10 @@ def policy_findings(kube: KubeSlice, client: PodView) -> list[Finding]:
             layer=Layer.DNS if purpose == DNS_PURPOSE else Layer.TRANSPORT, vantage=KUBE_VANTAGE,
             target=FindingTarget(address=front.address, port=port, name=front.name), count=len(denied),
             summary=summary, evidence=_policies_pointer(kube, refs) or [Evidence(member=KUBE_DOC, pointer="policies")],
-            next_command=f"kubectl get networkpolicy -n {ns} {' '.join(n.split('/')[1] for n in names if n.startswith(ns + '/'))} -o yaml"))
+            next_command=(f"kubectl get networkpolicy -n {ns} "
+                          f"{' '.join(n.split('/')[1] for n in names if n.startswith(ns + '/'))} -o yaml"
+                          if tier == "NetworkPolicy" else
+                          f"kubectl get {tier.lower()} {' '.join(sorted({r.name.split('/')[0] for r in refs}))} -o yaml")))
     return out
 
 
@@ -287,7 +382,7 @@ def allowed_but_lost(kube: KubeSlice, client: PodView, client_vantage: str, find
             id="policy.allowed_but_lost", severity=Severity.INFO, layer=Layer.TRANSPORT, vantage=KUBE_VANTAGE,
             target=FindingTarget(address=front.address, port=front.port, name=front.name),
             summary=f"The NetworkPolicies allow {d.source} -> {front.purpose} ({d.destination} {d.protocol} {d.port}: "
-                    + ", ".join(f"{r.namespace}/{r.name} {r.direction} rule {r.rule}" for r in rules)
+                    + ", ".join(f"{ref_name(r)} {r.direction} rule {r.rule}" for r in rules)
                     + f"), yet the client's SYNs go unanswered: not the policy objects — look at what the dataplane "
                       f"programmed for them (the CNI's rules on the nodes), or elsewhere on the path.",
             evidence=_policies_pointer(kube, rules) + hit.evidence[:1],

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bundle.collect.kubeproxy import endpoint_slices
-from bundle.collect.netpol import policy_view
+from bundle.collect.netpol import admin_policy_view, policy_view
 from bundle.models import MediaType
 from bundle.models.kube import (
     ApiCall,
@@ -318,7 +318,11 @@ def _other_policies(api: _Api, doc: KubeSlice, fn: Callable[..., Any], group: st
     items = api.request("list", resource, fn, *args, namespace=ns, member=member, limit=PAGE, absent_ok=True)
     if isinstance(items, dict):
         key = resource if ns is None else f"{resource} -n {ns}"
-        doc.other_policies[key] = len(items.get("items") or [])
+        objects = [i for i in items.get("items") or [] if isinstance(i, dict)]
+        doc.other_policies[key] = len(objects)
+        if group == "policy.networking.k8s.io":  # the admin tiers are evaluated with NetworkPolicy
+            kind = "AdminNetworkPolicy" if plural == "adminnetworkpolicies" else "BaselineAdminNetworkPolicy"
+            doc.admin_policies += [v for o in objects if (v := admin_policy_view(o, kind)) is not None]
 
 
 def collect_kube(req: KubeRequest, client: Any, server: str, context: str | None) -> KubeResult:

@@ -10,6 +10,9 @@ from __future__ import annotations
 from typing import Any
 
 from bundle.models.policy import (
+    AdminPeer,
+    AdminPolicyView,
+    AdminRule,
     IpBlock,
     LabelSelector,
     NetworkPolicyView,
@@ -82,3 +85,72 @@ def policy_view(obj: dict[str, Any], member: str | None = None) -> NetworkPolicy
                              pod_selector=selector(spec.get("podSelector")) or LabelSelector(),
                              policy_types=types, ingress=_rules(spec.get("ingress"), "from"),
                              egress=_rules(spec.get("egress"), "to"), member=member)
+
+
+def _admin_selector(obj: Any) -> LabelSelector | None:
+    """A LabelSelector; an early v1alpha1 object wrapped it as {namespaceSelector: {...}}: unwrapped."""
+    if isinstance(obj, dict) and set(obj) == {"namespaceSelector"}:
+        obj = obj["namespaceSelector"]
+    return selector(obj)
+
+
+def _admin_peer(obj: Any) -> AdminPeer:
+    if not isinstance(obj, dict):
+        return AdminPeer(unsupported="malformed")
+    if isinstance(obj.get("pods"), dict):
+        pods = obj["pods"]
+        return AdminPeer(pod_namespaces=selector(pods.get("namespaceSelector")) or LabelSelector(),
+                         pod_selector=selector(pods.get("podSelector")) or LabelSelector())
+    if "namespaces" in obj:
+        return AdminPeer(namespaces=_admin_selector(obj["namespaces"]) or LabelSelector())
+    if isinstance(obj.get("networks"), list):
+        return AdminPeer(networks=[str(c) for c in obj["networks"]])
+    kind = next((k for k in ("nodes", "domainNames") if k in obj), "unknown")
+    return AdminPeer(unsupported=kind)
+
+
+def _admin_port(obj: Any) -> PolicyPort:
+    if not isinstance(obj, dict):
+        return PolicyPort(protocol="none")
+    if isinstance(obj.get("portNumber"), dict):
+        pn = obj["portNumber"]
+        return PolicyPort(protocol=str(pn.get("protocol") or "TCP").upper(), port=pn.get("port"))
+    if isinstance(obj.get("namedPort"), str):
+        return PolicyPort(protocol="ANY", port=obj["namedPort"])
+    if isinstance(obj.get("portRange"), dict):
+        pr = obj["portRange"]
+        return PolicyPort(protocol=str(pr.get("protocol") or "TCP").upper(), port=pr.get("start"),
+                          end_port=pr.get("end"))
+    return PolicyPort(protocol="none")
+
+
+def _admin_rules(items: Any, peers_key: str) -> list[AdminRule]:
+    out = []
+    for r in items if isinstance(items, list) else []:
+        r = r if isinstance(r, dict) else {}
+        ports = r.get("ports")
+        out.append(AdminRule(name=str(r.get("name") or ""), action=str(r.get("action") or ""),
+                             peers=[_admin_peer(p) for p in r.get(peers_key) or []],
+                             ports=None if ports is None else [_admin_port(p) for p in ports]))
+    return out
+
+
+def admin_policy_view(obj: dict[str, Any], kind: str | None = None) -> AdminPolicyView | None:
+    """An AdminNetworkPolicy or BaselineAdminNetworkPolicy (policy.networking.k8s.io/v1alpha1); `kind` when the
+    list it came in says it (a list's items may not)."""
+    meta, spec = obj.get("metadata") or {}, obj.get("spec")
+    kind = kind or str(obj.get("kind") or "")
+    if not isinstance(spec, dict) or not isinstance(meta, dict) or not meta.get("name") or \
+            kind not in ("AdminNetworkPolicy", "BaselineAdminNetworkPolicy"):
+        return None
+    raw_subject = spec.get("subject")
+    subject: dict[str, Any] = raw_subject if isinstance(raw_subject, dict) else {}
+    raw_pods = subject.get("pods")
+    pods: dict[str, Any] | None = raw_pods if isinstance(raw_pods, dict) else None
+    priority = spec.get("priority")
+    return AdminPolicyView(
+        kind=kind, name=str(meta["name"]), priority=priority if isinstance(priority, int) else None,
+        subject_namespaces=_admin_selector(subject.get("namespaces")) if "namespaces" in subject else None,
+        subject_pod_namespaces=(selector(pods.get("namespaceSelector")) or LabelSelector()) if pods else None,
+        subject_pods=(selector(pods.get("podSelector")) or LabelSelector()) if pods else None,
+        ingress=_admin_rules(spec.get("ingress"), "from"), egress=_admin_rules(spec.get("egress"), "to"))

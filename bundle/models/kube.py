@@ -7,7 +7,7 @@ from pydantic import Field
 
 from bundle.models._base import Model
 from bundle.models.nat import EndpointSliceView
-from bundle.models.policy import NamespaceView, NetworkPolicyView
+from bundle.models.policy import AdminPolicyView, NamespaceView, NetworkPolicyView
 
 
 class ApiCall(Model):
@@ -130,7 +130,9 @@ class KubeSlice(Model):
     namespaces: list[NamespaceView] = Field(default_factory=list, description="the namespaces involved, with the "
                                             "labels namespaceSelectors match")
     other_policies: dict[str, int] = Field(default_factory=dict, description="policy APIs beside NetworkPolicy this "
-                                           "cluster serves (AdminNetworkPolicy, Calico, Cilium): resource -> objects; "
-                                           "kept raw, not evaluated")
+                                           "cluster serves (AdminNetworkPolicy, Calico, Cilium): resource -> objects, "
+                                           "kept raw")
+    admin_policies: list[AdminPolicyView] = Field(default_factory=list, description="AdminNetworkPolicies and the "
+                                                  "BaselineAdminNetworkPolicy, read to be evaluated")
     pod_vantages: list[PodVantage] = Field(default_factory=list)
     truncated: bool = Field(default=False, description="the overall budget cut the calls short")

@@ -55,6 +55,38 @@ class NetworkPolicyView(Model):
     member: str | None = Field(default=None, description="the bundle member holding the API's object")
 
 
+class AdminPeer(Model):
+    """A peer of an AdminNetworkPolicy rule: namespaces (every pod of them), pods (namespace and pod selector),
+    networks (CIDRs). `unsupported` names a peer kind that cannot be judged here (nodes, domainNames)."""
+
+    namespaces: LabelSelector | None = None
+    pod_namespaces: LabelSelector | None = None
+    pod_selector: LabelSelector | None = None
+    networks: list[str] = Field(default_factory=list)
+    unsupported: str | None = None
+
+
+class AdminRule(Model):
+    name: str = ""
+    action: str = Field(description="Allow, Deny or Pass (Pass only in an AdminNetworkPolicy)")
+    peers: list[AdminPeer] = Field(default_factory=list)
+    ports: list[PolicyPort] | None = Field(default=None, description="None: every port")
+
+
+class AdminPolicyView(Model):
+    """An AdminNetworkPolicy (decided before NetworkPolicy, by ascending priority) or the
+    BaselineAdminNetworkPolicy (decided for pods no NetworkPolicy isolates)."""
+
+    kind: str = Field(description="AdminNetworkPolicy or BaselineAdminNetworkPolicy")
+    name: str
+    priority: int | None = None
+    subject_namespaces: LabelSelector | None = None
+    subject_pod_namespaces: LabelSelector | None = None
+    subject_pods: LabelSelector | None = None
+    ingress: list[AdminRule] = Field(default_factory=list)
+    egress: list[AdminRule] = Field(default_factory=list)
+
+
 class NamespaceView(Model):
     name: str
     labels: dict[str, str] = Field(default_factory=dict)
@@ -63,9 +95,12 @@ class NamespaceView(Model):
 class RuleRef(Model):
     """One rule of one policy: `rule` is its index in the policy's ingress or egress list."""
 
-    namespace: str
+    namespace: str = Field(description="empty for the cluster-scoped admin tiers")
     name: str
     direction: str = Field(description="ingress or egress")
+    tier: str = Field(default="NetworkPolicy", description="AdminNetworkPolicy, NetworkPolicy or "
+                                                           "BaselineAdminNetworkPolicy")
+    action: str = Field(default="", description="an admin rule's action: Allow, Deny or Pass")
     rule: int | None = Field(default=None, description="None when the policy selects the pod but has no rule that "
                                                          "matches (it only isolates)")
 
@@ -73,6 +108,11 @@ class RuleRef(Model):
 class DirectionVerdict(Model):
     isolated: bool = Field(description="some policy of this direction selects the pod")
     allowed: bool
+    decided_by: str = Field(default="NetworkPolicy", description="the tier that decided: AdminNetworkPolicy, "
+                                                                   "NetworkPolicy, BaselineAdminNetworkPolicy, or "
+                                                                   "none (nothing selects the pod: allowed)")
+    admin: list[RuleRef] = Field(default_factory=list, description="the admin-tier rules that matched, in order "
+                                                                   "(a Pass hands on to NetworkPolicy)")
     selecting: list[RuleRef] = Field(default_factory=list, description="the policies that select the pod")
     allowing: list[RuleRef] = Field(default_factory=list, description="the rules that allow the flow")
     note: str = ""

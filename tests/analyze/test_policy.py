@@ -200,3 +200,78 @@ def test_the_decision_names_the_rules():
     assert {r.name for r in d.ingress.selecting} == {"default-deny", "allow-web"}
     d = decide(pols, NS, _pod("tools", "cli", "10.244.2.7"), SERVER, 8443)
     assert not d.allowed and not d.ingress.allowing and d.egress.allowed and not d.egress.isolated
+
+
+# --- the admin tiers ---------------------------------------------------------------------------------------
+
+def _admin(obj: dict):
+    from bundle.collect.netpol import admin_policy_view
+
+    view = admin_policy_view(obj)
+    assert view is not None
+    return view
+
+
+def test_policy_assistant_walkthrough():
+    """SIG Network's policy-assistant walkthrough: an ANP Allow on port 80, an ANP Pass for development
+    namespaces, a BANP Deny for everything, a NetworkPolicy isolating pod a. Our verdicts and the tier that
+    decides each equal the README's table: [ANP] Allow; [ANP] No-Op -> [BANP] Deny; [ANP] Pass -> [NPv1] Dropped."""
+    doc = yaml.safe_load((DATA / "policy_assistant_walkthrough.yaml").read_text())
+    nps = [policy_view(p) for p in doc["policies"] if p["kind"] == "NetworkPolicy"]
+    admin = [_admin(p) for p in doc["policies"] if p["kind"] != "NetworkPolicy"]
+    assert [(a.kind, a.name, a.priority) for a in admin] == [("AdminNetworkPolicy", "anp1", 1),
+                                                              ("AdminNetworkPolicy", "anp2", 2),
+                                                              ("BaselineAdminNetworkPolicy", "default", None)]
+    tier = {"[ANP] Allow (allow-80)": ("AdminNetworkPolicy", "Allow"),
+            "[ANP] No-Op -> [BANP] Deny (baseline-deny)": ("BaselineAdminNetworkPolicy", "Deny"),
+            "[ANP] Pass (development-ns) -> [NPv1] Dropped (demo/deny-anything-to-pod-a)": ("NetworkPolicy", None)}
+    for t in doc["traffic"]:
+        src, dst = t["source"], t["destination"]
+        namespaces = [NamespaceView(name=n, labels={"kubernetes.io/metadata.name": n, **extra}) for n, extra in
+                      (("demo", {}), ("demo2", src.get("namespace_labels", {})))]
+        a = Party(name="src", ips=("10.244.5.2",), namespace=src["namespace"], labels=src["labels"])
+        b = Party(name="dst", ips=("10.244.5.3",), namespace=dst["namespace"], labels=dst["labels"])
+        d = decide(nps, namespaces, a, b, t["port"], t["protocol"], admin=admin)
+        assert d.allowed == (t["verdict"] == "Allowed"), t
+        decided, action = tier[t["ingress"]]
+        assert d.ingress.decided_by == decided, t
+        if action:
+            assert [r.action for r in d.ingress.admin][-1] == action
+        if "Pass" in t["ingress"]:
+            assert [(r.name, r.action) for r in d.ingress.admin] == [("anp2/development-ns", "Pass")]
+            assert [r.name for r in d.ingress.selecting] == ["deny-anything-to-pod-a"]
+        assert not d.egress.isolated and t["egress"] == "no policies targeting egress"
+
+
+def test_admin_priority_pass_and_baseline_only_for_unisolated_pods():
+    """Lower priority numbers decide first; a Pass stops the admin tier (a later ANP's Deny does not apply);
+    the baseline decides only for a pod no NetworkPolicy isolates; networks match addresses."""
+    deny_all = _admin({"kind": "AdminNetworkPolicy", "metadata": {"name": "deny-all"},
+                       "spec": {"priority": 50, "subject": {"namespaces": {}},
+                                "ingress": [{"name": "deny", "action": "Deny", "from": [{"namespaces": {}}]}]}})
+    allow_web = _admin({"kind": "AdminNetworkPolicy", "metadata": {"name": "allow-web"},
+                        "spec": {"priority": 10, "subject": {"pods": {"namespaceSelector": {},
+                                                                      "podSelector": {"matchLabels": {"app": "payments"}}}},
+                                 "ingress": [{"name": "web", "action": "Allow",
+                                              "from": [{"namespaces": {"matchLabels": {"team": "front"}}}],
+                                              "ports": [{"portRange": {"start": 8000, "end": 8999}}]},
+                                             {"name": "tools", "action": "Pass",
+                                              "from": [{"namespaces": {"matchLabels": {"team": "pay"}}}]}]}})
+    baseline = _admin({"kind": "BaselineAdminNetworkPolicy", "metadata": {"name": "default"},
+                       "spec": {"subject": {"namespaces": {}},
+                                "egress": [{"name": "no-metadata", "action": "Deny",
+                                            "to": [{"networks": ["169.254.169.254/32"]}]}]}})
+    web, tools = _pod("web", "api", "10.244.3.7"), _pod("tools", "cli", "10.244.2.7")
+    admin = [deny_all, allow_web, baseline]
+    assert decide([], NS, web, SERVER, 8443, admin=admin).allowed  # priority 10 Allow before 50's Deny
+    assert not decide([], NS, web, SERVER, 9090, admin=admin).allowed  # port outside the range: 50 denies
+    d = decide([], NS, tools, SERVER, 8443, admin=admin)  # Pass at 10: 50's Deny is skipped, no NP: allowed
+    assert d.allowed and [r.action for r in d.ingress.admin] == ["Pass"] and d.ingress.decided_by == "none"
+    metadata = Party(name="169.254.169.254", ips=("169.254.169.254",))
+    d = decide([], NS, web, metadata, 80, admin=admin)
+    assert not d.allowed and d.egress.decided_by == "BaselineAdminNetworkPolicy"
+    # the same egress from a pod a NetworkPolicy isolates for egress: NetworkPolicy decides, the baseline does not
+    allow_out = policy_view({"metadata": {"namespace": "web", "name": "out"},
+                             "spec": {"podSelector": {}, "policyTypes": ["Egress"], "egress": [{}]}})
+    d = decide([allow_out], NS, web, metadata, 80, admin=admin)
+    assert d.allowed and d.egress.decided_by == "NetworkPolicy"

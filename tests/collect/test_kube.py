@@ -91,11 +91,13 @@ def test_every_object_is_recorded(fake_api, tmp_path):
     assert all(c.outcome == "ok" or (c.outcome == "not_served" and c.status == 404) for c in doc.calls), \
         [c for c in doc.calls if c.outcome != "ok"]
     # (this server serves AdminNetworkPolicy, with none in it)
-    assert doc.other_policies == {"adminnetworkpolicies.policy.networking.k8s.io": 0}
+    assert doc.other_policies == {"adminnetworkpolicies.policy.networking.k8s.io": 0,
+                                  "ciliumnetworkpolicies.cilium.io -n default": 0,
+                                  "ciliumnetworkpolicies.cilium.io -n kube-system": 0}
     assert {c.resource for c in doc.calls if c.outcome == "not_served"} == {
         "baselineadminnetworkpolicies.policy.networking.k8s.io",
         "globalnetworkpolicies.projectcalico.org", "networkpolicies.projectcalico.org",
-        "ciliumclusterwidenetworkpolicies.cilium.io", "ciliumnetworkpolicies.cilium.io"}
+        "ciliumclusterwidenetworkpolicies.cilium.io"}
     [svc] = [s for s in doc.services if s.name == "payments"]
     assert (svc.cluster_ips, [(p.name, p.port, p.target_port, p.protocol) for p in svc.ports], svc.selector) == \
         (["10.96.0.20"], [("https", 443, "8080", "TCP")], {"app": "payments"})
@@ -360,7 +362,8 @@ def test_admin_network_policies_are_kept_raw_and_counted(tmp_path):
     with kubeapi.serve(api):
         result = _collect(api, tmp_path)
     doc = result.doc
-    assert doc.other_policies == {"adminnetworkpolicies.policy.networking.k8s.io": 1}
+    assert doc.other_policies["adminnetworkpolicies.policy.networking.k8s.io"] == 1
+    assert [(a.kind, a.name, a.priority) for a in doc.admin_policies] == [("AdminNetworkPolicy", "cluster-wide-deny", 10)]
     [call] = [c for c in doc.calls if c.resource == "adminnetworkpolicies.policy.networking.k8s.io"]
     members = {path: data for path, data, _m, _s in result.members}
     assert call.outcome == "ok" and json.loads(members[call.member])["items"][0]["spec"]["priority"] == 10

@@ -146,21 +146,36 @@ def test_allowed_by_policy_yet_dropped_points_at_the_dataplane(lab, tmp_path):
     assert {e.rule for e in report.explanations if e.cause == lad.cause} == {"cni_policy_drops"}
 
 
-def test_policies_beside_networkpolicy_are_named_not_evaluated(lab, tmp_path):
-    """An AdminNetworkPolicy served beside the NetworkPolicies: kept raw, counted, policy.not_evaluated says so,
-    and the denial carries the caveat that an admin tier decides first."""
+def test_admin_tier_decides_first_and_cni_policies_are_named(lab, tmp_path):
+    """An AdminNetworkPolicy that Allows the client at priority 5 decides before the NetworkPolicies that deny it:
+    no policy denial is reported, the decision names the admin rule; the node's Calico-shaped chain still drops
+    the SYNs, so the owner is that dataplane evidence. A CiliumNetworkPolicy served beside them is kept raw and
+    named by policy.not_evaluated."""
     info = lab("policy-ingress")
     api = kubeapi.load(Path(info.files["cluster"]))
     api.add("adminnetworkpolicies", {
         "apiVersion": "policy.networking.k8s.io/v1alpha1", "kind": "AdminNetworkPolicy",
-        "metadata": {"name": "pass-monitoring", "uid": "00000000-0000-4000-8000-000000000777"},
-        "spec": {"priority": 20, "subject": {"namespaces": {}},
-                 "ingress": [{"name": "pass", "action": "Pass", "from": [{"namespaces": {}}]}]}})
+        "metadata": {"name": "allow-clients", "uid": "00000000-0000-4000-8000-000000000777"},
+        "spec": {"priority": 5, "subject": {"pods": {"namespaceSelector": {},
+                                                     "podSelector": {"matchLabels": {"app": "payments"}}}},
+                 "ingress": [{"name": "from-clients", "action": "Allow",
+                              "from": [{"pods": {"namespaceSelector": {}, "podSelector": {"matchLabels": {"app": "client"}}}}]}]}})
+    api.add("ciliumnetworkpolicies", {"apiVersion": "cilium.io/v2", "kind": "CiliumNetworkPolicy",
+                                      "metadata": {"name": "l7-payments", "namespace": "default"},
+                                      "spec": {"endpointSelector": {"matchLabels": {"app": "payments"}}}})
     b, report = _collect(tmp_path, info, api=api)
-    assert b.kube().other_policies == {"adminnetworkpolicies.policy.networking.k8s.io": 1}
+    k = b.kube()
+    assert k.other_policies["adminnetworkpolicies.policy.networking.k8s.io"] == 1
+    assert k.other_policies["ciliumnetworkpolicies.cilium.io -n default"] == 1
+    assert [a.name for a in k.admin_policies] == ["allow-clients"]
+    assert not [f for f in report.findings if f.id.startswith("policy.denied")]
+    pay = next(d for d in report.policy if d.purpose == "default/payments:https")
+    assert pay.allowed and pay.ingress.decided_by == "AdminNetworkPolicy"
+    assert [(r.name, r.action) for r in pay.ingress.allowing] == [("allow-clients/from-clients", "Allow")]
     [note] = [f for f in report.findings if f.id == "policy.not_evaluated"]
-    assert "adminnetworkpolicies.policy.networking.k8s.io (1)" in note.summary
-    [denied] = [f for f in report.findings if f.id == "policy.denied_ingress"]
-    assert "an admin tier or the CNI's own policies may decide this flow first" in denied.summary
+    assert "ciliumnetworkpolicies.cilium.io -n default (1)" in note.summary and "adminnetwork" not in note.summary
+    [lad] = [lad for lad in report.ladders if lad.target == "10.96.0.20:443"]
+    assert report.findings[lad.cause].id == "policy.dataplane_drops"
     runs = {(r.vantage, r.slice): r for r in b.manifest.slices}
+    assert runs[("kubernetes-api", "kube")].status.value in ("complete", "partial")
     assert "not_served" not in (runs[("kubernetes-api", "kube")].reason or "")
