@@ -118,15 +118,22 @@ def _rule_matches(rule: PolicyRule, policy_ns: str, peer: Party, port: int, prot
     return not rule.ports or any(port_matches(p, port, protocol, destination) for p in rule.ports)
 
 
-def _admin_subject(pol: AdminPolicyView, pod: Party, namespaces: Mapping[str, Mapping[str, str]]) -> bool:
-    ns_labels = namespaces.get(pod.namespace or "")
+def _ns_or_pods(namespaces_sel: LabelSelector | None, pod_ns_sel: LabelSelector | None, pod_sel: LabelSelector | None,
+                party: Party, namespaces: Mapping[str, Mapping[str, str]]) -> bool:
+    """The admin tiers' two ways to select pods (subjects and peers alike): every pod of the namespaces one
+    selector matches, or the pods matching a pod selector in the namespaces matching a namespace selector."""
+    ns_labels = namespaces.get(party.namespace or "")
     if ns_labels is None:
         return False
-    if pol.subject_namespaces is not None:
-        return selects(pol.subject_namespaces, ns_labels)
-    if pol.subject_pod_namespaces is not None and pol.subject_pods is not None:
-        return selects(pol.subject_pod_namespaces, ns_labels) and selects(pol.subject_pods, pod.labels)
+    if namespaces_sel is not None:
+        return selects(namespaces_sel, ns_labels)
+    if pod_ns_sel is not None and pod_sel is not None:
+        return selects(pod_ns_sel, ns_labels) and selects(pod_sel, party.labels)
     return False
+
+
+def _admin_subject(pol: AdminPolicyView, pod: Party, namespaces: Mapping[str, Mapping[str, str]]) -> bool:
+    return _ns_or_pods(pol.subject_namespaces, pol.subject_pod_namespaces, pol.subject_pods, pod, namespaces)
 
 
 def _admin_peer(peer: AdminPeer, party: Party, namespaces: Mapping[str, Mapping[str, str]]) -> bool:
@@ -134,14 +141,7 @@ def _admin_peer(peer: AdminPeer, party: Party, namespaces: Mapping[str, Mapping[
         return any(_in_block(ip, cidr, ()) for cidr in peer.networks for ip in party.ips)
     if peer.unsupported is not None or not party.is_pod:
         return False
-    ns_labels = namespaces.get(party.namespace or "")
-    if ns_labels is None:
-        return False
-    if peer.namespaces is not None:
-        return selects(peer.namespaces, ns_labels)
-    if peer.pod_namespaces is not None and peer.pod_selector is not None:
-        return selects(peer.pod_namespaces, ns_labels) and selects(peer.pod_selector, party.labels)
-    return False
+    return _ns_or_pods(peer.namespaces, peer.pod_namespaces, peer.pod_selector, party, namespaces)
 
 
 def _admin_port(p: PolicyPort, port: int, protocol: str, destination: Party) -> bool:
