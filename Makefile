@@ -5,9 +5,10 @@ PY     := $(VENV)/bin/python
 # Debian packages the tests and the lab use (tshark, tcpdump, conntrack, dnsmasq: later slices and
 # differential checks; chromium: the "no external request" browser test; nfacct: the accounting objects
 # kube-proxy's recent rule sets name, created in lab namespaces so the corpus rules load; traceroute and
-# tracepath: the reference for path discovery; openssh-client: ssh-keygen signs bundles and checks our verify).
+# tracepath: the reference for path discovery; openssh-client: ssh-keygen signs bundles and checks our verify,
+# and ssh carries `fleet collect`; openssh-server: the fleet tests' nodes run a real sshd in lab namespaces).
 APT_PACKAGES := iproute2 iptables nftables conntrack tcpdump tshark dnsmasq libpcap0.8 iputils-ping \
-                util-linux zstd tar chromium nfacct traceroute iputils-tracepath openssh-client
+                util-linux zstd tar chromium nfacct traceroute iputils-tracepath openssh-client openssh-server
 # Only the benchmarks need these: the reference tools they compare against (bench/collect.py runs sos).
 BENCH_PACKAGES := sosreport
 DEMO_DIR := demo

@@ -151,6 +151,8 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--nat-samples", type=int, default=3, metavar="K",
                    help="conntrack counter samples over the window (default 3, one per --socket-interval)")
     c.add_argument("--timeout", type=float, default=60.0, help="overall deadline in seconds (default 60)")
+    c.add_argument("--start-at", type=float, metavar="EPOCH", help="start at this time (seconds since the epoch, "
+                   "at most 300 s ahead): what `fleet collect` gives every node so their windows overlap")
     c.add_argument("--slice", action="append", dest="slices", metavar="NAME", choices=_Names(_slice_names),
                    help="only this slice (repeatable): %(choices)s")
     c.add_argument("--ticket", metavar="ID", help="the incident's ticket, kept in the manifest and shown on top")
@@ -208,6 +210,27 @@ def _parser() -> argparse.ArgumentParser:
     r = _command(sub, "render", help="write the self-contained HTML appendix")
     r.add_argument("bundle", type=_existing, help="the .tar.zst bundle (as collect wrote it)")
     r.add_argument("-o", "--output", type=Path)
+
+    fl = _command(sub, "fleet", help="one incident set from many nodes (over OpenSSH)")
+    fsub = fl.add_subparsers(dest="fleet_command", required=True, parser_class=_Parser, metavar="COMMAND",
+                             help="collect (see its --help)")
+    fc = _command(fsub, "collect", help="run the same `netbundle collect` on every node at the same start time "
+                                        "and write one incident set with what arrived")
+    fc.add_argument("--ssh", action="append", default=[], metavar="HOST[,HOST...]",
+                    help="nodes as your ssh knows them (your config, keys and agent): repeatable or comma-separated")
+    fc.add_argument("--ssh-file", type=_existing, metavar="FILE", help="nodes, one per line")
+    fc.add_argument("--ssh-config", type=_existing, metavar="FILE", help="an ssh_config to use (ssh -F)")
+    fc.add_argument("--remote-netbundle", default="netbundle", metavar="PATH",
+                    help="netbundle on the nodes (default: found on their PATH); root, or sudo -n, runs it")
+    fc.add_argument("--parallel", type=int, default=8, metavar="N", help="nodes in flight at once (default 8)")
+    fc.add_argument("--node-timeout", type=float, default=150.0, metavar="S",
+                    help="a node not done by then is stopped and named (default 150)")
+    fc.add_argument("--start-in", type=float, default=5.0, metavar="S",
+                    help="every node starts this many seconds from now, all at once (default 5)")
+    fc.add_argument("-o", "--output", type=Path, help="the incident set (default incident-set-DATE-TIME.tar.zst)")
+    fc.add_argument("--force", action="store_true", help="replace an existing output file")
+    fc.add_argument("collect_args", nargs=argparse.REMAINDER, metavar="-- COLLECT-OPTIONS",
+                    help="after --: the `netbundle collect` options every node runs with (targets, slices, limits)")
 
     lab = _command(sub, "lab", help="reproducible incident scenarios in network namespaces")
     lsub = lab.add_subparsers(dest="lab_command", required=True, parser_class=_Parser, metavar="COMMAND",
@@ -376,6 +399,13 @@ def _cmd_collect(args: argparse.Namespace, argv: list[str]) -> int:
     if args.client and not args.pods and not any(args.client in (sp.id, sp.ref) for sp in specs):
         raise UsageError(f"--client {args.client!r} is none of the vantages named "
                          f"({', '.join(sp.ref or sp.id for sp in specs)})")
+    if args.start_at is not None:
+        from bundle.collect.fleet import wait_until
+
+        try:
+            wait_until(args.start_at)
+        except ValueError as exc:
+            raise UsageError(f"--start-at: {exc}") from None
     req = CollectRequest(finalize=_findings_member, kube=kube_req, pcaps=args.pcap,
                          options=CollectOptions.model_validate(options),
                          targets=targets, vantages=vantage.dedupe(specs), output=args.output, passive=args.passive,
@@ -413,7 +443,18 @@ def _cmd_collect(args: argparse.Namespace, argv: list[str]) -> int:
 
 def _cmd_validate(args: argparse.Namespace) -> int:
     from bundle.archive import read_bundle
+    from bundle.archive.incidentset import is_set, read_set
 
+    if is_set(args.bundle):
+        st = read_set(args.bundle)
+        got = sum(1 for n in st.manifest.nodes if n.member)
+        if args.json:
+            print(json.dumps({"valid": True, "set_id": st.manifest.set_id, "nodes": len(st.manifest.nodes),
+                              "bundles": got}))
+        else:
+            print(f"{args.bundle}: valid netbundle set {st.manifest.format_version}, {got} of "
+                  f"{len(st.manifest.nodes)} node bundles verified")
+        return 0
     b = _read(args.bundle)
     if args.json:
         print(json.dumps({"valid": True, "bundle_id": b.manifest.bundle_id,
@@ -436,8 +477,16 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 
 def _cmd_show(args: argparse.Namespace) -> int:
     from bundle.archive import read_bundle
-    from bundle.render.text import summary
+    from bundle.archive.incidentset import is_set, read_set
+    from bundle.render.text import set_summary, summary
 
+    if is_set(args.bundle):
+        st = read_set(args.bundle)
+        if args.json:
+            print(st.manifest.model_dump_json(indent=2))
+        else:
+            sys.stdout.write(set_summary(st))
+        return 0
     b = _read(args.bundle, tables=False)
     if args.json:
         print(b.manifest.model_dump_json(indent=2))
@@ -639,6 +688,71 @@ def _lab_score(args: argparse.Namespace) -> int:
     return 0 if right == len(rows) else 7
 
 
+def _cmd_fleet(args: argparse.Namespace, argv: list[str]) -> int:
+    import getpass
+    import secrets
+    import tempfile
+    import time
+    from datetime import UTC, datetime
+
+    from bundle.archive.incidentset import write_set
+    from bundle.collect.fleet import FleetInterrupted, SshFleet, collect_fleet
+
+    hosts = [h.strip() for v in args.ssh for h in v.split(",") if h.strip()]
+    if args.ssh_file:
+        hosts += [line.strip() for line in args.ssh_file.read_text().splitlines()
+                  if line.strip() and not line.lstrip().startswith("#")]
+    hosts = list(dict.fromkeys(hosts))
+    if not hosts:
+        raise UsageError("no node: give --ssh HOST[,HOST...] or --ssh-file FILE")
+    if len(hosts) > 256 or any(h.startswith("-") or any(c.isspace() for c in h) for h in hosts):
+        raise UsageError("nodes: at most 256 host names, none starting with '-' or holding spaces")
+    if not 1 <= args.parallel <= 32 or args.node_timeout <= 0 or not 0 <= args.start_in <= 300:
+        raise UsageError("--parallel 1-32, --node-timeout > 0, --start-in 0-300")
+    rest = list(args.collect_args)
+    if rest[:1] == ["--"]:
+        rest = rest[1:]
+    owned = {"-o", "--output", "--force", "--sign", "--start-at", "--json"}
+    clash = sorted({a.split("=")[0] for a in rest} & owned)
+    if clash:
+        raise UsageError(f"{', '.join(clash)}: the fleet sets these for every node (use the fleet's own -o/--force)")
+    node_args = _parser().parse_args(["collect", *rest])  # a typo is refused here, before any node is asked
+    if node_args.pcap:
+        raise UsageError("--pcap: a node cannot read this machine's files")
+    _refuse_existing(args.output, args.force)
+    created = datetime.now(UTC)
+    out = args.output or Path(f"incident-set-{created:%Y%m%d-%H%M%S}.tar.zst")
+    start_at = time.time() + args.start_in
+    fleet = SshFleet(hosts=tuple(hosts), collect_args=tuple(rest),
+                     ssh_config=str(args.ssh_config) if args.ssh_config else None,
+                     remote_netbundle=args.remote_netbundle, parallel=args.parallel,
+                     node_timeout_s=args.node_timeout + args.start_in, start_at=start_at)
+
+    def progress(n: Any) -> None:
+        sys.stderr.write(f"  {n.node:<28} {n.outcome:<18} {n.duration_s:6.1f}s{('  ' + n.detail) if n.detail else ''}\n")
+
+    interrupted = False
+    with tempfile.TemporaryDirectory(prefix=".netbundle-fleet-", dir=out.parent.resolve()) as tmp:
+        try:
+            results = collect_fleet(fleet, Path(tmp), progress)
+        except FleetInterrupted as exc:
+            results, interrupted = exc.results, True
+        from bundle.models.incidentset import SetManifest
+
+        manifest = SetManifest(set_id=f"set-{created:%Y%m%dT%H%M%SZ}-{secrets.token_hex(4)}", engine="ssh",
+                               created=created, finished=datetime.now(UTC), user=getpass.getuser(), argv=argv,
+                               start_at=datetime.fromtimestamp(start_at, UTC), nodes=[r.outcome for r in results])
+        files = {r.outcome.member: r.file for r in results if r.outcome.member and r.file is not None}
+        path = write_set(manifest, files, out, overwrite=args.force)
+    got = [r for r in results if r.outcome.member]
+    bad = [r.outcome for r in results if r.outcome.outcome != "collected"]
+    print(path)
+    sys.stderr.write(f"collected {len(got)} of {len(results)}"
+                     + "".join(f"; node {n.node}: {n.outcome}" + (f" ({n.detail})" if n.detail else "") for n in bad)
+                     + "\n")
+    return 130 if interrupted else 0 if not bad else 5
+
+
 # Every subcommand but collect, which also takes the raw argv for the manifest.
 _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "validate": _cmd_validate, "verify": _cmd_verify, "show": _cmd_show, "analyze": _cmd_analyze, "summary": _cmd_summary,
@@ -668,6 +782,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "collect":
             code = _cmd_collect(args, ["netbundle", *raw])
+        elif args.command == "fleet":
+            code = _cmd_fleet(args, ["netbundle", *raw])
         else:
             code = _COMMANDS[args.command](args)
     except NetbundleError as exc:

@@ -25,6 +25,7 @@ from bundle.models import (
     SocketsSlice,
     SocketTable,
 )
+from bundle.models.incidentset import SetManifest
 
 DOCUMENTS: dict[str, type[Model]] = {
     "manifest": Manifest,
@@ -38,6 +39,7 @@ DOCUMENTS: dict[str, type[Model]] = {
     "counters": CountersSlice,
     "findings": FindingsReport,
     "finding": Finding,
+    "set-manifest": SetManifest,
 }
 
 

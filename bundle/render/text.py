@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from bundle.archive import Bundle
+from bundle.archive.incidentset import IncidentSet
 from bundle.render.view import build_view, lookup_label, missing_capabilities
 
 
@@ -122,3 +123,18 @@ def summary(bundle: Bundle) -> str:
     else:
         out.append("findings: none from the collected slices")
     return "\n".join(out) + "\n"
+
+
+def set_summary(st: IncidentSet) -> str:
+    """An incident set for the ticket: who asked which nodes, what came of each, then each node's own summary."""
+    m = st.manifest
+    got = [n for n in m.nodes if n.member]
+    lines = [f"Incident set {m.set_id} — {m.engine}, {len(got)} of {len(m.nodes)} nodes collected, by {m.user} at "
+             f"{m.created:%Y-%m-%d %H:%M}Z" + (f", shared start {m.start_at:%H:%M:%S}Z" if m.start_at else ""), ""]
+    for n in m.nodes:
+        lines.append(f"  {n.node:<28} {n.outcome:<18} {n.duration_s:6.1f}s" + (f"  {n.detail}" if n.detail else ""))
+    for n in got:
+        b = st.bundles.get(n.node)
+        if b is not None:
+            lines += ["", f"== node {n.node} ({n.member})", summary(b).rstrip()]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,136 @@
+"""`netbundle fleet collect` over real OpenSSH: each node is a lab netns running Debian's sshd (started here on
+its own port, with a throwaway host key, client key and config; removed after), and each node runs the real
+`netbundle collect`. Nodes that cannot give a bundle — netbundle missing, hanging, unreachable — end within the
+node timeout, are named, and the set is written with what arrived."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bundle.archive.incidentset import read_set
+from bundle.lab.topology import Topology
+
+pytestmark = pytest.mark.privileged
+
+VENV_BIN = str(Path(sys.executable).parent)
+NODES = {"node-a": 11, "node-b": 12, "node-c": 13, "node-d": 14}  # c: no netbundle on PATH; d: hangs
+
+
+def _sshd_config(run: Path, name: str, last: int) -> Path:
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(run / f"hostkey-{name}")], check=True)
+    path_env = ("" if name == "node-c" else f"{VENV_BIN}:") + "/usr/sbin:/usr/bin:/sbin:/bin"
+    cfg = run / f"sshd-{name}.conf"
+    cfg.write_text("\n".join([
+        "Port 2222", f"ListenAddress 10.244.60.{last}", f"HostKey {run}/hostkey-{name}",
+        f"AuthorizedKeysFile {run}/authorized_keys", "PermitRootLogin prohibit-password",
+        "PasswordAuthentication no", "KbdInteractiveAuthentication no", "UsePAM no", "StrictModes no",
+        f"PidFile {run}/sshd-{name}.pid", f"SetEnv PATH={path_env}", "LogLevel ERROR",
+        *(["ForceCommand sleep 600"] if name == "node-d" else []), ""]))
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def fleet_lab(tmp_path_factory):
+    created_run_sshd = not Path("/run/sshd").exists()
+    if created_run_sshd:
+        Path("/run/sshd").mkdir(mode=0o755)  # sshd's privilege-separation folder; removed after if made here
+    t = Topology(f"nbt-fleet-{os.getpid() % 100000}")
+    try:
+        t.add_netns("ctl")
+        t.bridge("ctl", "br0")
+        t.address("ctl", "br0", "10.244.60.1/24")
+        run = t.run_dir()
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(run / "client_key")], check=True)
+        (run / "authorized_keys").write_text((run / "client_key.pub").read_text())
+        for name, last in NODES.items():
+            t.add_netns(name)
+            t.veth("ctl", f"v{last}", name, "eth0")
+            t.enslave("ctl", f"v{last}", "br0")
+            t.address(name, "eth0", f"10.244.60.{last}/24")
+            t.spawn(name, ["/usr/sbin/sshd", "-D", "-f", str(_sshd_config(run, name, last)), "-E", str(run / f"{name}.log")])
+            t.wait_listening(name, 2222)
+        ssh_config = run / "ssh_config"
+        ssh_config.write_text("".join(f"Host {n}\n  HostName 10.244.60.{last}\n" for n, last in NODES.items())
+                              + "Host node-e\n  HostName 10.244.60.99\n"  # nothing there: unreachable
+                              + f"Host *\n  Port 2222\n  User root\n  IdentityFile {run}/client_key\n"
+                                "  IdentitiesOnly yes\n  StrictHostKeyChecking no\n  UserKnownHostsFile /dev/null\n"
+                                "  LogLevel ERROR\n")
+        yield t, ssh_config
+    finally:
+        t.teardown()
+        if created_run_sshd:
+            Path("/run/sshd").rmdir()
+
+
+def _fleet(t: Topology, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["ip", "netns", "exec", t.namespaces["ctl"], sys.executable, "-m", "bundle", "fleet",
+                           "collect", *args], capture_output=True, text=True, timeout=timeout)
+
+
+def test_a_set_from_real_ssh_nodes_with_every_failure_named(fleet_lab, tmp_path):
+    t, ssh_config = fleet_lab
+    out = tmp_path / "set.tar.zst"
+    proc = _fleet(t, "--ssh", "node-a,node-b", "--ssh", "node-c,node-d,node-e", "--ssh-config", str(ssh_config),
+                  "--node-timeout", "12", "--start-in", "2", "-o", str(out),
+                  "--", "--passive", "--slice", "route", "--slice", "sockets", "--timeout", "15")
+    assert proc.returncode == 5, proc.stderr  # written, with nodes missing
+    assert proc.stdout.strip() == str(out)
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("collected 2 of 5; ")
+    for words in ("node node-c: netbundle_missing", "node node-d: timeout (no answer within 14 s: stopped)",
+                  "node node-e: unreachable"):
+        assert words in last, last
+    st = read_set(out)
+    outcomes = {n.node: n for n in st.manifest.nodes}
+    assert {n: o.outcome for n, o in outcomes.items()} == {
+        "node-a": "collected", "node-b": "collected", "node-c": "netbundle_missing", "node-d": "timeout",
+        "node-e": "unreachable"}
+    assert all(o.duration_s < 16 for o in outcomes.values())
+    # each node's bundle arrived as the node wrote it, and is a bundle of that node's own netns
+    for name in ("node-a", "node-b"):
+        o = outcomes[name]
+        assert o.sha256 == o.remote_sha256 and o.member == f"nodes/{name}.tar.zst"
+        b = st.bundles[name]
+        assert b.manifest.bundle_id == o.bundle_id
+        addresses = {a.address for a in b.route("host").addresses}
+        assert f"10.244.60.{NODES[name]}" in addresses
+        assert "--start-at" in b.manifest.invocation.argv
+    # the shared start: both nodes' collections began together, after the start the set gave them
+    starts = [st.bundles[n].manifest.created for n in ("node-a", "node-b")]
+    assert abs((starts[0] - starts[1]).total_seconds()) < 1.0
+    assert all(s >= st.manifest.start_at.replace(microsecond=0) for s in starts)
+    # validate and show read the set
+    val = subprocess.run([sys.executable, "-m", "bundle", "validate", str(out)], capture_output=True, text=True)
+    assert val.returncode == 0 and "valid netbundle set 1.0, 2 of 5 node bundles verified" in val.stdout
+    show = subprocess.run([sys.executable, "-m", "bundle", "show", str(out)], capture_output=True, text=True)
+    assert show.returncode == 0 and "== node node-a" in show.stdout and "netbundle_missing" in show.stdout
+
+
+def test_a_flipped_bit_in_a_set_is_caught(fleet_lab, tmp_path):
+    t, ssh_config = fleet_lab
+    out = tmp_path / "set.tar.zst"
+    proc = _fleet(t, "--ssh", "node-a", "--ssh-config", str(ssh_config), "--start-in", "0", "-o", str(out),
+                  "--", "--passive", "--slice", "route", "--timeout", "15")
+    assert proc.returncode == 0, proc.stderr
+    data = bytearray(out.read_bytes())
+    for offset in (len(data) // 3, len(data) // 2, len(data) - 60):
+        flipped = tmp_path / f"flip-{offset}.tar.zst"
+        copy = bytearray(data)
+        copy[offset] ^= 0x10
+        flipped.write_bytes(bytes(copy))
+        val = subprocess.run([sys.executable, "-m", "bundle", "validate", str(flipped)], capture_output=True, text=True)
+        assert val.returncode != 0 and val.stderr.count("\n") == 1, (offset, val.stderr)
+
+
+def test_options_are_checked_before_any_node_is_asked(fleet_lab, tmp_path):
+    t, ssh_config = fleet_lab
+    for extra, words in ((["--", "--socket-sampels", "3"], "unrecognized arguments"),
+                         (["--", "-o", "x.tar.zst"], "the fleet sets these for every node")):
+        proc = _fleet(t, "--ssh", "node-a", "--ssh-config", str(ssh_config), "-o", str(tmp_path / "s.tar.zst"), *extra)
+        assert proc.returncode == 2 and words in proc.stderr, proc.stderr
+    assert not (tmp_path / "s.tar.zst").exists()
