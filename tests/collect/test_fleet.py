@@ -134,3 +134,27 @@ def test_options_are_checked_before_any_node_is_asked(fleet_lab, tmp_path):
         proc = _fleet(t, "--ssh", "node-a", "--ssh-config", str(ssh_config), "-o", str(tmp_path / "s.tar.zst"), *extra)
         assert proc.returncode == 2 and words in proc.stderr, proc.stderr
     assert not (tmp_path / "s.tar.zst").exists()
+
+
+def test_ctrl_c_writes_what_arrived_and_stops_the_rest(fleet_lab, tmp_path):
+    """SIGINT while a node hangs: the ssh processes are stopped, the set is written with the node that answered
+    and the hanging one marked interrupted, exit 130."""
+    import signal
+    import time
+
+    t, ssh_config = fleet_lab
+    out = tmp_path / "set.tar.zst"
+    proc = subprocess.Popen(["ip", "netns", "exec", t.namespaces["ctl"], sys.executable, "-m", "bundle", "fleet",
+                             "collect", "--ssh", "node-a,node-d", "--ssh-config", str(ssh_config), "--start-in", "0",
+                             "--node-timeout", "60", "-o", str(out), "--", "--passive", "--slice", "route",
+                             "--timeout", "15"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(10)  # node-a's route-only collect takes about two seconds; node-d hangs
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    st = read_set(out)
+    outcomes = {n.node: n.outcome for n in st.manifest.nodes}
+    assert outcomes["node-d"] == "failed" and "interrupted" in {n.detail for n in st.manifest.nodes}
+    assert outcomes["node-a"] == "collected" and "node-a" in st.bundles
+    leftover = subprocess.run(["pgrep", "-f", f"-F {ssh_config}"], capture_output=True, text=True).stdout
+    assert leftover.strip() == ""
