@@ -151,6 +151,8 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--nat-samples", type=int, default=3, metavar="K",
                    help="conntrack counter samples over the window (default 3, one per --socket-interval)")
     c.add_argument("--timeout", type=float, default=60.0, help="overall deadline in seconds (default 60)")
+    c.add_argument("--capture-min-seconds", type=float, metavar="S", help="keep capturing at least S seconds, even "
+                   "once the other slices are done (fleet collect gives every node one shared window)")
     c.add_argument("--start-at", type=float, metavar="EPOCH", help="start at this time (seconds since the epoch, "
                    "at most 300 s ahead): what `fleet collect` gives every node so their windows overlap")
     c.add_argument("--slice", action="append", dest="slices", metavar="NAME", choices=_Names(_slice_names),
@@ -227,6 +229,9 @@ def _parser() -> argparse.ArgumentParser:
                     help="a node not done by then is stopped and named (default 150)")
     fc.add_argument("--start-in", type=float, default=5.0, metavar="S",
                     help="every node starts this many seconds from now, all at once (default 5)")
+    fc.add_argument("--window", type=float, default=10.0, metavar="S",
+                    help="every node captures at least this long from the shared start (default 10), so the "
+                         "captures can be compared end to end")
     fc.add_argument("-o", "--output", type=Path, help="the incident set (default incident-set-DATE-TIME.tar.zst)")
     fc.add_argument("--force", action="store_true", help="replace an existing output file")
     fc.add_argument("collect_args", nargs=argparse.REMAINDER, metavar="-- COLLECT-OPTIONS",
@@ -352,6 +357,10 @@ def _cmd_collect(args: argparse.Namespace, argv: list[str]) -> int:
         options["capture_iface"] = args.capture_iface
     options.update(capture_packets=args.capture_packets, capture_bytes=args.capture_bytes,
                    capture_seconds=args.capture_seconds, snaplen=args.snaplen)
+    if args.capture_min_seconds is not None:
+        if not 0 < args.capture_min_seconds <= args.capture_seconds:
+            raise UsageError("--capture-min-seconds must be > 0 and at most --capture-seconds")
+        options["capture_min_seconds"] = args.capture_min_seconds
     if len(args.names) > 20:
         raise UsageError("at most 20 --name")
     for name in args.names:
@@ -719,6 +728,11 @@ def _cmd_fleet(args: argparse.Namespace, argv: list[str]) -> int:
     node_args = _parser().parse_args(["collect", *rest])  # a typo is refused here, before any node is asked
     if node_args.pcap:
         raise UsageError("--pcap: a node cannot read this machine's files")
+    capturing = node_args.slices is None or "capture" in node_args.slices
+    if capturing and node_args.capture_min_seconds is None and args.window > 0:
+        if args.window > node_args.capture_seconds:
+            raise UsageError(f"--window {args.window:g}: longer than the nodes' --capture-seconds")
+        rest += ["--capture-min-seconds", f"{args.window:g}"]
     _refuse_existing(args.output, args.force)
     created = datetime.now(UTC)
     out = args.output or Path(f"incident-set-{created:%Y%m%d-%H%M%S}.tar.zst")

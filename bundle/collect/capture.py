@@ -226,6 +226,7 @@ class CaptureCollector(Collector):
     def _loop(self, ctx: SliceContext, socks: list[socket.socket], out: bytearray, limits: CaptureLimits,
               run: CaptureRun, cooked: bool) -> StopReason:
         end = time.monotonic() + limits.seconds
+        at_least = time.monotonic() + (ctx.options.capture_min_seconds or 0.0)
         anc = socket.CMSG_SPACE(16)
         view = memoryview(bytearray(limits.snaplen))  # cooked: the header is added in front, then cut again
         index = {sock.fileno(): i for i, sock in enumerate(socks)}
@@ -236,7 +237,7 @@ class CaptureCollector(Collector):
                 return StopReason.DURATION
             if now >= ctx.deadline - 0.3:
                 return StopReason.DEADLINE
-            if ctx.peers_done():
+            if ctx.peers_done() and now >= at_least:
                 # keep listening a moment for the last answers to the other slices' probes
                 grace_until = grace_until or now + 0.3
                 if now >= grace_until:

@@ -21,6 +21,8 @@ class CollectOptions(Model):
     snaplen: int | None = Field(default=None, ge=16, le=262144)
     capture_filter: str | None = None
     capture_iface: str | None = None
+    capture_min_seconds: float | None = Field(default=None, gt=0, description="keep capturing at least this long, "
+                                              "even once the other slices are done: a fleet's nodes share one window")
     # DNS
     dns_names: list[str] = Field(default_factory=list)
     dns_server: str | None = None

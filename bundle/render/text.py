@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from bundle.analyze.crossnode import ClockOffset, NodeEvidence, cross_node
 from bundle.archive import Bundle
 from bundle.archive.incidentset import IncidentSet
-from bundle.render.view import build_view, lookup_label, missing_capabilities
+from bundle.models import Finding
+from bundle.render.view import build_view, inputs, lookup_label, missing_capabilities
 
 
 def _clean(text: object) -> str:
@@ -125,6 +127,13 @@ def summary(bundle: Bundle) -> str:
     return "\n".join(out) + "\n"
 
 
+def set_findings(st: IncidentSet) -> tuple[list[Finding], list[ClockOffset]]:
+    """What the nodes' captures say together (analyze/crossnode.py), from the set's bundles."""
+    nodes = [NodeEvidence(n.node, n.member or "", tuple(inputs(st.bundles[n.node]).docs))
+             for n in st.manifest.nodes if n.node in st.bundles]
+    return cross_node(nodes)
+
+
 def set_summary(st: IncidentSet) -> str:
     """An incident set for the ticket: who asked which nodes, what came of each, then each node's own summary."""
     m = st.manifest
@@ -133,6 +142,13 @@ def set_summary(st: IncidentSet) -> str:
              f"{m.created:%Y-%m-%d %H:%M}Z" + (f", shared start {m.start_at:%H:%M:%S}Z" if m.start_at else ""), ""]
     for n in m.nodes:
         lines.append(f"  {n.node:<28} {n.outcome:<18} {n.duration_s:6.1f}s" + (f"  {n.detail}" if n.detail else ""))
+    found, offsets = set_findings(st)
+    if found:
+        lines += ["", "Across the nodes:"]
+        lines += [f"  [{f.severity.value}] {f.id}: {_clean(f.summary)}" + (f"\n      next: {f.next_command}"
+                                                                            if f.next_command else "") for f in found]
+    for o in offsets[:8]:
+        lines.append(f"  clock: {o.b} - {o.a} = {o.offset_s:+.3f} s (one-way delay included; {o.flow})")
     for n in got:
         b = st.bundles.get(n.node)
         if b is not None:

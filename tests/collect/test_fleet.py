@@ -54,6 +54,8 @@ def fleet_lab(tmp_path_factory):
             t.address(name, "eth0", f"10.244.60.{last}/24")
             t.spawn(name, ["/usr/sbin/sshd", "-D", "-f", str(_sshd_config(run, name, last)), "-E", str(run / f"{name}.log")])
             t.wait_listening(name, 2222)
+        t.python("node-b", "bundle.lab.listener", "--port", "8080", "--send", "64")
+        t.wait_listening("node-b", 8080)
         ssh_config = run / "ssh_config"
         ssh_config.write_text("".join(f"Host {n}\n  HostName 10.244.60.{last}\n" for n, last in NODES.items())
                               + "Host node-e\n  HostName 10.244.60.99\n"  # nothing there: unreachable
@@ -158,3 +160,56 @@ def test_ctrl_c_writes_what_arrived_and_stops_the_rest(fleet_lab, tmp_path):
     assert outcomes["node-a"] == "collected" and "node-a" in st.bundles
     leftover = subprocess.run(["pgrep", "-f", f"-F {ssh_config}"], capture_output=True, text=True).stdout
     assert leftover.strip() == ""
+
+
+_BETWEEN = """
+table bridge nbt_between {
+    chain forward {
+        type filter hook forward priority 0;
+        ip saddr 10.244.60.11 ip daddr 10.244.60.12 tcp dport 8080 drop
+    }
+}
+"""
+_AT_SERVER = """
+table inet nbt_server {
+    chain input {
+        type filter hook input priority 0;
+        ip saddr 10.244.60.11 tcp dport 8080 drop
+    }
+}
+"""
+
+
+@pytest.mark.parametrize("where, role, table, fid", [
+    ("between", "ctl", "bridge nbt_between", "fleet.lost_between"),
+    ("at the server", "node-b", "inet nbt_server", "fleet.dropped_at_server"),
+])
+def test_a_lost_handshake_is_followed_across_the_nodes(fleet_lab, tmp_path, where, role, table, fid):
+    """node-a connects to node-b:8080 while the SYNs are dropped between them (a bridge filter in the network)
+    or at node-b's input. Both nodes capture in the same window; `show` of the set follows node-a's unanswered
+    handshake to node-b: lost between the nodes (node-b's capture, running then, holds none of the SYNs), or
+    dropped at the server (node-b's capture holds them, it sent nothing back). A clock offset is estimated
+    where both ends saw the same SYN."""
+    t, ssh_config = fleet_lab
+    t.nft(role, _BETWEEN if role == "ctl" else _AT_SERVER)
+    try:
+        out = tmp_path / "set.tar.zst"
+        proc = _fleet(t, "--ssh", "node-a,node-b", "--ssh-config", str(ssh_config), "--start-in", "2", "-o", str(out),
+                      "--", "--target", "10.244.60.12:8080", "--target", "10.244.60.11", "--slice", "route",
+                      "--slice", "sockets", "--slice", "capture", "--timeout", "25")
+        assert proc.returncode in (0, 5), proc.stderr
+    finally:
+        subprocess.run(["ip", "netns", "exec", t.namespaces[role], "nft", "delete", "table", *table.split()],
+                       check=True)
+    from bundle.render.text import set_findings
+
+    st = read_set(out)
+    found, offsets = set_findings(st)
+    assert [f.id for f in found] == [fid], (where, [(f.id, f.summary) for f in found])
+    f = found[0]
+    assert f.target.address == "10.244.60.12" and f.target.port == 8080 and f.vantage.startswith("node-a/")
+    assert {e.member for e in f.evidence} == {"nodes/node-a.tar.zst", "nodes/node-b.tar.zst"}
+    if fid == "fleet.dropped_at_server":
+        assert offsets and all(abs(o.offset_s) < 1.0 for o in offsets)  # one machine: one clock
+    show = subprocess.run([sys.executable, "-m", "bundle", "show", str(out)], capture_output=True, text=True)
+    assert "Across the nodes:" in show.stdout and fid in show.stdout
