@@ -545,8 +545,17 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
 
 def _cmd_summary(args: argparse.Namespace) -> int:
     from bundle.archive import read_bundle
+    from bundle.archive.incidentset import is_set, read_set
     from bundle.render.summary import ticket_summary
+    from bundle.render.text import set_summary
 
+    if is_set(args.bundle):  # the set's own lines on top, then each node's ticket summary
+        st = read_set(args.bundle)
+        sys.stdout.write(set_summary(st).split("\n\n== node")[0].rstrip() + "\n")
+        for n in st.manifest.nodes:
+            if n.node in st.bundles:
+                sys.stdout.write(f"\n== node {n.node}\n" + ticket_summary(st.bundles[n.node], args.bundle, args.format))
+        return 0
     b = _read(args.bundle, tables=False)
     sys.stdout.write(ticket_summary(b, args.bundle, args.format))
     return 0
@@ -605,9 +614,13 @@ def _cmd_redact(args: argparse.Namespace) -> int:
     if args.output.resolve() == args.bundle.resolve():
         raise UsageError("redact writes a new bundle: -o must differ from the input")
     _refuse_existing(args.output, args.force)
+    from bundle.archive.incidentset import is_set
+    from bundle.redact import redact_set
+
     map_path: Path = args.map or args.output.with_name(args.output.name + ".map.json")
     redactor = Redactor.load(map_path, args.keep_cidr)
-    written = redact_bundle(args.bundle, args.output, redactor, overwrite=args.force)
+    redact = redact_set if is_set(args.bundle) else redact_bundle  # a set: one map across every node
+    written = redact(args.bundle, args.output, redactor, overwrite=args.force)
     redactor.save(map_path)
     print(written)
     print(f"map (keep it; it is not in the bundle): {map_path}", file=sys.stderr)

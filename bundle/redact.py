@@ -319,3 +319,55 @@ def _extracted(folder: Path, bundle_id: str, path: str) -> bytes:
         if candidate.is_file():
             return candidate.read_bytes()
     return b""
+
+
+def redact_set(src: Path, out: Path, r: Redactor, overwrite: bool = False) -> Path:
+    """An incident set with one map across all its nodes: each node bundle redacted as any bundle is (so two
+    nodes' addresses stay comparable), the node names (host names too) and set.json's text mapped; each node's
+    SHA-256 is that of its redacted bundle, and what the node said it wrote is dropped (it named the original)."""
+    import tempfile
+
+    from bundle.archive.incidentset import read_set, write_set
+    from bundle.models.incidentset import SetManifest
+
+    st = read_set(src)
+    for n in st.manifest.nodes:
+        r.hostname(n.node)
+    files: dict[str, Path] = {}
+    with tempfile.TemporaryDirectory(prefix=".netbundle-redact-set-", dir=out.resolve().parent) as tmp:
+        nodes = []
+        for i, n in enumerate(st.manifest.nodes):
+            node = n.model_copy(update={"node": r.text(n.node), "detail": r.text(n.detail), "remote_sha256": None})
+            if n.member and n.node in st.bundles:
+                original = Path(tmp) / f"in-{i}.tar.zst"
+                _extract_member(src, n.member, original)
+                redacted = redact_bundle(original, Path(tmp) / f"node-{i}.tar.zst", r)
+                member = f"nodes/node-{i}.tar.zst"
+                node = node.model_copy(update={"member": member, "sha256": _sha256_file(redacted),
+                                               "bundle_id": r.text(n.bundle_id or "") or None})
+                files[member] = redacted
+            nodes.append(node)
+        m = st.manifest
+        manifest = SetManifest.model_validate({**m.model_dump(), "user": r.text(m.user),
+                                               "argv": [r.text(a) for a in m.argv], "nodes": [x.model_dump() for x in nodes]})
+        return write_set(manifest, files, out, overwrite=overwrite)
+
+
+def _extract_member(src: Path, member: str, to: Path) -> None:
+    import tarfile
+
+    import pyzstd
+
+    with pyzstd.ZstdFile(src) as zf, tarfile.open(fileobj=zf, mode="r|") as tar:
+        for info in tar:
+            if info.name == member:
+                to.write_bytes(tar.extractfile(info).read())  # type: ignore[union-attr]
+                return
+    raise FileNotFoundError(member)
+
+
+def _sha256_file(path: Path) -> str:
+    import hashlib
+
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()

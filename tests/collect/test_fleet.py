@@ -213,3 +213,44 @@ def test_a_lost_handshake_is_followed_across_the_nodes(fleet_lab, tmp_path, wher
         assert offsets and all(abs(o.offset_s) < 1.0 for o in offsets)  # one machine: one clock
     show = subprocess.run([sys.executable, "-m", "bundle", "show", str(out)], capture_output=True, text=True)
     assert "Across the nodes:" in show.stdout and fid in show.stdout
+
+
+def test_a_set_redacts_with_one_map_and_summarises(fleet_lab, tmp_path):
+    """`redact` of a set: every node bundle redacted with one map (no node address left in any member of any
+    node's bundle, text or packed), node names mapped, the copy a valid set; `summary` of a set gives the set's
+    lines, then each node's ticket summary."""
+    import ipaddress
+    import tarfile
+
+    import pyzstd
+
+    from tests.test_redact import _members
+
+    t, ssh_config = fleet_lab
+    out = tmp_path / "set.tar.zst"
+    proc = _fleet(t, "--ssh", "node-a,node-b", "--ssh-config", str(ssh_config), "--start-in", "0", "-o", str(out),
+                  "--", "--target", "10.244.60.12:8080", "--slice", "route", "--slice", "capture", "--timeout", "20")
+    assert proc.returncode == 0, proc.stderr
+    summary = subprocess.run([sys.executable, "-m", "bundle", "summary", str(out)], capture_output=True, text=True)
+    assert summary.returncode == 0 and "== node node-a" in summary.stdout and "== node node-b" in summary.stdout
+    red = tmp_path / "red.tar.zst"
+    proc = subprocess.run([sys.executable, "-m", "bundle", "redact", str(out), "-o", str(red)], capture_output=True,
+                          text=True)
+    assert proc.returncode == 0, proc.stderr
+    st = read_set(red)
+    assert len(st.bundles) == 2 and not {"node-a", "node-b"} & {n.node for n in st.manifest.nodes}
+    needles = set()
+    for last in (11, 12):
+        addr = ipaddress.ip_address(f"10.244.60.{last}")
+        needles |= {str(addr).encode(), addr.packed}
+    leaks = []
+    with pyzstd.ZstdFile(red) as zf, tarfile.open(fileobj=zf, mode="r|") as tar:
+        for info in tar:
+            data = tar.extractfile(info).read()
+            if info.name == "set.json":
+                assert b"node-a" not in data and b"10.244.60." not in data
+                continue
+            node = tmp_path / info.name.replace("/", "_")
+            node.write_bytes(data)
+            leaks += [(info.name, path) for path, member in _members(node).items() for n in needles if n in member]
+    assert leaks == []
