@@ -16,7 +16,7 @@ import pydantic
 import pyzstd
 
 from bundle.archive.reader import Bundle, ReadLimits, read_bundle
-from bundle.archive.writer import TRAILER_SIZE, ZSTD_OPTIONS, place, trailer
+from bundle.archive.writer import TRAILER_SIZE, ZSTD_OPTIONS, place, temp_beside, trailer
 from bundle.errors import BundleWriteError, InvalidBundle
 from bundle.models.incidentset import SET_FORMAT, SetManifest
 
@@ -30,11 +30,7 @@ def write_set(manifest: SetManifest, files: dict[str, Path], out: Path, overwrit
     if listed != set(files):
         raise BundleWriteError("set manifest members differ from the node bundles given")
     out = out.resolve()
-    try:
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".part", dir=out.parent)
-    except OSError as exc:
-        raise BundleWriteError(f"cannot write in {out.parent}: {exc.strerror}") from exc
-    tmp = Path(tmp_name)
+    fd, tmp = temp_beside(out)
     try:
         with os.fdopen(fd, "w+b") as raw:
             with pyzstd.ZstdFile(raw, "w", level_or_option=ZSTD_OPTIONS) as zf:

@@ -87,11 +87,7 @@ class StagedBundle:
         if listed != set(self.members):
             raise BundleWriteError("manifest members differ from staged members")
         out = out.resolve()
-        try:
-            fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".part", dir=out.parent)
-        except OSError as exc:
-            raise BundleWriteError(f"cannot write in {out.parent}: {exc.strerror}") from exc
-        tmp = Path(tmp_name)
+        fd, tmp = temp_beside(out)
         try:
             with os.fdopen(fd, "wb") as raw:
                 with pyzstd.ZstdFile(raw, "w", level_or_option=ZSTD_OPTIONS) as zf:
@@ -118,6 +114,15 @@ class StagedBundle:
                 raise BundleWriteError(f"writing {out}: {exc.strerror or exc}") from exc
             raise
         return out
+
+
+def temp_beside(out: Path) -> tuple[int, Path]:
+    """A hidden temp file in out's folder (so the final link or rename stays on one filesystem)."""
+    try:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".part", dir=out.parent)
+    except OSError as exc:
+        raise BundleWriteError(f"cannot write in {out.parent}: {exc.strerror}") from exc
+    return fd, Path(tmp_name)
 
 
 def place(tmp: Path, out: Path, overwrite: bool) -> None:
