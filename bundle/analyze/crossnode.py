@@ -44,13 +44,14 @@ class ClockOffset:
     flow: str
 
 
-def _covers(run: CaptureRun, first_ns: int, last_ns: int) -> bool:
+def _covers(run: CaptureRun, first_ns: int, last_ns: int, offset_s: float = 0.0) -> bool:
     """Whether the capture ran through the whole moment, with room for two clocks: every SYN of the flow fell
-    well inside its window (an edge proves nothing: the other node may have stopped or not yet started)."""
+    well inside its window (an edge proves nothing: the other node may have stopped or not yet started).
+    offset_s: the server node's clock minus the client node's, where other flows seen at both ends tell it."""
     if run.started is None or run.finished is None:
         return False
-    first = datetime.fromtimestamp(first_ns / 1e9, run.started.tzinfo)
-    last = datetime.fromtimestamp(last_ns / 1e9, run.started.tzinfo)
+    first = datetime.fromtimestamp(first_ns / 1e9 + offset_s, run.started.tzinfo)
+    last = datetime.fromtimestamp(last_ns / 1e9 + offset_s, run.started.tzinfo)
     return run.started + START_SLACK <= first and last <= run.finished - END_SLACK
 
 
@@ -58,9 +59,28 @@ def _where(node: NodeEvidence, vantage: str, i: int) -> Evidence:
     return Evidence(member=node.member, pointer=f"vantages/{vantage}/capture.json#analysis.flows[{i}]")
 
 
+def _offsets(nodes: list[NodeEvidence]) -> list[ClockOffset]:
+    """B's clock minus A's from every SYN both ends captured (the one-way delay included)."""
+    out: list[ClockOffset] = []
+    for a in nodes:
+        for _va, run_a in a.captures():
+            for f in run_a.analysis.flows if run_a.analysis is not None else []:
+                server, _ = split_endpoint(f.server)
+                for b in (n for n in nodes if n is not a and n.holds(server)):
+                    for _vb, run_b in b.captures():
+                        for g in run_b.analysis.flows if run_b.analysis is not None else []:
+                            if (g.client, g.server) == (f.client, f.server):
+                                out.append(ClockOffset(a.node, b.node, round((g.first_ns - f.first_ns) / 1e9, 6),
+                                                       f"{f.client} > {f.server}"))
+    return out
+
+
 def cross_node(nodes: list[NodeEvidence]) -> tuple[list[Finding], list[ClockOffset]]:
     findings: list[Finding] = []
-    offsets: list[ClockOffset] = []
+    offsets = _offsets(nodes)
+    by_pair: dict[tuple[str, str], list[float]] = {}
+    for o in offsets:
+        by_pair.setdefault((o.a, o.b), []).append(o.offset_s)
     done: set[tuple[str, str]] = set()
     for a in nodes:
         for va, run_a in a.captures():
@@ -72,14 +92,12 @@ def cross_node(nodes: list[NodeEvidence]) -> tuple[list[Finding], list[ClockOffs
                     continue
                 at_b = [(vb, j, g) for vb, run_b in b.captures() if run_b.analysis is not None
                         for j, g in enumerate(run_b.analysis.flows) if (g.client, g.server) == (f.client, f.server)]
-                if at_b:
-                    vb, j, g = at_b[0]
-                    offsets.append(ClockOffset(a.node, b.node, round((g.first_ns - f.first_ns) / 1e9, 6),
-                                               f"{f.client} > {f.server}"))
                 if f.handshake is not Handshake.SYN_UNANSWERED:
                     continue
                 done.add((f.client, f.server))
-                found = _verdict(a, va, i, f, b, at_b, server, port)
+                seen = sorted(by_pair.get((a.node, b.node), []))
+                offset = seen[len(seen) // 2] if seen else 0.0  # the median; none known: the clocks agree
+                found = _verdict(a, va, i, f, b, at_b, server, port, offset)
                 if found is None:
                     continue
                 same = next((x for x in findings if (x.id, x.vantage, x.target) == (found.id, found.vantage,
@@ -93,7 +111,8 @@ def cross_node(nodes: list[NodeEvidence]) -> tuple[list[Finding], list[ClockOffs
 
 
 def _verdict(a: NodeEvidence, va: str, i: int, f: TcpFlow, b: NodeEvidence,
-             at_b: list[tuple[str, int, TcpFlow]], server: str | None, port: int | None) -> Finding | None:
+             at_b: list[tuple[str, int, TcpFlow]], server: str | None, port: int | None,
+             offset_s: float = 0.0) -> Finding | None:
     here = f"{a.node}/{va}"
     sent = f"{f.syn_sent} SYN(s) from {f.client}"
     if at_b:
@@ -115,7 +134,7 @@ def _verdict(a: NodeEvidence, va: str, i: int, f: TcpFlow, b: NodeEvidence,
                     f"firewall, or a listener that cannot take them.",
             evidence=[_where(a, va, i), _where(b, vb, j)],
             next_command=f"nft list ruleset; ss -tlnp sport = :{port}  # on {b.node}")
-    covering = [(vb, run) for vb, run in b.captures() if _covers(run, f.first_ns, f.last_ns)]
+    covering = [(vb, run) for vb, run in b.captures() if _covers(run, f.first_ns, f.last_ns, offset_s)]
     if not covering:
         return Finding(
             id="fleet.not_covered", severity=Severity.INFO, layer=Layer.ROUTE, vantage=here,

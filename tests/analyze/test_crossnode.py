@@ -1,0 +1,32 @@
+"""The cross-node window check on its own: "never reached" is said only when every SYN fell well inside the
+server node's capture window, in the server's clock (the offset other flows seen at both ends give)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from bundle.analyze.crossnode import _covers
+from bundle.models import CaptureRun
+from bundle.models.capture import CaptureLimits
+
+T = datetime(2026, 12, 2, 3, 40, tzinfo=UTC)
+
+
+def _run() -> CaptureRun:
+    return CaptureRun(interface="eth0", interfaces=["eth0"], filter="tcp", filter_source="default",
+                      limits=CaptureLimits(packets=10, bytes=4096, seconds=10.0, snaplen=128),
+                      started=T, finished=T + timedelta(seconds=10))
+
+
+def _ns(seconds: float) -> int:
+    return int((T + timedelta(seconds=seconds)).timestamp() * 1e9)
+
+
+def test_edges_prove_nothing_and_the_offset_moves_the_moment():
+    run = _run()
+    assert _covers(run, _ns(3), _ns(4))
+    assert not _covers(run, _ns(0.1), _ns(1))  # the server's capture had barely started
+    assert _covers(run, _ns(0.1), _ns(1), offset_s=0.5)  # its clock runs 0.5 s ahead: it was capturing
+    assert not _covers(run, _ns(5), _ns(9.5))  # the last SYN too close to the end
+    assert _covers(run, _ns(5), _ns(9.5), offset_s=-1.0)
+    assert not _covers(run.model_copy(update={"started": None}), _ns(3), _ns(4))
