@@ -88,6 +88,14 @@ def netbundle(*args: str, timeout: float = 120, check: bool = False, **kw: objec
                           timeout=timeout, check=check, cwd=kw.pop("cwd", None))  # type: ignore[arg-type]
 
 
+def sigint_default() -> None:
+    """preexec_fn for a child a test will send SIGINT: a shell starts background jobs (a CI runner's too) with
+    SIGINT ignored, Python then keeps it ignored, and the child would never see the operator's Ctrl-C."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def ip_json(netns: str, *args: str) -> list[dict[str, object]]:
     import json
 

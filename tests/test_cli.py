@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from bundle.archive import read_bundle
-from tests.conftest import fresh, netbundle
+from tests.conftest import fresh, netbundle, sigint_default
 
 pytestmark = pytest.mark.privileged
 
@@ -104,7 +104,7 @@ def test_sigint_leaves_a_valid_bundle_or_none(tmp_path, mtu_lab):
         proc = subprocess.Popen(
             [sys.executable, "-m", "bundle", "collect", "--target", mtu_lab.targets[0],
              "--netns", mtu_lab.namespaces["pod"], "--netns", mtu_lab.namespaces["node"], "-o", str(out)],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path, preexec_fn=sigint_default,
         )
         time.sleep(rng.uniform(0.2, 3.5) if i else 0.05)
         proc.send_signal(signal.SIGINT if i % 2 == 0 else signal.SIGTERM)

@@ -14,6 +14,7 @@ import pytest
 
 from bundle.archive.incidentset import read_set
 from bundle.lab.topology import Topology
+from tests.conftest import sigint_default
 
 pytestmark = pytest.mark.privileged
 
@@ -149,7 +150,8 @@ def test_ctrl_c_writes_what_arrived_and_stops_the_rest(fleet_lab, tmp_path):
     proc = subprocess.Popen(["ip", "netns", "exec", t.namespaces["ctl"], sys.executable, "-m", "bundle", "fleet",
                              "collect", "--ssh", "node-a,node-d", "--ssh-config", str(ssh_config), "--start-in", "0",
                              "--node-timeout", "60", "-o", str(out), "--", "--passive", "--slice", "route",
-                             "--timeout", "15"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             "--timeout", "15"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=sigint_default)
     time.sleep(10)  # node-a's route-only collect takes about two seconds; node-d hangs
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=30)
@@ -194,8 +196,8 @@ def test_a_lost_handshake_is_followed_across_the_nodes(fleet_lab, tmp_path, wher
     t.nft(role, _BETWEEN if role == "ctl" else _AT_SERVER)
     try:
         out = tmp_path / "set.tar.zst"
-        proc = _fleet(t, "--ssh", "node-a,node-b", "--ssh-config", str(ssh_config), "--start-in", "2", "-o", str(out),
-                      "--", "--target", "10.244.60.12:8080", "--target", "10.244.60.11", "--slice", "route",
+        proc = _fleet(t, "--ssh", "node-a,node-b", "--ssh-config", str(ssh_config), "--start-in", "2", "--window", "6",
+                      "-o", str(out), "--", "--target", "10.244.60.12:8080", "--target", "10.244.60.11", "--slice", "route",
                       "--slice", "sockets", "--slice", "capture", "--timeout", "25")
         assert proc.returncode in (0, 5), proc.stderr
     finally:
@@ -228,8 +230,9 @@ def test_a_set_redacts_with_one_map_and_summarises(fleet_lab, tmp_path):
 
     t, ssh_config = fleet_lab
     out = tmp_path / "set.tar.zst"
-    proc = _fleet(t, "--ssh", "node-a,node-b", "--ssh-config", str(ssh_config), "--start-in", "0", "-o", str(out),
-                  "--", "--target", "10.244.60.12:8080", "--slice", "route", "--slice", "capture", "--timeout", "20")
+    proc = _fleet(t, "--ssh", "node-a,node-b", "--ssh-config", str(ssh_config), "--start-in", "0", "--window", "2",
+                  "-o", str(out), "--", "--target", "10.244.60.12:8080", "--slice", "route", "--slice", "capture",
+                  "--timeout", "20")
     assert proc.returncode == 0, proc.stderr
     summary = subprocess.run([sys.executable, "-m", "bundle", "summary", str(out)], capture_output=True, text=True)
     assert summary.returncode == 0 and "== node node-a" in summary.stdout and "== node node-b" in summary.stdout

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from bundle.archive import read_bundle
-from tests.conftest import netbundle
+from tests.conftest import netbundle, sigint_default
 
 pytestmark = pytest.mark.privileged
 ALL_CLEAR = "No layer fails"
@@ -46,7 +46,7 @@ def test_interrupted_collect(tmp_path, mtu_lab):
     out = tmp_path / "int.tar.zst"
     proc = subprocess.Popen([sys.executable, "-m", "bundle", "collect", "--netns", mtu_lab.namespaces["node"],
                              "--target", "10.244.0.2:8080", "--capture-seconds", "30", "-o", str(out)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=sigint_default)
     time.sleep(1.5)  # the slices are under way (they take ~3 s; the capture would run 30)
     proc.send_signal(signal.SIGINT)
     proc.communicate(timeout=60)
