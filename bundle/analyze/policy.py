@@ -242,12 +242,14 @@ def party(pod: PodView) -> Party:
 
 
 def client_pod(kube: KubeSlice, addresses: Iterable[str], vantage: str | None) -> PodView | None:
-    """The client's Pod object: the one holding an address of the client vantage, else the pod that became it."""
+    """The client's Pod object: the one holding an address of the client vantage, else the pod that became it.
+    A host-network pod is none: its traffic is the node's, which NetworkPolicy does not select, and traffic from
+    a pod's own node is always allowed to it — deciding for it would deny what passes."""
     held = set(addresses)
-    pod = next((p for p in kube.pods if held & set(p.pod_ips)), None)
+    pod = next((p for p in kube.pods if held & set(p.pod_ips) and not p.host_network), None)
     if pod is None and vantage is not None:
         named = next((pv.pod for pv in kube.pod_vantages if pv.vantage == vantage), None)
-        pod = next((p for p in kube.pods if f"{p.namespace}/{p.name}" == named), None)
+        pod = next((p for p in kube.pods if f"{p.namespace}/{p.name}" == named and not p.host_network), None)
     return pod
 
 

@@ -275,3 +275,17 @@ def test_admin_priority_pass_and_baseline_only_for_unisolated_pods():
                              "spec": {"podSelector": {}, "policyTypes": ["Egress"], "egress": [{}]}})
     d = decide([allow_out], NS, web, metadata, 80, admin=admin)
     assert d.allowed and d.egress.decided_by == "NetworkPolicy"
+
+
+def test_a_host_network_client_gets_no_verdict():
+    """A host-network pod shares its node's address (so it would be found as the client pod by address), but its
+    traffic is the node's: NetworkPolicy does not select it and traffic from a pod's own node is always allowed
+    to it. No decision is made for it rather than a wrong denial."""
+    from bundle.analyze.policy import client_pod
+    from bundle.models.kube import KubeSlice, PodView
+
+    kube = KubeSlice(server="http://127.0.0.1:1", calls=[], pods=[
+        PodView(namespace="kube-system", name="node-exporter", pod_ips=["10.244.0.1"], host_network=True),
+        PodView(namespace="web", name="api", pod_ips=["10.244.3.7"])])
+    assert client_pod(kube, ["10.244.0.1"], None) is None
+    assert client_pod(kube, ["10.244.3.7"], None).name == "api"
