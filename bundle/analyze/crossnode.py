@@ -59,54 +59,60 @@ def _where(node: NodeEvidence, vantage: str, i: int) -> Evidence:
     return Evidence(member=node.member, pointer=f"vantages/{vantage}/capture.json#analysis.flows[{i}]")
 
 
-def _offsets(nodes: list[NodeEvidence]) -> list[ClockOffset]:
-    """B's clock minus A's from every SYN both ends captured (the one-way delay included)."""
-    out: list[ClockOffset] = []
+@dataclass(frozen=True)
+class _Pair:
+    """One flow of a client node's capture, with the node holding its server and that node's view of it."""
+
+    a: NodeEvidence
+    va: str
+    i: int
+    f: TcpFlow
+    b: NodeEvidence
+    at_b: tuple[tuple[str, int, TcpFlow], ...]  # (vantage, index, flow) of the same 4-tuple in b's captures
+
+
+def _pairs(nodes: list[NodeEvidence]) -> list[_Pair]:
+    out: list[_Pair] = []
     for a in nodes:
-        for _va, run_a in a.captures():
-            for f in run_a.analysis.flows if run_a.analysis is not None else []:
+        for va, run_a in a.captures():
+            for i, f in enumerate(run_a.analysis.flows if run_a.analysis is not None else []):
                 server, _ = split_endpoint(f.server)
-                for b in (n for n in nodes if n is not a and n.holds(server)):
-                    for _vb, run_b in b.captures():
-                        for g in run_b.analysis.flows if run_b.analysis is not None else []:
-                            if (g.client, g.server) == (f.client, f.server):
-                                out.append(ClockOffset(a.node, b.node, round((g.first_ns - f.first_ns) / 1e9, 6),
-                                                       f"{f.client} > {f.server}"))
+                b = next((n for n in nodes if n is not a and n.holds(server)), None)
+                if b is not None:
+                    out.append(_Pair(a, va, i, f, b, tuple(
+                        (vb, j, g) for vb, run_b in b.captures() if run_b.analysis is not None
+                        for j, g in enumerate(run_b.analysis.flows) if (g.client, g.server) == (f.client, f.server))))
     return out
 
 
 def cross_node(nodes: list[NodeEvidence]) -> tuple[list[Finding], list[ClockOffset]]:
     findings: list[Finding] = []
-    offsets = _offsets(nodes)
+    pairs = _pairs(nodes)
+    # B's clock minus A's from every SYN both ends captured (the one-way delay included)
+    offsets = [ClockOffset(p.a.node, p.b.node, round((p.at_b[0][2].first_ns - p.f.first_ns) / 1e9, 6),
+                           f"{p.f.client} > {p.f.server}") for p in pairs if p.at_b]
     by_pair: dict[tuple[str, str], list[float]] = {}
     for o in offsets:
         by_pair.setdefault((o.a, o.b), []).append(o.offset_s)
     done: set[tuple[str, str]] = set()
-    for a in nodes:
-        for va, run_a in a.captures():
-            assert run_a.analysis is not None
-            for i, f in enumerate(run_a.analysis.flows):
-                server, port = split_endpoint(f.server)
-                b = next((n for n in nodes if n is not a and n.holds(server)), None)
-                if b is None or (f.client, f.server) in done:
-                    continue
-                at_b = [(vb, j, g) for vb, run_b in b.captures() if run_b.analysis is not None
-                        for j, g in enumerate(run_b.analysis.flows) if (g.client, g.server) == (f.client, f.server)]
-                if f.handshake is not Handshake.SYN_UNANSWERED:
-                    continue
-                done.add((f.client, f.server))
-                seen = sorted(by_pair.get((a.node, b.node), []))
-                offset = seen[len(seen) // 2] if seen else 0.0  # the median; none known: the clocks agree
-                found = _verdict(a, va, i, f, b, at_b, server, port, offset)
-                if found is None:
-                    continue
-                same = next((x for x in findings if (x.id, x.vantage, x.target) == (found.id, found.vantage,
-                                                                                     found.target)), None)
-                if same is None:
-                    findings.append(found)
-                else:  # another connection of the same client to the same server, the same fate: one finding
-                    same.count += 1
-                    same.evidence += [e for e in found.evidence if e not in same.evidence][:1]
+    for p in pairs:
+        f = p.f
+        if f.handshake is not Handshake.SYN_UNANSWERED or (f.client, f.server) in done:
+            continue
+        done.add((f.client, f.server))
+        seen = sorted(by_pair.get((p.a.node, p.b.node), []))
+        offset = seen[len(seen) // 2] if seen else 0.0  # the median; none known: the clocks agree
+        server, port = split_endpoint(f.server)
+        found = _verdict(p.a, p.va, p.i, f, p.b, list(p.at_b), server, port, offset)
+        if found is None:
+            continue
+        same = next((x for x in findings if (x.id, x.vantage, x.target) == (found.id, found.vantage, found.target)),
+                    None)
+        if same is None:
+            findings.append(found)
+        else:  # another connection of the same client to the same server, the same fate: one finding
+            same.count += 1
+            same.evidence += [e for e in found.evidence if e not in same.evidence][:1]
     return findings, offsets
 
 
