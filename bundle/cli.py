@@ -213,7 +213,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("bundle", type=_existing, help="the .tar.zst bundle (as collect wrote it)")
     r.add_argument("-o", "--output", type=Path)
 
-    fl = _command(sub, "fleet", help="one incident set from many nodes (over OpenSSH)")
+    fl = _command(sub, "fleet", help="one incident set from many nodes (over OpenSSH or Kubernetes Jobs)")
     fsub = fl.add_subparsers(dest="fleet_command", required=True, parser_class=_Parser, metavar="COMMAND",
                              help="collect (see its --help)")
     fc = _command(fsub, "collect", help="run the same `netbundle collect` on every node at the same start time "
@@ -222,6 +222,22 @@ def _parser() -> argparse.ArgumentParser:
                     help="nodes as your ssh knows them (your config, keys and agent): repeatable or comma-separated")
     fc.add_argument("--ssh-file", type=_existing, metavar="FILE", help="nodes, one per line")
     fc.add_argument("--ssh-config", type=_existing, metavar="FILE", help="an ssh_config to use (ssh -F)")
+    fc.add_argument("--kube", action="store_true",
+                    help="Kubernetes engine: one Job per node; the nodes are --nodes, else those of the collect "
+                         "options' --service (its ready endpoints) and --pod")
+    fc.add_argument("--nodes", action="append", default=[], metavar="NODE[,NODE...]",
+                    help="Kubernetes nodes by name (implies --kube)")
+    fc.add_argument("--kubeconfig", metavar="FILE", help="default: $KUBECONFIG, ~/.kube/config, or in-cluster")
+    fc.add_argument("--context", metavar="NAME", help="a kubeconfig context")
+    fc.add_argument("--namespace", default="netbundle", metavar="NS",
+                    help="where the Jobs are made and deleted (default netbundle; docs/deploy/fleet-rbac.yaml)")
+    fc.add_argument("--image", default=f"localhost/netbundle:{__version__}", metavar="IMAGE",
+                    help="the netbundle image the Jobs run (the Containerfile's; default %(default)s)")
+    fc.add_argument("--service-account", default="netbundle", metavar="NAME",
+                    help="the Jobs' ServiceAccount (docs/deploy/rbac.yaml; default netbundle)")
+    fc.add_argument("--image-pull-grace", type=float, default=20.0, metavar="S",
+                    help="a node whose image is still not pulled this long after the shared start is named "
+                         "and left out (default 20)")
     fc.add_argument("--remote-netbundle", default="netbundle", metavar="PATH",
                     help="netbundle on the nodes (default: found on their PATH); root, or sudo -n, runs it")
     fc.add_argument("--parallel", type=int, default=8, metavar="N", help="nodes in flight at once (default 8)")
@@ -725,8 +741,11 @@ def _cmd_fleet(args: argparse.Namespace, argv: list[str]) -> int:
         hosts += [line.strip() for line in args.ssh_file.read_text().splitlines()
                   if line.strip() and not line.lstrip().startswith("#")]
     hosts = list(dict.fromkeys(hosts))
-    if not hosts:
-        raise UsageError("no node: give --ssh HOST[,HOST...] or --ssh-file FILE")
+    kube = args.kube or bool(args.nodes)
+    if kube and hosts:
+        raise UsageError("one engine per set: --ssh/--ssh-file or --kube/--nodes, not both")
+    if not kube and not hosts:
+        raise UsageError("no node: give --ssh HOST[,HOST...], --ssh-file FILE, or --kube [--nodes NODE[,NODE...]]")
     if len(hosts) > 256 or any(h.startswith("-") or any(c.isspace() for c in h) for h in hosts):
         raise UsageError("nodes: at most 256 host names, none starting with '-' or holding spaces")
     if not 1 <= args.parallel <= 32 or args.node_timeout <= 0 or not 0 <= args.start_in <= 300:
@@ -749,11 +768,46 @@ def _cmd_fleet(args: argparse.Namespace, argv: list[str]) -> int:
     _refuse_existing(args.output, args.force)
     created = datetime.now(UTC)
     out = args.output or Path(f"incident-set-{created:%Y%m%d-%H%M%S}.tar.zst")
-    start_at = time.time() + args.start_in
-    fleet = SshFleet(hosts=tuple(hosts), collect_args=tuple(rest),
-                     ssh_config=str(args.ssh_config) if args.ssh_config else None,
-                     remote_netbundle=args.remote_netbundle, parallel=args.parallel,
-                     node_timeout_s=args.node_timeout + args.start_in, start_at=start_at)
+    run_id = secrets.token_hex(4)
+    if kube:
+        from bundle.collect.kube import KubeConfigError, api_client
+        from bundle.collect.kubefleet import KubeFleet, collect_kube_fleet, select_nodes
+
+        nodes = [n.strip() for v in args.nodes for n in v.split(",") if n.strip()]
+        if any(not _DNS1123.match(n) for n in nodes) or not _DNS1123.match(args.namespace):
+            raise UsageError("--nodes and --namespace: Kubernetes names (lowercase DNS-1123)")
+        try:
+            client, _server, _ctx = api_client(args.kubeconfig, args.context)
+        except KubeConfigError as exc:
+            raise UsageError(str(exc)) from None
+        if not nodes:
+            nodes, notes = select_nodes(client, [_ns_name(v, "--service") for v in node_args.services],
+                                        [_ns_name(v, "--pod") for v in node_args.pods])
+            for note in notes:
+                sys.stderr.write(f"netbundle: {note}\n")
+            if not nodes:
+                raise UsageError("no node: give --nodes, or a --service with ready endpoints or a scheduled --pod "
+                                 "after --")
+        nodes = list(dict.fromkeys(nodes))[:256]
+        start_at = time.time() + args.start_in
+        engine = "kubernetes"
+        kfleet = KubeFleet(nodes=tuple(nodes), collect_args=tuple(rest), run_id=run_id, image=args.image,
+                           namespace=args.namespace, service_account=args.service_account, parallel=args.parallel,
+                           node_timeout_s=args.node_timeout + args.start_in, start_at=start_at,
+                           pull_grace_s=args.image_pull_grace)
+
+        def run(folder: Path, progress: Callable[[Any], None]) -> Any:
+            return collect_kube_fleet(kfleet, client, folder, progress)
+    else:
+        start_at = time.time() + args.start_in
+        engine = "ssh"
+        fleet = SshFleet(hosts=tuple(hosts), collect_args=tuple(rest),
+                         ssh_config=str(args.ssh_config) if args.ssh_config else None,
+                         remote_netbundle=args.remote_netbundle, parallel=args.parallel,
+                         node_timeout_s=args.node_timeout + args.start_in, start_at=start_at)
+
+        def run(folder: Path, progress: Callable[[Any], None]) -> Any:
+            return collect_fleet(fleet, folder, progress)
 
     def progress(n: Any) -> None:
         sys.stderr.write(f"  {n.node:<28} {n.outcome:<18} {n.duration_s:6.1f}s{('  ' + n.detail) if n.detail else ''}\n")
@@ -761,12 +815,12 @@ def _cmd_fleet(args: argparse.Namespace, argv: list[str]) -> int:
     interrupted = False
     with tempfile.TemporaryDirectory(prefix=".netbundle-fleet-", dir=out.parent.resolve()) as tmp:
         try:
-            results = collect_fleet(fleet, Path(tmp), progress)
+            results = run(Path(tmp), progress)
         except FleetInterrupted as exc:
             results, interrupted = exc.results, True
         from bundle.models.incidentset import SetManifest
 
-        manifest = SetManifest(set_id=f"set-{created:%Y%m%dT%H%M%SZ}-{secrets.token_hex(4)}", engine="ssh",
+        manifest = SetManifest(set_id=f"set-{created:%Y%m%dT%H%M%SZ}-{run_id}", engine=engine,
                                created=created, finished=datetime.now(UTC), user=getpass.getuser(), argv=argv,
                                start_at=datetime.fromtimestamp(start_at, UTC), nodes=[r.outcome for r in results])
         files = {r.outcome.member: r.file for r in results if r.outcome.member and r.file is not None}

@@ -12,6 +12,8 @@ import base64
 import copy
 import json
 import threading
+import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -30,8 +32,27 @@ RESOURCES = {
     "networkpolicies": ("/apis/networking.k8s.io/v1", "NetworkPolicy"),
     "adminnetworkpolicies": ("/apis/policy.networking.k8s.io/v1alpha1", "AdminNetworkPolicy"),
     "ciliumnetworkpolicies": ("/apis/cilium.io/v2", "CiliumNetworkPolicy"),
+    "jobs": ("/apis/batch/v1", "Job"),
 }
 CLUSTER_SCOPED = {"nodes", "namespaces", "adminnetworkpolicies"}
+
+
+@dataclass
+class LogStream:
+    """A running container's output as the kubelet serves it: grows while it runs, ends when it exits."""
+    data: bytearray = field(default_factory=bytearray)
+    done: bool = False
+    cond: threading.Condition = field(default_factory=threading.Condition)
+
+    def write(self, chunk: bytes) -> None:
+        with self.cond:
+            self.data += chunk
+            self.cond.notify_all()
+
+    def close(self) -> None:
+        with self.cond:
+            self.done = True
+            self.cond.notify_all()
 
 
 @dataclass
@@ -40,12 +61,20 @@ class FakeApi:
     logs: dict[tuple[str, str], list[tuple[int, str]]] = field(default_factory=dict)  # (ns, pod) -> (age s, line)
     forbidden: set[tuple[str, str]] = field(default_factory=set)  # (verb, resource)
     requests: list[tuple[str, dict[str, list[str]]]] = field(default_factory=list)
+    verbs: list[tuple[str, str, str | None]] = field(default_factory=list)  # (verb, resource.group, namespace)
+    streams: dict[tuple[str, str], LogStream] = field(default_factory=dict)  # (ns, pod) -> a container's output
+    lock: threading.RLock = field(default_factory=threading.RLock)
     url: str = ""
 
     def add(self, resource: str, obj: dict[str, Any]) -> None:
         meta = obj["metadata"]
         ns = None if resource in CLUSTER_SCOPED else meta.get("namespace", "default")
-        self.objects[(resource, ns, meta["name"])] = obj
+        with self.lock:
+            self.objects[(resource, ns, meta["name"])] = obj
+
+    def of(self, resource: str) -> list[dict[str, Any]]:
+        with self.lock:
+            return [o for (r, _, _), o in list(self.objects.items()) if r == resource]
 
     def kubeconfig(self, folder: Path) -> Path:
         path = folder / "kubeconfig"
@@ -92,12 +121,14 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
-    def do_GET(self) -> None:  # noqa: N802 - the http.server API
+    def _route(self, method: str) -> tuple[str, str | None, list[str], dict[str, list[str]]] | None:
+        """(resource, namespace, path rest, query) of a request the server serves; otherwise answered here."""
         url = urlsplit(self.path)
         query = parse_qs(url.query)
         self.api.requests.append((url.path, query))
         if self.headers.get("Authorization") != "Bearer nbt-token":
-            return self._send(401, _status(401, "Unauthorized", "Unauthorized"))
+            self._send(401, _status(401, "Unauthorized", "Unauthorized"))
+            return None
         parts = [p for p in url.path.split("/") if p]
         # /api/v1/... or /apis/GROUP/VERSION/...
         rest = parts[2:] if parts[:1] == ["api"] else parts[3:]
@@ -106,40 +137,91 @@ class _Handler(BaseHTTPRequestHandler):
             ns, rest = rest[1], rest[2:]
         served = "/" + "/".join(parts[:2] if parts[:1] == ["api"] else parts[:3])
         if not rest or rest[0] not in RESOURCES or RESOURCES[rest[0]][0] != served:  # a group this server lacks
-            return self._send(404, _status(404, "NotFound", "the server could not find the requested resource"))
+            self._send(404, _status(404, "NotFound", "the server could not find the requested resource"))
+            return None
         resource = rest[0]
+        sub = "/log" if len(rest) == 3 and rest[2] == "log" else ""
+        verb = {"POST": "create", "DELETE": "delete"}.get(method) or ("get" if len(rest) >= 2 else "list")
+        qualified = _qualified(resource) if not sub else "pods/log"
+        self.api.verbs.append((verb, qualified, ns))
+        if (verb, qualified) in self.api.forbidden or (sub and ("log", "pods/log") in self.api.forbidden):
+            group = RESOURCES[resource][0].split("/")[2] if RESOURCES[resource][0].startswith("/apis") else ""
+            self._send(403, _status(
+                403, "Forbidden", f'{qualified} is forbidden: User "system:serviceaccount:netbundle:collector" cannot '
+                                  f'{verb} resource "{resource}{sub}" in API group "{group}"'
+                                  + (f' in the namespace "{ns}"' if ns else "")))
+            return None
+        return resource, ns, rest, query
+
+    def do_GET(self) -> None:  # noqa: N802 - the http.server API
+        routed = self._route("GET")
+        if routed is None:
+            return None
+        resource, ns, rest, query = routed
         prefix, kind = RESOURCES[resource]
-        group = prefix.split("/")[2] if prefix.startswith("/apis") else ""
-        qualified = f"{resource}.{group}" if group else resource
         if len(rest) == 3 and resource == "pods" and rest[2] == "log":
             return self._log(ns, rest[1], query)
-        verb = "get" if len(rest) == 2 else "list"
-        if (verb, qualified) in self.api.forbidden:
-            return self._send(403, _status(
-                403, "Forbidden", f'{qualified} is forbidden: User "system:serviceaccount:netbundle:collector" cannot '
-                                  f'{verb} resource "{resource}" in API group "{group}"'
-                                  + (f' in the namespace "{ns}"' if ns else "")))
-        if verb == "get":
-            obj = self.api.objects.get((resource, ns, rest[1]))
+        if len(rest) == 2:
+            with self.api.lock:
+                obj = copy.deepcopy(self.api.objects.get((resource, ns, rest[1])))
             if obj is None:
-                return self._send(404, _status(404, "NotFound", f'{qualified} "{rest[1]}" not found'))
+                return self._send(404, _status(404, "NotFound", f'{_qualified(resource)} "{rest[1]}" not found'))
             return self._send(200, obj)
         selector = (query.get("labelSelector") or [None])[0]
-        items = [o for (r, n, _), o in sorted(self.api.objects.items(), key=lambda kv: kv[0][2])
-                 if r == resource and (ns is None or n == ns)
-                 and _matches((o.get("metadata") or {}).get("labels") or {}, selector)]
+        with self.api.lock:
+            items = [copy.deepcopy(o) for (r, n, _), o in sorted(self.api.objects.items(), key=lambda kv: kv[0][2])
+                     if r == resource and (ns is None or n == ns)
+                     and _matches((o.get("metadata") or {}).get("labels") or {}, selector)]
         start = int(base64.b64decode((query.get("continue") or ["MA=="])[0]).decode())
         limit = int((query.get("limit") or [0])[0]) or len(items)
         page = items[start:start + limit]
         meta: dict[str, Any] = {"resourceVersion": "4242"}
         if start + limit < len(items):
             meta["continue"] = base64.b64encode(str(start + limit).encode()).decode()
-        return self._send(200, {"kind": f"{kind}List", "apiVersion": prefix.split("/", 2)[-1] if group else "v1",
+        return self._send(200, {"kind": f"{kind}List", "apiVersion": prefix.split("/", 2)[-1] if prefix != "/api/v1" else "v1",
                                 "metadata": meta, "items": page})
 
+    def do_POST(self) -> None:  # noqa: N802
+        routed = self._route("POST")
+        if routed is None:
+            return None
+        resource, ns, rest, _query = routed
+        body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
+        name = (body.get("metadata") or {}).get("name")
+        if len(rest) != 1 or not name or body.get("kind") != RESOURCES[resource][1]:
+            return self._send(400, _status(400, "BadRequest", "a named object of the collection's kind is required"))
+        with self.api.lock:
+            if (resource, ns, name) in self.api.objects:
+                return self._send(409, _status(409, "AlreadyExists", f'{_qualified(resource)} "{name}" already exists'))
+            body["metadata"].update(namespace=ns, uid=str(uuid.uuid4()), resourceVersion="4243",
+                                    creationTimestamp=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+            body.setdefault("status", {})
+            self.api.objects[(resource, ns, name)] = body
+        return self._send(201, body)
+
+    def do_DELETE(self) -> None:  # noqa: N802
+        routed = self._route("DELETE")
+        if routed is None:
+            return None
+        resource, ns, rest, query = routed
+        length = int(self.headers.get("Content-Length") or 0)
+        options = json.loads(self.rfile.read(length) or b"{}") if length else {}
+        policy = (query.get("propagationPolicy") or [options.get("propagationPolicy") or "Orphan"])[0]
+        with self.api.lock:
+            obj = self.api.objects.pop((resource, ns, rest[1]), None) if len(rest) == 2 else None
+            if obj is None:
+                return self._send(404, _status(404, "NotFound", f'{_qualified(resource)} "{rest[-1]}" not found'))
+            if resource == "jobs" and policy in ("Background", "Foreground"):  # the garbage collector's part
+                for key, o in list(self.api.objects.items()):
+                    if key[0] == "pods" and key[1] == ns and o["metadata"].get("labels", {}).get("job-name") == rest[1]:
+                        del self.api.objects[key]
+        return self._send(200, {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
+                                "details": {"name": rest[1], "kind": resource, "uid": obj["metadata"].get("uid")}})
+
     def _log(self, ns: str | None, pod: str, query: dict[str, list[str]]) -> None:
-        if ("log", "pods/log") in self.api.forbidden:
-            return self._send(403, _status(403, "Forbidden", "pods/log is forbidden"))
+        stream = self.api.streams.get((ns or "", pod))
+        if stream is not None:
+            return self._stream(stream, (query.get("follow") or ["false"])[0] == "true")
         lines = self.api.logs.get((ns or "", pod))
         if lines is None:
             return self._send(404, _status(404, "NotFound", f'pods "{pod}" not found'))
@@ -149,6 +231,33 @@ class _Handler(BaseHTTPRequestHandler):
         text = "".join(line + "\n" for line in kept[-tail:] if tail)
         limit = int((query.get("limitBytes") or [len(text)])[0])
         return self._send(200, text[:limit], text=True)
+
+
+    def _stream(self, stream: LogStream, follow: bool) -> None:
+        """The body as the kubelet sends it: what is there, then (follow) more as it comes, ending when the
+        container exits; the connection closes to end it (HTTP/1.0, no length)."""
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain")
+        self.end_headers()
+        pos = 0
+        try:
+            while True:
+                with stream.cond:
+                    stream.cond.wait_for(lambda: len(stream.data) > pos or stream.done, timeout=0.5)
+                    chunk, done = bytes(stream.data[pos:]), stream.done
+                if chunk:
+                    self.wfile.write(chunk)
+                    self.wfile.flush()
+                    pos += len(chunk)
+                if not follow or (done and pos == len(stream.data)):
+                    return
+        except OSError:  # the client went away
+            return
+
+
+def _qualified(resource: str) -> str:
+    prefix = RESOURCES[resource][0]
+    return f"{resource}.{prefix.split('/')[2]}" if prefix.startswith("/apis") else resource
 
 
 @contextmanager

@@ -110,7 +110,7 @@ def test_rbac_grants_exactly_what_the_slice_reads(tmp_path):
         client, server, context = api_client(str(api.kubeconfig(tmp_path)), None)
         doc = collect_kube(KubeRequest(services=(("default", "payments"),), pods=(("default", "client"),)),
                            client, server, context).doc
-    grants = _grants(_docs())
+    grants = _grants([(n, d) for n, d in _docs() if n == "rbac.yaml"])
     used = set()
     for call in doc.calls:
         verb = "get" if call.verb == "log" else call.verb

@@ -49,10 +49,31 @@ class NodeResult:
 
 
 @dataclass
-class _Running:
-    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+class Running:
+    """What is in flight, for Ctrl-C: a way to stop each node's work (kill its ssh, delete its Job)."""
+    stoppers: dict[str, Callable[[], None]] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
     stopped: bool = False
+
+    def register(self, node: str, stop: Callable[[], None]) -> None:
+        with self.lock:
+            self.stoppers[node] = stop
+        if self.stopped:
+            stop()
+
+    def release(self, node: str) -> None:
+        with self.lock:
+            self.stoppers.pop(node, None)
+
+    def stop_all(self) -> None:
+        with self.lock:
+            self.stopped = True
+            stoppers = list(self.stoppers.values())
+        for stop in stoppers:
+            try:
+                stop()
+            except Exception:  # noqa: BLE001 - one node's cleanup never stops the others'
+                pass
 
 
 def remote_script(fleet: SshFleet) -> str:
@@ -84,7 +105,7 @@ def ssh_argv(fleet: SshFleet, host: str) -> list[str]:
     return [*argv, "--", host, "sh -c " + shlex.quote(remote_script(fleet))]
 
 
-def _outcome(host: str, started: datetime, code: int | None, stderr: str, **kw: object) -> NodeOutcome:
+def node_outcome(host: str, started: datetime, code: int | None, stderr: str, **kw: object) -> NodeOutcome:
     finished = datetime.now(UTC)
     return NodeOutcome(node=host, started=started, finished=finished,
                        duration_s=round((finished - started).total_seconds(), 3), exit_code=code, **kw)  # type: ignore[arg-type]
@@ -95,69 +116,76 @@ def _last_line(text: str) -> str:
     return (lines[-1] if lines else "")[:300]
 
 
-def collect_node(fleet: SshFleet, host: str, folder: Path, running: _Running) -> NodeResult:
+def collect_node(fleet: SshFleet, host: str, folder: Path, running: Running) -> NodeResult:
     started = datetime.now(UTC)
-    out = folder / f"{_SAFE.sub('_', host)[:64] or 'node'}.tar.zst"
+    out = node_file(folder, host)
     try:
         with open(out, "wb") as sink, tempfile.TemporaryFile() as err:
             proc = subprocess.Popen(ssh_argv(fleet, host), stdin=subprocess.DEVNULL, stdout=sink, stderr=err)
-            with running.lock:
-                if running.stopped:
-                    proc.kill()
-                running.procs[host] = proc
+            running.register(host, proc.kill)
             try:
                 code = proc.wait(timeout=fleet.node_timeout_s)
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-                return NodeResult(_outcome(host, started, None, "", outcome="timeout",
+                return NodeResult(node_outcome(host, started, None, "", outcome="timeout",
                                            detail=f"no answer within {fleet.node_timeout_s:g} s: stopped"))
             err.seek(0)
             stderr = err.read()[-20000:].decode(errors="replace")
     except OSError as exc:
-        return NodeResult(_outcome(host, started, None, "", outcome="failed", detail=f"cannot run ssh: {exc}"))
+        return NodeResult(node_outcome(host, started, None, "", outcome="failed", detail=f"cannot run ssh: {exc}"))
     finally:
-        with running.lock:
-            running.procs.pop(host, None)
+        running.release(host)
     if running.stopped and code != 0:
-        return NodeResult(_outcome(host, started, code, stderr, outcome="failed", detail="interrupted"))
+        return NodeResult(node_outcome(host, started, code, stderr, outcome="failed", detail="interrupted"))
     if code == 255:
-        return NodeResult(_outcome(host, started, code, stderr, outcome="unreachable",
+        return NodeResult(node_outcome(host, started, code, stderr, outcome="unreachable",
                                    detail=_last_line(stderr) or "ssh failed"))
     if code == NETBUNDLE_MISSING:
-        return NodeResult(_outcome(host, started, code, stderr, outcome="netbundle_missing",
+        return NodeResult(node_outcome(host, started, code, stderr, outcome="netbundle_missing",
                                    detail=f"{fleet.remote_netbundle} not found on the node"))
     if code == SUDO_REFUSED:
-        return NodeResult(_outcome(host, started, code, stderr, outcome="sudo_refused",
+        return NodeResult(node_outcome(host, started, code, stderr, outcome="sudo_refused",
                                    detail=_last_line(stderr) or "sudo -n refused"))
-    if code not in (0, 5) or out.stat().st_size == 0:
-        return NodeResult(_outcome(host, started, code, stderr, outcome="failed",
-                                   detail=_last_line(stderr) or f"exit {code}"))
     said = _SHA_LINE.findall(stderr)
+    return judge_bundle(host, started, code, stderr, out, said[-1] if said else None)
+
+
+def judge_bundle(node: str, started: datetime, code: int | None, stderr: str, out: Path,
+                 said: str | None) -> NodeResult:
+    """What a node's returned file is worth: collect's exit code, the SHA-256 the node said against the file
+    that arrived, then read as any bundle (every member's hash). Both engines end here."""
+    if code not in (0, 5) or not out.exists() or out.stat().st_size == 0:
+        return NodeResult(node_outcome(node, started, code, stderr, outcome="failed",
+                                   detail=_last_line(stderr) or f"exit {code}"))
     got = file_sha256(out)
-    if not said or said[-1] != got:
-        return NodeResult(_outcome(host, started, code, stderr, outcome="invalid", sha256=got,
-                                   remote_sha256=said[-1] if said else None,
+    if said is None or said != got:
+        return NodeResult(node_outcome(node, started, code, stderr, outcome="invalid", sha256=got, remote_sha256=said,
                                    detail="the file that arrived is not the one the node wrote (SHA-256 differs)"))
     try:
         bundle = read_bundle(out)
     except NetbundleError as exc:
-        return NodeResult(_outcome(host, started, code, stderr, outcome="invalid", sha256=got, remote_sha256=said[-1],
+        return NodeResult(node_outcome(node, started, code, stderr, outcome="invalid", sha256=got, remote_sha256=said,
                                    detail=f"unreadable bundle: {exc}"))
-    return NodeResult(_outcome(host, started, code, stderr, outcome="collected" if code == 0 else "incomplete",
-                               sha256=got, remote_sha256=said[-1], bundle_id=bundle.manifest.bundle_id,
+    return NodeResult(node_outcome(node, started, code, stderr, outcome="collected" if code == 0 else "incomplete",
+                               sha256=got, remote_sha256=said, bundle_id=bundle.manifest.bundle_id,
                                member=f"nodes/{out.name}",
                                detail="" if code == 0 else _last_line(stderr)), out)
 
 
-def collect_fleet(fleet: SshFleet, folder: Path,
-                  progress: Callable[[NodeOutcome], None] | None = None) -> list[NodeResult]:
-    """Every host, at most `parallel` at a time; each ends within the node timeout. Ctrl-C stops the ssh
-    processes still running (their nodes' temp folders go with their shells) and returns what arrived."""
-    running = _Running()
+def node_file(folder: Path, node: str) -> Path:
+    return folder / f"{_SAFE.sub('_', node)[:64] or 'node'}.tar.zst"
+
+
+def run_fleet(nodes: tuple[str, ...], work: Callable[[str, Running], NodeResult], parallel: int,
+              progress: Callable[[NodeOutcome], None] | None = None) -> list[NodeResult]:
+    """Every node, at most `parallel` at a time; each `work` ends within its node timeout. Ctrl-C stops what is
+    in flight (each node registered how: kill its ssh, delete its Job) and raises FleetInterrupted with what
+    arrived, the rest marked interrupted."""
+    running = Running()
     results: dict[str, NodeResult] = {}
-    pool = concurrent.futures.ThreadPoolExecutor(max_workers=max(1, min(MAX_PARALLEL, fleet.parallel)))
-    futures = {pool.submit(collect_node, fleet, h, folder, running): h for h in fleet.hosts}
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=max(1, min(MAX_PARALLEL, parallel)))
+    futures = {pool.submit(work, n, running): n for n in nodes}
     try:
         for fut in concurrent.futures.as_completed(futures):
             res = fut.result()
@@ -165,21 +193,25 @@ def collect_fleet(fleet: SshFleet, folder: Path,
             if progress is not None:
                 progress(res.outcome)
     except KeyboardInterrupt:
-        with running.lock:
-            running.stopped = True
-            for proc in running.procs.values():
-                proc.kill()
+        running.stop_all()
         pool.shutdown(wait=True, cancel_futures=True)
-        for fut, host in futures.items():
-            if fut.done() and not fut.cancelled() and host not in results:
-                results[host] = fut.result()
+        for fut, node in futures.items():
+            if fut.done() and not fut.cancelled() and node not in results:
+                results[node] = fut.result()
         now = datetime.now(UTC)
-        for host in fleet.hosts:
-            results.setdefault(host, NodeResult(NodeOutcome(node=host, outcome="failed", detail="interrupted",
+        for node in nodes:
+            results.setdefault(node, NodeResult(NodeOutcome(node=node, outcome="failed", detail="interrupted",
                                                             started=now, finished=now, duration_s=0.0)))
-        raise FleetInterrupted([results[h] for h in fleet.hosts]) from None
+        raise FleetInterrupted([results[n] for n in nodes]) from None
     pool.shutdown(wait=True)
-    return [results[h] for h in fleet.hosts]
+    return [results[n] for n in nodes]
+
+
+def collect_fleet(fleet: SshFleet, folder: Path,
+                  progress: Callable[[NodeOutcome], None] | None = None) -> list[NodeResult]:
+    """Every host over ssh (their nodes' temp folders go with their shells when Ctrl-C kills the ssh)."""
+    return run_fleet(fleet.hosts, lambda h, running: collect_node(fleet, h, folder, running), fleet.parallel,
+                     progress)
 
 
 class FleetInterrupted(Exception):

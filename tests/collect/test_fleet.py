@@ -257,3 +257,137 @@ def test_a_set_redacts_with_one_map_and_summarises(fleet_lab, tmp_path):
             node.write_bytes(data)
             leaks += [(info.name, path) for path, member in _members(node).items() for n in needles if n in member]
     assert leaks == []
+
+
+# --- the Kubernetes engine ------------------------------------------------------------------------------------
+# Against the loopback API server (tests/kubeapi.py) with tests/kubelet.py playing the Job controller and the
+# kubelet: a SIMULATOR that runs each Job's container command in the lab netns of its node. The API calls, the
+# Job manifests (checked against the kubernetes client's models) and the log-stream framing are the real ones.
+
+def _kube_api():
+    from tests import kubeapi
+
+    api = kubeapi.FakeApi()
+    for name, last in NODES.items():
+        api.add("nodes", kubeapi.node(name, f"10.244.60.{last}", f"10.244.{last}.0/24"))
+    return api
+
+
+def _kube_fleet(kubeconfig, *args, timeout=90, **kw):
+    return subprocess.Popen([sys.executable, "-m", "bundle", "fleet", "collect", "--kubeconfig", str(kubeconfig),
+                             *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+
+
+def test_kubernetes_engine_makes_a_job_per_node_and_names_each_failure(fleet_lab, tmp_path):
+    """Five nodes: two collect; node-c's image pull backs off, node-d's pod is evicted, node-e has no kubelet
+    (its pod stays Pending). The Jobs carry one shared start, the bundles come back over the log stream and are
+    verified, each failure ends within the node timeout and is named, and every Job (and pod) is deleted."""
+    from tests import kubeapi
+    from tests.kubelet import Kubelet
+    from tests.test_deploy import _check, _docs, _grants
+
+    t, _ = fleet_lab
+    api = _kube_api()
+    out = tmp_path / "set.tar.zst"
+    path = f"{VENV_BIN}:/usr/sbin:/usr/bin:/sbin:/bin"
+    netns = {n: t.namespaces[n] for n in ("node-a", "node-b", "node-c", "node-d")}
+    with kubeapi.serve(api), Kubelet(api, netns, path, pull_fails={"node-c"}, evict={"node-d"}) as kubelet:
+        proc = _kube_fleet(api.kubeconfig(tmp_path), "--nodes", "node-a,node-b,node-c", "--nodes", "node-d,node-e",
+                           "--node-timeout", "12", "--start-in", "3", "--image-pull-grace", "2", "-o", str(out),
+                           "--", "--passive", "--slice", "route", "--slice", "sockets", "--timeout", "15")
+        _, err = proc.communicate(timeout=90)
+        assert proc.returncode == 5, err
+        assert api.of("jobs") == [] and api.of("pods") == [] and kubelet.running() == []  # nothing left behind
+        jobs = kubelet.jobs_seen
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("collected 2 of 5; "), last
+    for words in ("node node-c: not_started (ImagePullBackOff", "node node-d: evicted (Evicted: The node was low",
+                  "node node-e: timeout (not started within 15 s (Pending: no container started"):
+        assert words in last, last
+    st = read_set(out)
+    assert st.manifest.engine == "kubernetes"
+    outcomes = {n.node: n for n in st.manifest.nodes}
+    assert {n: o.outcome for n, o in outcomes.items()} == {
+        "node-a": "collected", "node-b": "collected", "node-c": "not_started", "node-d": "evicted",
+        "node-e": "timeout"}
+    assert all(o.duration_s < 17 for o in outcomes.values())
+    for name in ("node-a", "node-b"):
+        o = outcomes[name]
+        assert o.sha256 == o.remote_sha256 and st.bundles[name].manifest.bundle_id == o.bundle_id
+        assert f"10.244.60.{NODES[name]}" in {a.address for a in st.bundles[name].route("host").addresses}
+    starts = [st.bundles[n].manifest.created for n in ("node-a", "node-b")]
+    assert abs((starts[0] - starts[1]).total_seconds()) < 1.0
+    # the Jobs as the API received them: valid against the client's models, one per node, the right spec
+    assert sorted(j["spec"]["template"]["spec"]["nodeName"] for j in jobs) == sorted(NODES) + ["node-e"]
+    start_ats = set()
+    for job in jobs:
+        errors: list[str] = []
+        _check({k: v for k, v in job.items() if k != "status"}, "V1Job", "Job", errors)
+        assert not errors, errors
+        spec = job["spec"]["template"]["spec"]
+        c = spec["containers"][0]
+        assert spec["hostNetwork"] and spec["hostPID"] and spec["restartPolicy"] == "Never"
+        assert c["securityContext"]["capabilities"] == {
+            "drop": ["ALL"], "add": ["NET_ADMIN", "NET_RAW", "SYS_ADMIN", "SYS_PTRACE", "DAC_READ_SEARCH"]}
+        assert c["image"] == "localhost/netbundle:0.1.0" and spec["serviceAccountName"] == "netbundle"
+        assert job["spec"]["activeDeadlineSeconds"] >= 15 and job["spec"]["ttlSecondsAfterFinished"] > 0
+        assert job["metadata"]["namespace"] == "netbundle"
+        assert job["metadata"]["labels"]["netbundle.io/run"] in st.manifest.set_id
+        start_ats.add(c["args"][c["args"].index("--start-at") + 1])
+    assert len(start_ats) == 1  # one shared start
+    # every call the coordinator made is granted by docs/deploy/fleet-rbac.yaml, and every rule there is used
+    grants = _grants([(n, d) for n, d in _docs() if n == "fleet-rbac.yaml"])
+    used = {(verb, res, ns) for verb, res, ns in api.verbs if res != "nodes"}
+    assert used <= grants, used - grants
+    assert grants == used, grants - used
+
+
+def test_kubernetes_engine_ctrl_c_deletes_its_jobs(fleet_lab, tmp_path):
+    """SIGINT while the nodes capture: the set is written (nodes marked interrupted), exit 130, and every Job the
+    run made is deleted, its container stopped."""
+    import signal
+    import time
+
+    from tests import kubeapi
+    from tests.kubelet import Kubelet
+
+    t, _ = fleet_lab
+    api = _kube_api()
+    out = tmp_path / "set.tar.zst"
+    netns = {n: t.namespaces[n] for n in ("node-a", "node-b")}
+    with kubeapi.serve(api), Kubelet(api, netns, f"{VENV_BIN}:/usr/sbin:/usr/bin:/sbin:/bin") as kubelet:
+        proc = _kube_fleet(api.kubeconfig(tmp_path), "--nodes", "node-a,node-b", "--node-timeout", "60",
+                           "--start-in", "0", "--window", "40", "-o", str(out),
+                           "--", "--passive", "--slice", "capture", "--capture-seconds", "50", "--timeout", "60",
+                           preexec_fn=sigint_default)
+        deadline = time.monotonic() + 20
+        while len(kubelet.running()) < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert len(kubelet.running()) == 2
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+        assert proc.returncode == 130, err
+        time.sleep(0.5)  # the simulator's loop notices a deleted Job within 0.1 s
+        assert api.of("jobs") == [] and kubelet.running() == []
+    st = read_set(out)
+    assert {n.outcome for n in st.manifest.nodes} == {"failed"} and {n.detail for n in st.manifest.nodes} == {"interrupted"}
+
+
+def test_nodes_of_a_service_and_a_pod(tmp_path):
+    """--kube without --nodes: the nodes holding the Service's ready endpoints (not the unready one's), then the
+    client pod's node; what cannot be resolved is said."""
+    from bundle.collect.kube import api_client
+    from bundle.collect.kubefleet import select_nodes
+    from tests import kubeapi
+
+    api = kubeapi.FakeApi()
+    api.add("endpointslices", kubeapi.endpoint_slice("default", "payments", [
+        ("10.244.2.5", True, "node-b"), ("10.244.3.5", False, "node-c"), ("10.244.4.5", True, "node-d"),
+        ("10.244.2.6", True, "node-b")], [("http", 8080, "TCP")]))
+    api.add("pods", kubeapi.pod("default", "client", "10.244.1.5", "node-a", {"app": "client"}, [], uid="u-1"))
+    with kubeapi.serve(api):
+        client, _, _ = api_client(str(api.kubeconfig(tmp_path)), None)
+        nodes, notes = select_nodes(client, [("default", "payments"), ("default", "nothing")],
+                                    [("default", "client"), ("default", "gone")])
+    assert nodes == ["node-b", "node-d", "node-a"]
+    assert notes == ["service default/nothing: no ready endpoint with a node", "pod default/gone: not read (404 Not Found)"]
