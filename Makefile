@@ -6,14 +6,16 @@ PY     := $(VENV)/bin/python
 # differential checks; chromium: the "no external request" browser test; nfacct: the accounting objects
 # kube-proxy's recent rule sets name, created in lab namespaces so the corpus rules load; traceroute and
 # tracepath: the reference for path discovery; openssh-client: ssh-keygen signs bundles and checks our verify,
-# and ssh carries `fleet collect`; openssh-server: the fleet tests' nodes run a real sshd in lab namespaces).
+# and ssh carries `fleet collect`; openssh-server: the fleet tests' nodes run a real sshd in lab namespaces;
+# mmdebstrap, podman, runc: the image test builds the Containerfile's image from a Debian rootfs, no registry).
 APT_PACKAGES := iproute2 iptables nftables conntrack tcpdump tshark dnsmasq libpcap0.8 iputils-ping \
-                util-linux zstd tar chromium nfacct traceroute iputils-tracepath openssh-client openssh-server
+                util-linux zstd tar chromium nfacct traceroute iputils-tracepath openssh-client openssh-server \
+                mmdebstrap podman runc
 # Only the benchmarks need these: the reference tools they compare against (bench/collect.py runs sos).
 BENCH_PACKAGES := sosreport
 DEMO_DIR := demo
 
-.PHONY: demo test system-deps bench-deps venv schemas typecheck clean
+.PHONY: demo test system-deps bench-deps venv schemas typecheck image clean
 
 # Install whichever of the Debian packages in $(1) are missing (as root, where apt-get exists).
 define apt_install
@@ -63,7 +65,15 @@ demo: system-deps venv
 test: system-deps venv
 	$(PY) -m bundle.schemas --check
 	$(VENV)/bin/mypy
-	$(PY) -m pytest -ra -p no:cacheprovider
+	$(PY) -m pytest -ra -p no:cacheprovider --durations=25
+
+# The image `fleet collect --kube` runs (Containerfile): wheels of this checkout and its dependencies in
+# dist/image, then an offline build on Debian bookworm (BASE=... for another base; push it and pass --image).
+IMAGE ?= localhost/netbundle:$(shell $(PY) -c 'import bundle; print(bundle.__version__)')
+image: system-deps venv
+	rm -rf dist/image
+	$(PY) -m pip wheel --no-build-isolation -q -w dist/image .
+	podman build --network none $(if $(BASE),--build-arg BASE=$(BASE)) -t $(IMAGE) -f Containerfile .
 
 clean:
 	rm -rf $(VENV) dist build $(DEMO_DIR) .pytest_cache .mypy_cache
