@@ -81,6 +81,27 @@ def _read(path: Path, role: str = "", **kw: Any) -> Bundle:
         raise
 
 
+def _set_node(path: Path, role: str, node: str | None) -> Bundle:
+    """A bundle, or one node's bundle out of an incident set (verified as the set is read)."""
+    from bundle.archive.incidentset import is_set, read_set
+
+    if not is_set(path):
+        if node:
+            raise UsageError(f"--{role}-node {node!r}: {path} is a bundle, not an incident set")
+        return _read(path, role, tables=False)
+    st = read_set(path)
+    if node is None and len(st.bundles) == 1:
+        return next(iter(st.bundles.values()))
+    if node not in st.bundles:
+        raise UsageError(f"{role}: {path} is an incident set; name its node with --{role}-node "
+                         f"(nodes with a bundle: {', '.join(st.bundles) or 'none'})")
+    return st.bundles[node]
+
+
+def _side_name(path: Path, node: str | None) -> str:
+    return f"{path.name} node {node}" if node else path.name
+
+
 def _slice_names() -> list[str]:
     from bundle.collect.registry import collectors
 
@@ -194,8 +215,12 @@ def _parser() -> argparse.ArgumentParser:
     sm.add_argument("--format", choices=("md", "text", "json"), default="md")
 
     d = _command(sub, "diff", help="compare a failing bundle with a healthy one, differences that matter first")
-    d.add_argument("failing", type=_existing, help="the bundle from the node (or pod) in trouble")
-    d.add_argument("healthy", type=_existing, help="a bundle from a comparable node that works")
+    d.add_argument("failing", type=_existing, help="the bundle from the node (or pod) in trouble, or an incident set")
+    d.add_argument("healthy", type=_existing, nargs="?",
+                   help="a bundle from a comparable node that works (or a set); omitted with a set: both nodes "
+                        "come from it")
+    d.add_argument("--failing-node", metavar="NODE", help="in a set: the failing node's bundle")
+    d.add_argument("--healthy-node", metavar="NODE", help="in a set: the working node's bundle")
     d.add_argument("--format", choices=("text", "md", "json", "html"), default="text")
     d.add_argument("--pair", action="append", default=[], metavar="FAILING_VANTAGE=HEALTHY_VANTAGE",
                    help="pair two vantages by hand (default: by role, the last word of the vantage id)")
@@ -582,7 +607,7 @@ def _cmd_diff(args: argparse.Namespace) -> int:
     from bundle.analyze.diff import diff
 
     def sides(path: Path, role: str) -> list[VantageDocs]:
-        b = _read(path, role, tables=False)
+        b = _set_node(path, role, args.failing_node if role == "failing" else args.healthy_node)
 
         def ruleset(vid: str) -> str | None:
             data = b.texts.get(f"vantages/{vid}/nft-ruleset.txt")
@@ -597,11 +622,16 @@ def _cmd_diff(args: argparse.Namespace) -> int:
         if not sep or not f or not h:
             raise UsageError(f"--pair {item!r}: expected FAILING_VANTAGE=HEALTHY_VANTAGE")
         overrides[f] = h
-    report = diff(sides(args.failing, "failing"), sides(args.healthy, "healthy"), overrides)
+    healthy_path = args.healthy or args.failing
+    if args.healthy is None and not (args.failing_node and args.healthy_node):
+        raise UsageError("give a healthy bundle, or with a set --failing-node and --healthy-node "
+                         "(`netbundle show SET` lists the working and failing endpoint nodes it found)")
+    report = diff(sides(args.failing, "failing"), sides(healthy_path, "healthy"), overrides)
     if args.format == "html":
         from bundle.render.html import render_diff_html
 
-        sys.stdout.write(render_diff_html(report, args.failing.name, args.healthy.name))
+        sys.stdout.write(render_diff_html(report, _side_name(args.failing, args.failing_node),
+                                          _side_name(healthy_path, args.healthy_node)))
         return 0
     if args.format == "json":
         print(json.dumps({"pairs": report.pairs, "unpaired": report.unpaired,
@@ -609,7 +639,8 @@ def _cmd_diff(args: argparse.Namespace) -> int:
                           "expected": [d.__dict__ for d in report.expected]}, indent=1))
         return 0
     md = args.format == "md"
-    out = [f"{'### ' if md else ''}diff: {args.failing.name} (failing) vs {args.healthy.name} (healthy)"]
+    out = [f"{'### ' if md else ''}diff: {_side_name(args.failing, args.failing_node)} (failing) vs "
+           f"{_side_name(healthy_path, args.healthy_node)} (healthy)"]
     out += [f"{'- ' if md else '  '}pair {f} ~ {h}" for f, h in report.pairs]
     out += [f"{'- ' if md else '  '}no partner: {v}" for v in report.unpaired]
     out.append("")
@@ -646,11 +677,15 @@ def _cmd_redact(args: argparse.Namespace) -> int:
 def _cmd_render(args: argparse.Namespace) -> int:
     from bundle._files import write_private
     from bundle.archive import read_bundle
-    from bundle.render.html import render_html
+    from bundle.archive.incidentset import is_set, read_set
+    from bundle.render.html import render_html, render_set_html
+    from bundle.render.view import set_view
 
-    b = _read(args.bundle, tables=False)
     out: Path = args.output or args.bundle.with_name(args.bundle.name.removesuffix(".tar.zst") + ".html")
-    html = render_html(b)
+    if is_set(args.bundle):  # one appendix: the verdicts across the nodes, then each node's sections
+        html = render_set_html(set_view(read_set(args.bundle)))
+    else:
+        html = render_html(_read(args.bundle, tables=False))
     try:
         write_private(out, html.encode("utf-8"))  # the same unredacted evidence as the bundle: 0600 like it
     except OSError as exc:

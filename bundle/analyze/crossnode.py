@@ -10,7 +10,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from bundle.analyze._common import VantageDocs, about, split_endpoint
-from bundle.models import CaptureRun, Evidence, Finding, Handshake, Layer, Severity, TcpFlow
+from bundle.analyze.diff import Difference, diff
+from bundle.models import (CaptureRun, Evidence, Finding, FindingsReport, Handshake, Layer, Severity, TcpFlow,
+                           Verdict)
+from bundle.models.manifest import VantageKind
 
 # Two nodes' clocks (NTP keeps them within milliseconds): the server node's capture must have started this long
 # before the client's first SYN and run this long after its last one for "never reached" to be said.
@@ -30,8 +33,13 @@ class NodeEvidence:
         return any(d.holds(address) for d in self.docs)
 
     def captures(self) -> list[tuple[str, CaptureRun]]:
-        return [(d.vantage, d.capture) for d in self.docs
-                if d.capture is not None and d.capture.analysis is not None]
+        """The vantages' captures, the node's own (host) first: what left the node is seen there."""
+        runs = [(d.vantage, d.capture) for d in self.docs if d.capture is not None and d.capture.analysis is not None]
+        return sorted(runs, key=lambda r: not self.is_host(r[0]))
+
+    def is_host(self, vantage: str) -> bool:
+        d = next((d for d in self.docs if d.vantage == vantage), None)
+        return d is not None and d.vantage_model is not None and d.vantage_model.kind is VantageKind.HOST
 
 
 @dataclass(frozen=True)
@@ -148,6 +156,23 @@ def _verdict(a: NodeEvidence, va: str, i: int, f: TcpFlow, b: NodeEvidence,
             summary=f"{sent} to {f.server} went unanswered; {b.node} holds {server} but its capture did not run "
                     f"at that moment: whether they arrived is not known.",
             evidence=[_where(a, va, i)], next_command=f"netbundle show {a.member}")
+    if not a.is_host(va):  # seen in a pod's netns: whether it left the node is a's own host capture's to say
+        own = [(vh, run) for vh, run in a.captures() if a.is_host(vh) and _covers(run, f.first_ns, f.last_ns)]
+        if not own:
+            return Finding(
+                id="fleet.not_covered", severity=Severity.INFO, layer=Layer.ROUTE, vantage=here,
+                target=about(server, port),
+                summary=f"{sent} to {f.server} left {va} on {a.node} and never reached {b.node}; {a.node}'s own "
+                        f"interfaces were not captured, so whether they left {a.node} is not known (collect the "
+                        f"nodes with --host).", evidence=[_where(a, va, i)], next_command=f"netbundle show {a.member}")
+        return Finding(
+            id="fleet.stayed_on_client_node", severity=Severity.WARNING, layer=Layer.ROUTE, vantage=here,
+            target=about(server, port),
+            summary=f"{sent} to {f.server} left {va} on {a.node} but {a.node}'s own capture, running then, holds "
+                    f"none of them: they were dropped on {a.node} itself (its firewall, policy or routing), not "
+                    f"between the nodes; {a.node}'s own ladder names the layer.",
+            evidence=[_where(a, va, i), Evidence(member=a.member, pointer=f"vantages/{own[0][0]}/capture.json")],
+            next_command=f"netbundle show {a.member}")
     vb, run = covering[0]
     heard = run.hosts_seen.get(split_endpoint(f.client)[0] or "", 0)
     return Finding(
@@ -159,3 +184,130 @@ def _verdict(a: NodeEvidence, va: str, i: int, f: TcpFlow, b: NodeEvidence,
                 f"nodes: the network in between (underlay, overlay, a firewall or security group).",
         evidence=[_where(a, va, i), Evidence(member=b.member, pointer=f"vantages/{vb}/capture.json#hosts_seen")],
         next_command=f"traceroute -T -p {port} {server}  # from {a.node}")
+
+
+# --- the set's own verdicts: one ladder per target across the nodes, and working vs failing endpoint nodes ------
+
+# Cross-node findings that prove where the packets went: they own a target's failure over the client node's own
+# ladder (whose transport verdict only says "unanswered"). not_covered and stayed_on_client_node prove no such
+# thing: the node's own ladder keeps the verdict.
+_PROVEN = {"fleet.lost_between", "fleet.dropped_at_server", "fleet.reply_lost"}
+
+
+@dataclass(frozen=True)
+class SetLadderRow:
+    node: str
+    role: str  # client (its ladder decides for the target), server (holds the target), other
+    vantage: str | None
+    owner: Layer | None
+    cause: str  # the node's owning finding, "id: summary", or ""
+    layers: tuple[tuple[Layer, Verdict], ...]
+
+
+@dataclass(frozen=True)
+class SetLadder:
+    target: str
+    owner: Layer | None
+    cause: Finding | None
+    decided_by: str  # "across the nodes" or "node X's own ladder"
+    rows: tuple[SetLadderRow, ...]
+
+
+@dataclass(frozen=True)
+class EndpointSplit:
+    """One client node's connections to the same port on several nodes: some answered, some not. The nodes
+    differ in what makes the difference: the set diffs a failing one against a working one."""
+
+    client_node: str
+    port: int
+    failing: dict[str, list[str]]  # node -> the server addresses it holds that never answered
+    working: dict[str, list[str]]
+    pair: tuple[str, str]  # (failing node, working node) diffed
+    leads: tuple[Difference, ...]
+
+
+@dataclass(frozen=True)
+class SetReport:
+    findings: list[Finding]
+    offsets: list[ClockOffset]
+    ladders: list[SetLadder]
+    splits: list[EndpointSplit]
+
+
+def _target_key(text: str) -> tuple[str | None, int | None]:
+    return split_endpoint(text)
+
+
+def set_ladders(nodes: list[NodeEvidence], reports: dict[str, FindingsReport],
+                findings: list[Finding]) -> list[SetLadder]:
+    """Each target any node's ladder is about, across the nodes: every node's verdict side by side, and one owner —
+    a cross-node finding that proves where the packets went, else the ladder of the node that decides for the
+    client (the first whose ladder has an owner)."""
+    targets: list[str] = []
+    for n in nodes:
+        for known in reports[n.node].ladders if n.node in reports else []:
+            if known.target not in targets:
+                targets.append(known.target)
+    out: list[SetLadder] = []
+    for t in targets:
+        address, port = _target_key(t)
+        rows: list[SetLadderRow] = []
+        for n in nodes:
+            rep = reports.get(n.node)
+            lad = next((x for x in rep.ladders if x.target == t), None) if rep else None
+            holds = n.holds(address)
+            if lad is None and not holds:
+                continue
+            cause = ""
+            if lad is not None and lad.cause is not None and rep is not None and lad.cause < len(rep.findings):
+                c = rep.findings[lad.cause]
+                cause = f"{c.id}: {c.summary}"
+            role = "server" if holds else "client" if lad is not None else "other"
+            rows.append(SetLadderRow(n.node, role, lad.client if lad else None, lad.owner if lad else None, cause,
+                                     tuple((lv.layer, lv.verdict) for lv in lad.layers) if lad else ()))
+        proven = next((f for f in findings if f.id in _PROVEN and f.target is not None
+                       and f.target.address == address and (port is None or f.target.port == port)), None)
+        if proven is not None:
+            out.append(SetLadder(t, proven.layer, proven, "across the nodes", tuple(rows)))
+            continue
+        decider = next((r for r in rows if r.owner is not None), None)
+        out.append(SetLadder(t, decider.owner if decider else None, None,
+                             f"node {decider.node}'s own ladder" if decider else "no node's ladder has an owner",
+                             tuple(rows)))
+    return out
+
+
+def endpoint_splits(nodes: list[NodeEvidence]) -> list[EndpointSplit]:
+    """A client node's flows to one port, grouped by the node holding each server address: nodes where every
+    handshake completed, and nodes where none did. Where both exist, the first failing node is diffed with
+    the first working one (their vantages paired by role)."""
+    out: list[EndpointSplit] = []
+    for a in nodes:
+        by_port: dict[int, dict[str, dict[str, set[bool]]]] = {}
+        for _va, run in a.captures():
+            for f in run.analysis.flows if run.analysis is not None else []:
+                if f.handshake not in (Handshake.COMPLETED, Handshake.SYN_UNANSWERED):
+                    continue
+                server, port = split_endpoint(f.server)
+                b = next((n for n in nodes if n is not a and n.holds(server)), None)
+                if b is None or port is None or server is None:
+                    continue
+                by_port.setdefault(port, {}).setdefault(b.node, {}).setdefault(server, set()).add(
+                    f.handshake is Handshake.COMPLETED)
+        for port, per_node in sorted(by_port.items()):
+            failing = {nd: sorted(ip for ip, ok in ips.items() if ok == {False}) for nd, ips in per_node.items()
+                       if all(ok == {False} for ok in ips.values())}
+            working = {nd: sorted(ips) for nd, ips in per_node.items() if all(ok == {True} for ok in ips.values())}
+            if not failing or not working:
+                continue
+            fn, wn = next(iter(failing)), next(iter(working))
+            f_docs = next(n.docs for n in nodes if n.node == fn)
+            w_docs = next(n.docs for n in nodes if n.node == wn)
+            report = diff(list(f_docs), list(w_docs))
+            out.append(EndpointSplit(a.node, port, failing, working, (fn, wn), tuple(report.leads[:15])))
+    return out
+
+
+def set_report(nodes: list[NodeEvidence], reports: dict[str, FindingsReport]) -> SetReport:
+    findings, offsets = cross_node(nodes)
+    return SetReport(findings, offsets, set_ladders(nodes, reports, findings), endpoint_splits(nodes))

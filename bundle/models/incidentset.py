@@ -18,7 +18,8 @@ _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 class NodeOutcome(Model):
     node: str = Field(description="the node as named (an SSH host alias, a Kubernetes node)")
     outcome: str = Field(description="collected, incomplete (written, some slice partial), unreachable, "
-                                     "netbundle_missing, sudo_refused, timeout, failed, invalid")
+                                     "netbundle_missing, sudo_refused, not_started (Kubernetes: the pod never ran "
+                                     "its container: image pull, config), evicted, timeout, failed, invalid")
     detail: str = ""
     member: str | None = Field(default=None, description="nodes/<node>.tar.zst: the node's bundle, unchanged")
     sha256: str | None = Field(default=None, description="of the node's bundle file as it arrived")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 import shlex
 
@@ -13,7 +14,7 @@ from bundle.analyze.diff import DiffReport
 from bundle.archive import Bundle
 from bundle.errors import RenderError
 from bundle.models import Neighbor, StateSample
-from bundle.render.view import BAD_NEIGHBOR_STATES, TREND_STATES, build_view, missing_capabilities
+from bundle.render.view import BAD_NEIGHBOR_STATES, TREND_STATES, SetView, build_view, missing_capabilities
 
 TEMPLATE = "appendix.html.j2"
 
@@ -61,15 +62,15 @@ _SECTIONS = {"route.json": "route", "sockets.json": "sockets", "dns.json": "dns"
 
 
 def anchor(member: str) -> str:
-    """The section of the appendix that shows a member, as a fragment (#route-<vantage>), or "" when none does."""
+    """The section of the appendix that shows a member, as a fragment id (route-<vantage>), or "" when none does."""
     parts = member.split("/")
     if len(parts) >= 3 and parts[0] == "vantages":
         if parts[1] == "kubernetes-api":
-            return "#kube"
+            return "kube"
         section = _SECTIONS.get(parts[2])
         if section:
-            return f"#{section}-{_fragment(parts[1])}" if section != "dns" else "#dns"
-    return "#findings.json" if member == "findings.json" else ""
+            return f"{section}-{_fragment(parts[1])}" if section != "dns" else "dns"
+    return "findings" if member == "findings.json" else ""
 
 
 RAW_SHOWN = 200_000  # characters of a raw dump folded into the page; the whole file stays in the bundle
@@ -103,3 +104,15 @@ def render_html(bundle: Bundle) -> str:
                                raw=lambda path: _raw(bundle, path))
     except jinja2.TemplateError as exc:
         raise RenderError(f"template {TEMPLATE}: {exc}") from None
+
+
+def render_set_html(sv: SetView) -> str:
+    """One appendix for an incident set: the verdicts across the nodes on top, then each node's own sections
+    (their anchors prefixed per node, so links inside a node's part stay in it)."""
+    raws = [functools.partial(_raw, s.bundle) if s.bundle is not None else str for s in sv.nodes]
+    try:
+        return _environment().get_template("set.html.j2").render(
+            sv=sv, raws=raws, bad_states=BAD_NEIGHBOR_STATES, missing_caps=missing_capabilities, sparkline=sparkline,
+            trend_states=TREND_STATES)
+    except jinja2.TemplateError as exc:
+        raise RenderError(f"template set.html.j2: {exc}") from None

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from bundle.analyze.crossnode import ClockOffset, NodeEvidence, cross_node
+from bundle.analyze.crossnode import ClockOffset
 from bundle.archive import Bundle
 from bundle.archive.incidentset import IncidentSet
 from bundle.models import Finding
-from bundle.render.view import build_view, inputs, lookup_label, missing_capabilities
+from bundle.render.view import SetView, build_view, lookup_label, missing_capabilities, set_view
 
 
 def _clean(text: object) -> str:
@@ -129,28 +129,49 @@ def summary(bundle: Bundle) -> str:
 
 def set_findings(st: IncidentSet) -> tuple[list[Finding], list[ClockOffset]]:
     """What the nodes' captures say together (analyze/crossnode.py), from the set's bundles."""
-    nodes = [NodeEvidence(n.node, n.member or "", tuple(inputs(st.bundles[n.node]).docs))
-             for n in st.manifest.nodes if n.node in st.bundles]
-    return cross_node(nodes)
+    sv = set_view(st)
+    return sv.report.findings, sv.report.offsets
 
 
 def set_summary(st: IncidentSet) -> str:
-    """An incident set for the ticket: who asked which nodes, what came of each, then each node's own summary."""
-    m = st.manifest
+    """An incident set for the ticket: who asked which nodes, what came of each, the verdict across the nodes
+    per target, then each node's own summary."""
+    sv = set_view(st)
+    m = sv.manifest
     got = [n for n in m.nodes if n.member]
     lines = [f"Incident set {m.set_id} — {m.engine}, {len(got)} of {len(m.nodes)} nodes collected, by {m.user} at "
              f"{m.created:%Y-%m-%d %H:%M}Z" + (f", shared start {m.start_at:%H:%M:%S}Z" if m.start_at else ""), ""]
     for n in m.nodes:
-        lines.append(f"  {n.node:<28} {n.outcome:<18} {n.duration_s:6.1f}s" + (f"  {n.detail}" if n.detail else ""))
-    found, offsets = set_findings(st)
-    if found:
-        lines += ["", "Across the nodes:"]
-        lines += [f"  [{f.severity.value}] {f.id}: {_clean(f.summary)}" + (f"\n      next: {f.next_command}"
-                                                                            if f.next_command else "") for f in found]
-    for o in offsets[:8]:
-        lines.append(f"  clock: {o.b} - {o.a} = {o.offset_s:+.3f} s (one-way delay included; {o.flow})")
-    for n in got:
-        b = st.bundles.get(n.node)
-        if b is not None:
-            lines += ["", f"== node {n.node} ({n.member})", summary(b).rstrip()]
+        lines.append(f"  {_clean(n.node):<28} {n.outcome:<18} {n.duration_s:6.1f}s" + (f"  {_clean(n.detail)}" if n.detail else ""))
+    lines += _set_verdicts(sv)
+    for s in sv.nodes:
+        if s.bundle is not None:
+            lines += ["", f"== node {_clean(s.outcome.node)} ({s.outcome.member})", summary(s.bundle).rstrip()]
     return "\n".join(lines) + "\n"
+
+
+def _set_verdicts(sv: SetView) -> list[str]:
+    rep = sv.report
+    lines: list[str] = []
+    owned = [lad for lad in rep.ladders if lad.owner is not None]
+    if owned:
+        lines += ["", "Owner per target, across the nodes:"]
+        for lad in owned:
+            why = (f"{lad.cause.id}: {_clean(lad.cause.summary)}" if lad.cause is not None
+                   else next((_clean(r.cause) for r in lad.rows if r.owner is not None and r.cause), ""))
+            lines.append(f"  {_clean(lad.target)}: {lad.owner.value if lad.owner else '-'} ({lad.decided_by})"
+                         + (f" — {why}" if why else ""))
+    if rep.findings:
+        lines += ["", "Across the nodes:"]
+        lines += [f"  [{f.severity.value}] {f.id}: {_clean(f.summary)}" + (f"\n      next: {_clean(f.next_command)}"
+                                                                            if f.next_command else "") for f in rep.findings]
+    for o in rep.offsets[:8]:
+        lines.append(f"  clock: {_clean(o.b)} - {_clean(o.a)} = {o.offset_s:+.3f} s (one-way delay included; {o.flow})")
+    for sp in rep.splits:
+        lines += ["", f"Port {sp.port} from {_clean(sp.client_node)}: answered on "
+                      f"{', '.join(_clean(n) for n in sp.working)}, never on {', '.join(_clean(n) for n in sp.failing)}; "
+                      f"{_clean(sp.pair[0])} against {_clean(sp.pair[1])}:"]
+        lines += [f"  [{d.area}] {_clean(d.key)}: {_clean(d.failing)}  vs  {_clean(d.healthy)}" for d in sp.leads[:10]]
+        if not sp.leads:
+            lines.append("  no difference in their slices that could explain it (look between them: the network)")
+    return lines

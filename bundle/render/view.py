@@ -5,9 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from bundle.analyze._common import VantageDocs
+from bundle.analyze.crossnode import NodeEvidence, SetReport, set_report
 from bundle.analyze.hops import ServiceHops, service_hops
 from bundle.analyze.report import Inputs, build_report
 from bundle.archive import Bundle
+from bundle.archive.incidentset import IncidentSet
 from bundle.models import (
     UNRESOLVED_NEIGHBOR_STATES,
     CaptureAnalysis,
@@ -30,6 +32,7 @@ from bundle.models import (
     TargetLadder,
     Vantage,
 )
+from bundle.models.incidentset import NodeOutcome, SetManifest
 from bundle.models.policy import LabelSelector, PolicyRule
 
 BAD_NEIGHBOR_STATES = UNRESOLVED_NEIGHBOR_STATES  # STALE is shown, softer
@@ -252,3 +255,30 @@ def timeline(m: Manifest, vantages: list[VantageView]) -> list[TimelineRow]:
                               for d in a.dns[:MAX_MARKS]]
             rows.append(row)
     return rows
+
+
+@dataclass
+class NodeSection:
+    outcome: NodeOutcome
+    view: View | None  # None: no bundle came back from that node
+    bundle: Bundle | None
+
+
+@dataclass
+class SetView:
+    manifest: SetManifest
+    report: SetReport
+    nodes: list[NodeSection]
+
+    def node_index(self, member: str) -> int | None:
+        return next((i for i, n in enumerate(self.nodes) if n.outcome.member == member), None)
+
+
+def set_view(st: IncidentSet) -> SetView:
+    """The set: each node's own view (its stored report), then what the nodes say together (analyze/crossnode)."""
+    sections = [NodeSection(n, build_view(st.bundles[n.node]) if n.node in st.bundles else None,
+                            st.bundles.get(n.node)) for n in st.manifest.nodes]
+    evidence = [NodeEvidence(s.outcome.node, s.outcome.member or "", tuple(inputs(s.bundle).docs))
+                for s in sections if s.bundle is not None]
+    reports = {s.outcome.node: s.view.report for s in sections if s.view is not None and s.view.report is not None}
+    return SetView(st.manifest, set_report(evidence, reports), sections)

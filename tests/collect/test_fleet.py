@@ -215,6 +215,35 @@ def test_a_lost_handshake_is_followed_across_the_nodes(fleet_lab, tmp_path, wher
         assert offsets and all(abs(o.offset_s) < 1.0 for o in offsets)  # one machine: one clock
     show = subprocess.run([sys.executable, "-m", "bundle", "show", str(out)], capture_output=True, text=True)
     assert "Across the nodes:" in show.stdout and fid in show.stdout
+    # one ladder across the nodes: the cross-node finding owns the target over node-a's "unanswered"
+    from bundle.render.view import set_view
+
+    [lad] = [x for x in set_view(st).report.ladders if x.target == "10.244.60.12:8080"]
+    assert lad.cause is not None and lad.cause.id == fid and lad.decided_by == "across the nodes"
+    assert lad.owner.value == ("route" if fid == "fleet.lost_between" else "transport")
+    assert {r.node: r.role for r in lad.rows}["node-b"] == "server"
+    _check_set_page(out, tmp_path, fid, ["node-a", "node-b"])
+
+
+def _check_set_page(out: Path, tmp_path: Path, fid: str, nodes: list[str]) -> None:
+    """`render` of a set: one page, the verdicts across the nodes first, then each node's own sections, every
+    id unique (each node's anchors prefixed), the cross-node evidence linking into the node's capture section."""
+    import re
+
+    page = tmp_path / "set.html"
+    proc = subprocess.run([sys.executable, "-m", "bundle", "render", str(out), "-o", str(page)], capture_output=True,
+                          text=True)
+    assert proc.returncode == 0, proc.stderr
+    html = page.read_text()
+    ids = re.findall(r' id="([^"]+)"', html)
+    assert len(ids) == len(set(ids)), sorted(i for i in ids if ids.count(i) > 1)
+    assert html.index("Across the nodes: what failed first") < html.index("Node node-a — Network incident evidence")
+    for i, _node in enumerate(nodes):
+        assert f'id="n{i}-ladder"' in html or f'id="n{i}-findings"' in html
+    assert fid in html
+    for href in re.findall(r'href="#([^"]+)"', html):
+        assert href in ids, href
+    assert 'href="#n0-capture-' in html  # node-a's SYNs, in node-a's capture section
 
 
 def test_a_set_redacts_with_one_map_and_summarises(fleet_lab, tmp_path):
@@ -391,3 +420,48 @@ def test_nodes_of_a_service_and_a_pod(tmp_path):
                                     [("default", "client"), ("default", "gone")])
     assert nodes == ["node-b", "node-d", "node-a"]
     assert notes == ["service default/nothing: no ready endpoint with a node", "pod default/gone: not read (404 Not Found)"]
+
+
+def test_endpoint_nodes_that_answer_and_one_that_does_not_are_diffed(fleet_lab, tmp_path):
+    """Kubernetes engine (the kubelet simulator), capturing: node-a connects to 8080 on node-b and node-c, the
+    SYNs to node-c are dropped between the nodes. The set names the loss between node-a and node-c, finds the
+    split (port 8080 answered on node-b, never on node-c) and diffs node-c against node-b; `diff` takes the
+    set's two nodes; `render` makes one page."""
+    from bundle.render.view import set_view
+    from tests import kubeapi
+    from tests.kubelet import Kubelet
+
+    t, _ = fleet_lab
+    t.python("node-c", "bundle.lab.listener", "--port", "8080", "--send", "64")
+    t.wait_listening("node-c", 8080)
+    t.nft("ctl", _BETWEEN.replace("10.244.60.12", "10.244.60.13"))
+    api = _kube_api()
+    out = tmp_path / "set.tar.zst"
+    netns = {n: t.namespaces[n] for n in ("node-a", "node-b", "node-c")}
+    try:
+        with kubeapi.serve(api), Kubelet(api, netns, f"{VENV_BIN}:/usr/sbin:/usr/bin:/sbin:/bin"):
+            proc = _kube_fleet(api.kubeconfig(tmp_path), "--nodes", "node-a,node-b,node-c", "--start-in", "3",
+                               "--window", "6", "-o", str(out), "--", "--target", "10.244.60.12:8080",
+                               "--target", "10.244.60.13:8080", "--slice", "route", "--slice", "sockets",
+                               "--slice", "capture", "--timeout", "25")
+            _, err = proc.communicate(timeout=120)
+    finally:
+        subprocess.run(["ip", "netns", "exec", t.namespaces["ctl"], "nft", "delete", "table", "bridge", "nbt_between"],
+                       check=True)
+    assert proc.returncode in (0, 5), err
+    st = read_set(out)
+    assert set(st.bundles) == {"node-a", "node-b", "node-c"}
+    rep = set_view(st).report
+    lost = [f for f in rep.findings if f.id == "fleet.lost_between"]
+    assert [f.target.address for f in lost] == ["10.244.60.13"], [(f.id, f.summary) for f in rep.findings]
+    [split] = rep.splits
+    assert (split.client_node, split.port, split.pair) == ("node-a", 8080, ("node-c", "node-b"))
+    assert split.failing == {"node-c": ["10.244.60.13"]} and split.working == {"node-b": ["10.244.60.12"]}
+    show = subprocess.run([sys.executable, "-m", "bundle", "show", str(out)], capture_output=True, text=True)
+    assert "Port 8080 from node-a: answered on node-b, never on node-c; node-c against node-b:" in show.stdout
+    d = subprocess.run([sys.executable, "-m", "bundle", "diff", str(out), "--failing-node", "node-c",
+                        "--healthy-node", "node-b"], capture_output=True, text=True)
+    assert d.returncode == 0 and "set.tar.zst node node-c (failing) vs set.tar.zst node node-b (healthy)" in d.stdout
+    bad = subprocess.run([sys.executable, "-m", "bundle", "diff", str(out)], capture_output=True, text=True)
+    assert bad.returncode == 2 and "--failing-node" in bad.stderr and bad.stderr.count("\n") == 1
+    _check_set_page(out, tmp_path, "fleet.lost_between", ["node-a", "node-b", "node-c"])
