@@ -24,6 +24,7 @@ from bundle.models import (
     RouteSlice,
     SocketsSlice,
     SocketTable,
+    WatchRecord,
 )
 from bundle.models.incidentset import SetManifest
 
@@ -37,6 +38,7 @@ DOCUMENTS: dict[str, type[Model]] = {
     "nat": NatSlice,
     "kube": KubeSlice,
     "counters": CountersSlice,
+    "watch": WatchRecord,
     "findings": FindingsReport,
     "finding": Finding,
     "set-manifest": SetManifest,

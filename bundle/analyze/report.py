@@ -24,6 +24,8 @@ from bundle.analyze.policy import (
 from bundle.analyze.roles import Flow, client_of, frontends
 from bundle.analyze.route import neighbor_findings, route_findings
 from bundle.analyze.transport import VantageEvidence, transport_findings
+from bundle.analyze.watch import watch_findings
+from bundle.models.watch import WatchRecord
 from bundle.models.kube import PodView
 from bundle.models import (
     CaptureAnalysis,
@@ -53,6 +55,7 @@ class Inputs:
     docs: list[VantageDocs]
     kube: KubeSlice | None = None
     operator: list[tuple[str, CaptureAnalysis]] = field(default_factory=list)
+    watch: WatchRecord | None = None  # `netbundle watch`: the probe history and trigger
 
 
 def build_report(inp: Inputs) -> FindingsReport:
@@ -119,8 +122,10 @@ def _findings(inp: Inputs) -> list[Finding]:
             out += capture_findings(d.vantage, f"vantages/{d.vantage}/capture.json", d.capture.analysis, d.capture,
                                     f"vantages/{d.vantage}/capture.pcapng", own)
     for path, analysis in inp.operator:
-        out += capture_findings("operator capture", path, analysis, None,
-                                path.rsplit("/", 1)[0] + "/" + analysis.file)
+        # the watch's ring was captured in the watched vantage: its findings are that vantage's own
+        who = inp.watch.vantage if inp.watch is not None and path == inp.watch.ring_member else "operator capture"
+        out += capture_findings(who, path, analysis, None, path.rsplit("/", 1)[0] + "/" + analysis.file)
+    out += watch_findings(inp.watch)
     return out
 
 

@@ -27,6 +27,7 @@ from bundle.models import (
     FORMAT_NAME,
     FORMAT_VERSION,
     FindingsReport,
+    WatchRecord,
     KubeSlice,
     CaptureAnalysis,
     CaptureRun,
@@ -101,6 +102,10 @@ class Bundle:
 
     def kube(self) -> KubeSlice | None:
         return self.document("vantages/kubernetes-api/kube.json", KubeSlice)
+
+    def watch(self) -> WatchRecord | None:
+        """watch.json: the flight recorder's probe history and trigger (1.4, `netbundle watch`)."""
+        return self.document("watch.json", WatchRecord)
 
     def findings(self) -> FindingsReport | None:
         """findings.json as written at collect time (recompute with `netbundle analyze`)."""

@@ -23,7 +23,7 @@ from bundle.archive import read_bundle
 from bundle.errors import NetbundleError
 from bundle.models.incidentset import NodeOutcome
 
-MAX_PARALLEL = 32
+MAX_PARALLEL = 64
 _SAFE = re.compile(r"[^A-Za-z0-9._-]")
 _SHA_LINE = re.compile(r"^sha256 ([0-9a-f]{64})  ", re.MULTILINE)
 # Exit codes the remote script uses for its own failures (collect's own are 0-9 and 130).

@@ -44,6 +44,12 @@ class LabInfo:
     names: list[str] = field(default_factory=list)
     files: dict[str, str] = field(default_factory=dict)
     prefix: str | None = None  # set when built under a prefix other than nb-<scenario>
+    watch: list[str] = field(default_factory=list)  # an intermittent fault: scored by `netbundle watch` with these
+
+    def watch_argv(self, out_dir: str) -> list[str]:
+        """`netbundle watch` on the scenario's targets and vantages, one bundle into out_dir."""
+        return ["netbundle", "watch", *self.collect_argv()[2:], *self.watch, "--max-bundles", "1",
+                "--out-dir", out_dir]
 
     def collect_argv(self) -> list[str]:
         argv = ["netbundle", "collect"]
@@ -184,6 +190,31 @@ def _syn_drop(t: Topology) -> LabInfo:
                     "SYN-SENT and time out, while the node itself still connects",
         namespaces=dict(t.namespaces), targets=[f"10.244.1.3:{LISTEN_PORT}"], vantages=["pod", "node", "server"],
         expect={"findings": ["transport.connect_timeout", "transport.syn_sent_stuck"]},
+    )
+
+
+# One forwarded SYN in two to the port dropped at random (each SYN and each retransmission drawn anew).
+_FLAKY_SYN = f"""
+table inet nb_lab {{
+    chain forward {{ type filter hook forward priority 0;
+        tcp dport {LISTEN_PORT} tcp flags & (syn | ack) == syn numgen random mod 2 == 0 drop; }}
+}}
+"""
+
+
+def _flaky(t: Topology) -> LabInfo:
+    _two_nodes(t, server_pod=True, node_link_mtu=1500)
+    t.nft("node", _FLAKY_SYN)
+    return LabInfo(
+        scenario="flaky",
+        verdict=Expect("10.244.1.3:8080", "transport",
+                       ("watch.connect_failures", "capture.syn_unanswered", "transport.connect_timeout")),
+        description=f"the node drops forwarded SYNs to port {LISTEN_PORT} at random (one in two): a connect from "
+                    "the client pod times out when a SYN and its retransmission are both lost (one in four with a "
+                    "2.5 s timeout), mostly it just takes a second longer; one collect usually sees a healthy "
+                    "network — scored with `netbundle watch`",
+        namespaces=dict(t.namespaces), targets=[f"10.244.1.3:{LISTEN_PORT}"], vantages=["pod", "node"],
+        watch=["--connect-timeout", "2.5", "--for", "120s"],
     )
 
 
@@ -989,6 +1020,7 @@ SCENARIOS: dict[str, Callable[[Topology], LabInfo]] = {
     "mtu": _mtu,
     "no-listener": _no_listener,
     "syn-drop": _syn_drop,
+    "flaky": _flaky,
     "loopback-listener": _loopback_listener,
     "stale-neighbor": _stale_neighbor,
     "k8s-healthy": _k8s_healthy,

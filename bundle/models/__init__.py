@@ -124,6 +124,7 @@ from bundle.models.sockets import (
     StateSample,
 )
 from bundle.models.sockets import TcpInfo as SocketTcpInfo
+from bundle.models.watch import WatchRecord
 
 # Full row tables: checksummed always, parsed only by readers that ask (render and analysis read the summaries).
 TABLE_MEDIA_TYPES = frozenset({MediaType.SOCKET_TABLE})
@@ -140,6 +141,7 @@ DOCUMENT_MODELS: dict[str, type[Model]] = {
     MediaType.KUBE: KubeSlice,
     MediaType.FINDINGS: FindingsReport,
     MediaType.COUNTERS: CountersSlice,
+    MediaType.WATCH: WatchRecord,
 }
 
 __all__ = [
@@ -166,6 +168,7 @@ __all__ = [
     "CounterSample",
     "CountersSlice",
     "DOCUMENT_MODELS",
+    "WatchRecord",
     "Datapath",
     "DatapathCheck",
     "DataplaneEndpoint",

@@ -11,9 +11,9 @@ from pydantic import Field, field_validator, model_validator
 from bundle.models._base import Model
 
 FORMAT_NAME = "netbundle"
-FORMAT_VERSION = "1.3"
+FORMAT_VERSION = "1.4"
 # The earliest format version this reader can read (plaso-style compatibility).
-READ_COMPATIBLE_FORMAT_VERSION = "1.3"
+READ_COMPATIBLE_FORMAT_VERSION = "1.4"
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _VERSION = re.compile(r"^(\d{1,4})\.(\d{1,4})$")
@@ -42,6 +42,7 @@ class MediaType(StrEnum):
     FINDINGS = "application/vnd.netbundle.findings.v2+json"  # 1.2: structured targets, roles, explanations
     FINDINGS_V1 = "application/vnd.netbundle.findings.v1+json"  # 1.0/1.1: kept, not read (recomputed)
     COUNTERS = "application/vnd.netbundle.counters.v1+json"
+    WATCH = "application/vnd.netbundle.watch.v1+json"  # 1.4: the flight recorder's record
     TRACEBACK = "text/vnd.netbundle.traceback"
     TEXT = "text/plain"
     JSON = "application/json"

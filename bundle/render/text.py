@@ -33,6 +33,7 @@ def summary(bundle: Bundle) -> str:
     if m.invocation.ticket or m.invocation.note:
         out.append(f"ticket   {_clean(m.invocation.ticket or '-')}  {_clean(m.invocation.note or '')}")
     out.append("targets  " + (" ".join(_clean(t.spec) for t in m.targets) or "-"))
+    out += _watch_lines(bundle)
     out.append("")
     for vv in view.vantages:
         v = vv.vantage
@@ -125,6 +126,29 @@ def summary(bundle: Bundle) -> str:
     else:
         out.append("findings: none from the collected slices")
     return "\n".join(out) + "\n"
+
+
+def _watch_lines(bundle: Bundle) -> list[str]:
+    """A watch's bundle: what fired, the probe history, the ring's window before it."""
+    rec = bundle.watch()
+    if rec is None:
+        return []
+    t = rec.trigger
+    out = [f"watch    bundle {rec.bundle_index} of a watch from {rec.started:%Y-%m-%d %H:%M:%S}Z in {_clean(rec.vantage)}"
+           f", every {rec.every_s:g} s; trigger {_clean(t.kind)} at {t.at:%H:%M:%S}Z: {_clean(t.detail)}"
+           f" ({rec.triggers_seen} trigger(s) so far)"]
+    for tot in rec.totals:
+        out.append(f"         {tot.kind} {_clean(tot.target)}: {tot.failed} of {tot.sent} failed"
+                   + (f", {tot.slow} slow" if tot.slow else ""))
+    r = rec.ring
+    if r.unavailable:
+        out.append(f"         ring: none ({_clean(r.unavailable)})")
+    else:
+        span = (f"{r.oldest:%H:%M:%S}Z .. {r.newest:%H:%M:%S}Z" if r.oldest and r.newest else "empty")
+        out.append(f"         ring: {r.packets_kept} packets ({r.bytes_kept} bytes) {span} on "
+                   f"{', '.join(_clean(i) for i in r.interfaces)}, kernel drops {r.kernel_dropped or 0}"
+                   f" -> {_clean(rec.ring_member or '-')}")
+    return out
 
 
 def set_findings(st: IncidentSet) -> tuple[list[Finding], list[ClockOffset]]:

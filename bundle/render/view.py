@@ -193,7 +193,8 @@ def inputs(bundle: Bundle) -> Inputs:
     docs = [VantageDocs(v.id, bundle.route(v.id), bundle.sockets(v.id), bundle.dns(v.id), bundle.nat(v.id),
                         capture=bundle.capture(v.id), counters=bundle.counters(v.id), vantage_model=v)
             for v in m.vantages]
-    return Inputs(manifest=m, docs=docs, kube=bundle.kube(), operator=bundle.operator_captures())
+    return Inputs(manifest=m, docs=docs, kube=bundle.kube(), operator=bundle.operator_captures(),
+                  watch=bundle.watch())
 
 
 def build_view(bundle: Bundle, recompute: bool = False) -> View:

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from bundle.archive.incidentset import read_set
+from bundle.lab.sshnodes import SshNode, start_ssh_nodes
 from bundle.lab.topology import Topology
 from tests.conftest import sigint_default
 
@@ -20,19 +21,7 @@ pytestmark = pytest.mark.privileged
 
 VENV_BIN = str(Path(sys.executable).parent)
 NODES = {"node-a": 11, "node-b": 12, "node-c": 13, "node-d": 14}  # c: no netbundle on PATH; d: hangs
-
-
-def _sshd_config(run: Path, name: str, last: int) -> Path:
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(run / f"hostkey-{name}")], check=True)
-    path_env = ("" if name == "node-c" else f"{VENV_BIN}:") + "/usr/sbin:/usr/bin:/sbin:/bin"
-    cfg = run / f"sshd-{name}.conf"
-    cfg.write_text("\n".join([
-        "Port 2222", f"ListenAddress 10.244.60.{last}", f"HostKey {run}/hostkey-{name}",
-        f"AuthorizedKeysFile {run}/authorized_keys", "PermitRootLogin prohibit-password",
-        "PasswordAuthentication no", "KbdInteractiveAuthentication no", "UsePAM no", "StrictModes no",
-        f"PidFile {run}/sshd-{name}.pid", f"SetEnv PATH={path_env}", "LogLevel ERROR",
-        *(["ForceCommand sleep 600"] if name == "node-d" else []), ""]))
-    return cfg
+SUDO_NODE, SUDO_USER = ("node-f", 16), "nbt-fleet"  # logs in as an account that is not root and has no sudo
 
 
 @pytest.fixture(scope="module")
@@ -41,31 +30,19 @@ def fleet_lab(tmp_path_factory):
     if created_run_sshd:
         Path("/run/sshd").mkdir(mode=0o755)  # sshd's privilege-separation folder; removed after if made here
     t = Topology(f"nbt-fleet-{os.getpid() % 100000}")
+    # A machine-wide change, undone below whatever happens: a system account for the sudo-refused node.
+    subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/bin/sh", SUDO_USER], check=True)
     try:
-        t.add_netns("ctl")
-        t.bridge("ctl", "br0")
-        t.address("ctl", "br0", "10.244.60.1/24")
-        run = t.run_dir()
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(run / "client_key")], check=True)
-        (run / "authorized_keys").write_text((run / "client_key.pub").read_text())
-        for name, last in NODES.items():
-            t.add_netns(name)
-            t.veth("ctl", f"v{last}", name, "eth0")
-            t.enslave("ctl", f"v{last}", "br0")
-            t.address(name, "eth0", f"10.244.60.{last}/24")
-            t.spawn(name, ["/usr/sbin/sshd", "-D", "-f", str(_sshd_config(run, name, last)), "-E", str(run / f"{name}.log")])
-            t.wait_listening(name, 2222)
+        ssh_config = start_ssh_nodes(t, [
+            SshNode(name, last, on_path=name != "node-c", force_command="sleep 600" if name == "node-d" else None)
+            for name, last in NODES.items()] + [SshNode(*SUDO_NODE, user=SUDO_USER)],
+            extra_hosts={"node-e": "10.244.60.99"})  # nothing listens there: unreachable
         t.python("node-b", "bundle.lab.listener", "--port", "8080", "--send", "64")
         t.wait_listening("node-b", 8080)
-        ssh_config = run / "ssh_config"
-        ssh_config.write_text("".join(f"Host {n}\n  HostName 10.244.60.{last}\n" for n, last in NODES.items())
-                              + "Host node-e\n  HostName 10.244.60.99\n"  # nothing there: unreachable
-                              + f"Host *\n  Port 2222\n  User root\n  IdentityFile {run}/client_key\n"
-                                "  IdentitiesOnly yes\n  StrictHostKeyChecking no\n  UserKnownHostsFile /dev/null\n"
-                                "  LogLevel ERROR\n")
         yield t, ssh_config
     finally:
         t.teardown()
+        subprocess.run(["userdel", SUDO_USER], check=False)
         if created_run_sshd:
             Path("/run/sshd").rmdir()
 
@@ -78,21 +55,21 @@ def _fleet(t: Topology, *args: str, timeout: float = 120) -> subprocess.Complete
 def test_a_set_from_real_ssh_nodes_with_every_failure_named(fleet_lab, tmp_path):
     t, ssh_config = fleet_lab
     out = tmp_path / "set.tar.zst"
-    proc = _fleet(t, "--ssh", "node-a,node-b", "--ssh", "node-c,node-d,node-e", "--ssh-config", str(ssh_config),
+    proc = _fleet(t, "--ssh", "node-a,node-b", "--ssh", "node-c,node-d,node-e,node-f", "--ssh-config", str(ssh_config),
                   "--node-timeout", "12", "--start-in", "2", "-o", str(out),
                   "--", "--passive", "--slice", "route", "--slice", "sockets", "--timeout", "15")
     assert proc.returncode == 5, proc.stderr  # written, with nodes missing
     assert proc.stdout.strip() == str(out)
     last = proc.stderr.strip().splitlines()[-1]
-    assert last.startswith("collected 2 of 5; ")
+    assert last.startswith("collected 2 of 6; ")
     for words in ("node node-c: netbundle_missing", "node node-d: timeout (no answer within 14 s: stopped)",
-                  "node node-e: unreachable"):
+                  "node node-e: unreachable", "node node-f: sudo_refused (sh: 1: sudo: not found)"):
         assert words in last, last
     st = read_set(out)
     outcomes = {n.node: n for n in st.manifest.nodes}
     assert {n: o.outcome for n, o in outcomes.items()} == {
         "node-a": "collected", "node-b": "collected", "node-c": "netbundle_missing", "node-d": "timeout",
-        "node-e": "unreachable"}
+        "node-e": "unreachable", "node-f": "sudo_refused"}
     assert all(o.duration_s < 16 for o in outcomes.values())
     # each node's bundle arrived as the node wrote it, and is a bundle of that node's own netns
     for name in ("node-a", "node-b"):
@@ -109,7 +86,7 @@ def test_a_set_from_real_ssh_nodes_with_every_failure_named(fleet_lab, tmp_path)
     assert all(s >= st.manifest.start_at.replace(microsecond=0) for s in starts)
     # validate and show read the set
     val = subprocess.run([sys.executable, "-m", "bundle", "validate", str(out)], capture_output=True, text=True)
-    assert val.returncode == 0 and "valid netbundle set 1.0, 2 of 5 node bundles verified" in val.stdout
+    assert val.returncode == 0 and "valid netbundle set 1.0, 2 of 6 node bundles verified" in val.stdout
     show = subprocess.run([sys.executable, "-m", "bundle", "show", str(out)], capture_output=True, text=True)
     assert show.returncode == 0 and "== node node-a" in show.stdout and "netbundle_missing" in show.stdout
 
