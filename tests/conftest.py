@@ -72,6 +72,17 @@ def healthy_lab(lab: Callable[[str], LabInfo]) -> LabInfo:
 CORPUS = REPO.parent / "shared" / "corpus"
 
 
+@pytest.fixture(scope="session")
+def wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """This checkout's wheel and its dependencies' (pip's cache and index as configured): what the wheel test
+    installs from with no index, and what the image is built from (`make image` does the same)."""
+    out = tmp_path_factory.mktemp("wheelhouse")
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-build-isolation", "-q", "-w", str(out),
+                            str(REPO)], capture_output=True, text=True, timeout=600)
+    assert built.returncode == 0, built.stderr
+    return out
+
+
 def corpus_file(rel: str) -> Path:
     """A file of ../shared/corpus: skipped where the corpus is absent, a failure in CI (it is always there)."""
     path = CORPUS / rel

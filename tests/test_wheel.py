@@ -14,12 +14,8 @@ from tests.conftest import REPO
 pytestmark = pytest.mark.slow
 
 
-def test_wheel_installs_and_renders(tmp_path):
-    dist = tmp_path / "dist"
-    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
-                            str(dist), str(REPO)], capture_output=True, text=True, timeout=300)
-    assert built.returncode == 0, built.stderr
-    [wheel] = dist.glob("netbundle-*.whl")
+def test_wheel_installs_and_renders(tmp_path, wheelhouse):
+    [wheel] = wheelhouse.glob("netbundle-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert "bundle/_data/templates/appendix.html.j2" in names
     for schema in (REPO / "schemas").glob("*.schema.json"):
@@ -29,8 +25,9 @@ def test_wheel_installs_and_renders(tmp_path):
     env_dir = tmp_path / "venv"
     venv.create(env_dir, with_pip=True, system_site_packages=False)
     py = env_dir / "bin" / "python"
-    installed = subprocess.run([str(py), "-m", "pip", "install", "-q", str(wheel)], capture_output=True, text=True,
-                               timeout=600)
+    # from the wheelhouse only: the wheel must name every dependency it needs (no index to paper over one)
+    installed = subprocess.run([str(py), "-m", "pip", "install", "-q", "--no-index", "--find-links", str(wheelhouse),
+                                str(wheel)], capture_output=True, text=True, timeout=600)
     assert installed.returncode == 0, installed.stderr
     sample = REPO / "tests" / "data" / "hostile" / "control-valid.tar.zst"
     html = tmp_path / "out.html"
