@@ -22,13 +22,12 @@ from bundle.lab.topology import Topology
 
 
 def _run(t: Topology, ssh_config: Path, hosts: list[str], out: Path, window: float, start_in: float,
-         parallel: int) -> tuple[float, int, str]:
+         parallel: int, slices: list[str]) -> tuple[float, int, str]:
     """Wall seconds, the coordinator's peak RSS (KiB, VmHWM sampled until it exits), stderr's last line."""
     argv = ["ip", "netns", "exec", t.namespaces["ctl"], sys.executable, "-m", "bundle", "fleet", "collect",
             "--ssh", ",".join(hosts), "--ssh-config", str(ssh_config), "--parallel", str(parallel),
             "--start-in", str(start_in), "--window", str(window), "--node-timeout", "120", "-o", str(out),
-            "--", "--target", "10.244.60.12:8080", "--slice", "route", "--slice", "sockets", "--slice", "capture",
-            "--timeout", "60"]
+            "--", "--target", "10.244.60.12:8080", *[a for sl in slices for a in ("--slice", sl)], "--timeout", "60"]
     t0 = time.monotonic()
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     peak = 0
@@ -52,6 +51,7 @@ def main() -> int:
     ap.add_argument("--nodes", type=int, default=40)
     ap.add_argument("--window", type=float, default=10.0)
     ap.add_argument("--start-in", type=float, default=8.0)
+    ap.add_argument("--slices", default="route,sockets,capture", help="the nodes' collect slices")
     args = ap.parse_args()
     made_run_sshd = not Path("/run/sshd").exists()
     if made_run_sshd:
@@ -65,19 +65,30 @@ def main() -> int:
         t.wait_listening(nodes[1].name, 8080)
         print(f"lab: {args.nodes} sshd nodes in {time.monotonic() - t0:.1f} s; 2 cores: {os.cpu_count()} cpu(s)")
         with tempfile.TemporaryDirectory(prefix="nb-bench-fleet-") as tmp:
+            slices = args.slices.split(",")
             one_wall, one_rss, one_last = _run(t, ssh_config, [nodes[0].name], Path(tmp) / "one.tar.zst",
-                                               args.window, args.start_in, 1)
+                                               args.window, args.start_in, 1, slices)
             all_wall, all_rss, all_last = _run(t, ssh_config, [n.name for n in nodes], Path(tmp) / "all.tar.zst",
-                                               args.window, args.start_in, args.nodes)
+                                               args.window, args.start_in, args.nodes, slices)
             st = read_set(Path(tmp) / "all.tar.zst")
+            one = read_set(Path(tmp) / "one.tar.zst")
             durations = sorted(n.duration_s for n in st.manifest.nodes)
-            sizes = sum((Path(tmp) / "all.tar.zst").stat().st_size for _ in [0])
+            sizes = (Path(tmp) / "all.tar.zst").stat().st_size
+            # each node's own collect (its manifest: created..finished): stretched here by 40 "nodes" sharing
+            # this machine's cores; what the fleet adds is the rest
+            own = sorted((b.manifest.finished - b.manifest.created).total_seconds() for b in st.bundles.values())
+            one_own = [(b.manifest.finished - b.manifest.created).total_seconds() for b in one.bundles.values()][0]
+            last_end = max(b.manifest.finished for b in st.bundles.values())
+            tail = (st.manifest.finished - last_end).total_seconds()
         print(f"one node : wall {one_wall:6.1f} s, coordinator peak RSS {one_rss / 1024:6.1f} MiB  ({one_last})")
         print(f"{args.nodes} nodes: wall {all_wall:6.1f} s, coordinator peak RSS {all_rss / 1024:6.1f} MiB  ({all_last})")
         print(f"ratio    : {all_wall / one_wall:.2f}x one node's wall time (start-in {args.start_in:g} s, window "
               f"{args.window:g} s, both included); set {sizes / 1e6:.1f} MB")
         print(f"per node : median {durations[len(durations) // 2]:.1f} s, max {durations[-1]:.1f} s; "
               f"{len(st.bundles)} of {len(st.manifest.nodes)} bundles verified")
+        print(f"collect  : one node alone {one_own:.1f} s; in the 40, median {own[len(own) // 2]:.1f} s, max "
+              f"{own[-1]:.1f} s (the nodes share {os.cpu_count()} cores here); from the last node's end to the set "
+              f"written: {tail:.1f} s")
         return 0 if len(st.bundles) == args.nodes else 1
     finally:
         t.teardown()
