@@ -89,7 +89,9 @@ def burst(info: scenarios.LabInfo, seconds: float, tmp: Path) -> None:
                              "/dev/null", "-s", "128", "-B", "8192", f"host 10.244.1.3 and port 8080"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     proc = _watch(info, tmp, "--bundle-on-exit", "--ring-seconds", str(seconds + 5))
-    time.sleep(3)
+    assert proc.stdout is not None
+    first = json.loads(proc.stdout.readline())  # the start event: the ring is listening
+    assert first["event"] == "start" and first["ring"], first
     sent = subprocess.run(["ip", "netns", "exec", info.namespaces["pod"], sys.executable, "-c", _BLAST, "10000",
                            str(seconds)], capture_output=True, text=True, check=True).stdout.strip()
     time.sleep(1)
@@ -99,23 +101,26 @@ def burst(info: scenarios.LabInfo, seconds: float, tmp: Path) -> None:
     _, err = dump.communicate(timeout=30)
     path = next(e["path"] for e in map(json.loads, stdout.splitlines()) if e["event"] == "bundle")
     ring = read_bundle(Path(path)).watch().ring
-    tcpdump = {k: v for v, k, *_ in (line.split(" ", 2) for line in err.splitlines()
-                                     if line.split(" ", 1)[0].isdigit())}
+    tcpdump = {rest: int(n) for n, rest in (line.split(" ", 1) for line in err.splitlines()
+                                            if line.split(" ", 1)[0].isdigit())}
     print(f"burst: {sent} UDP packets in {seconds:g} s ({int(sent) / seconds:.0f}/s) to {TARGET}; ring: kernel "
           f"received {ring.kernel_received}, dropped {ring.kernel_dropped}, seen {ring.packets_seen}, kept "
-          f"{ring.packets_kept}; tcpdump: captured {tcpdump.get('packets', '?')}, dropped by kernel "
-          f"{tcpdump.get('packets dropped', '?')}")
+          f"{ring.packets_kept}; tcpdump on the same interface: captured {tcpdump.get('packets captured', '?')}, "
+          f"dropped by kernel {tcpdump.get('packets dropped by kernel', '?')}")
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--minutes", type=float, default=10.0)
     ap.add_argument("--burst-seconds", type=float, default=10.0)
+    ap.add_argument("--only", choices=("burst", "idle"), help="run one part")
     args = ap.parse_args()
     with scenarios.running("healthy", f"nb-bwatch{os.getpid() % 1000}") as info, \
             tempfile.TemporaryDirectory(prefix="nb-bench-watch-") as tmp:
-        burst(info, args.burst_seconds, Path(tmp))
-        idle(info, args.minutes, Path(tmp))
+        if args.only != "idle":
+            burst(info, args.burst_seconds, Path(tmp))
+        if args.only != "burst":
+            idle(info, args.minutes, Path(tmp))
     return 0
 
 

@@ -70,6 +70,7 @@ class LabInfo:
         return {"scenario": self.scenario, "description": self.description, "namespaces": self.namespaces,
                 "targets": self.targets, "names": self.names, "files": self.files, "collect": self.collect_argv(),
                 "down": self.down_argv(), "expect": self.expect,
+                "watch": self.watch_argv(".") if self.watch else None,
                 "verdict": {"row": self.verdict.row, "owner": self.verdict.owner, "causes": list(self.verdict.causes)}}
 
     def describe(self) -> str:

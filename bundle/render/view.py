@@ -33,6 +33,7 @@ from bundle.models import (
     Vantage,
 )
 from bundle.models.incidentset import NodeOutcome, SetManifest
+from bundle.models.watch import WatchRecord
 from bundle.models.policy import LabelSelector, PolicyRule
 
 BAD_NEIGHBOR_STATES = UNRESOLVED_NEIGHBOR_STATES  # STALE is shown, softer
@@ -211,7 +212,8 @@ def build_view(bundle: Bundle, recompute: bool = False) -> View:
         for lk in d.route.lookups if d.route is not None else []:
             lookups.setdefault(lookup_label(lk), {})[d.vantage] = lk
     hops = service_hops(inp.kube, inp.docs) if inp.kube is not None else []
-    rows = timeline(m, vantages)
+    ring = dict(inp.operator).get(inp.watch.ring_member or "") if inp.watch is not None else None
+    rows = timeline(m, vantages, inp.watch, ring)
     span = max([b[1] for r in rows for b in r.bars] + [t for r in rows for t, _k, _l in r.marks] + [0.001])
     return View(manifest=m, vantages=vantages, findings=report.findings, lookups=lookups,
                 operator_captures=[a for _, a in inp.operator], kube=inp.kube, hops=hops, report=report,
@@ -231,11 +233,28 @@ class TimelineRow:
 MAX_MARKS = 400
 
 
-def timeline(m: Manifest, vantages: list[VantageView]) -> list[TimelineRow]:
+def timeline(m: Manifest, vantages: list[VantageView], watch: WatchRecord | None = None,
+             ring: CaptureAnalysis | None = None) -> list[TimelineRow]:
     """Slices, samples, capture events and DNS transactions on one time axis (wall clock from the manifest's
-    start; monotonic samples placed through their slice's monotonic start)."""
+    start — or, for a watch's bundle, from the oldest packet of its ring; monotonic samples placed through their
+    slice's monotonic start). A watch adds its ring's window before the trigger, the failed probes and the
+    trigger itself."""
     t0 = m.created.timestamp()
     rows: list[TimelineRow] = []
+    if watch is not None:
+        t0 = min([t0, watch.trigger.at.timestamp(), *([watch.ring.oldest.timestamp()] if watch.ring.oldest else [])])
+        row = TimelineRow("watch: ring before the trigger")
+        if watch.ring.oldest and watch.ring.newest:
+            row.bars.append((watch.ring.oldest.timestamp() - t0, watch.ring.newest.timestamp() - t0, "complete"))
+        row.marks.append((watch.trigger.at.timestamp() - t0, "trigger", f"trigger {watch.trigger.kind}: "
+                                                                         f"{watch.trigger.detail}"))
+        row.marks += [(p.at.timestamp() - t0, "probe_failed", f"{p.kind} {p.target}: {p.outcome}")
+                      for p in watch.probes if not p.ok and p.at.timestamp() >= t0][:MAX_MARKS]
+        if ring is not None:
+            row.marks += [(e.ts_ns / 1e9 - t0, e.kind, f"{e.kind} {e.flow}") for e in ring.events[:MAX_MARKS]]
+            row.marks += [(d.query_ns / 1e9 - t0, "dns", f"DNS {d.qname} {d.qtype}: {d.rcode or 'no response'}")
+                          for d in ring.dns[:MAX_MARKS]]
+        rows.append(row)
     for vv in vantages:
         for run in vv.slices:
             if run.started is None or run.finished is None:

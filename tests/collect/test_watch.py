@@ -70,6 +70,14 @@ def test_an_intermittent_syn_drop_is_caught_with_what_came_before(lab, tmp_path)
     assert f"{tot.failed} of {tot.sent} TCP connects" in wf.summary
     show = subprocess.run([sys.executable, "-m", "bundle", "show", str(bundle_path)], capture_output=True, text=True)
     assert "trigger connect_failed" in show.stdout and f"{tot.failed} of {tot.sent} failed" in show.stdout
+    # the appendix's timeline starts with the ring, the trigger marked across it, the collection after
+    page = tmp_path / "a.html"
+    subprocess.run([sys.executable, "-m", "bundle", "render", str(bundle_path), "-o", str(page)], check=True,
+                   capture_output=True)
+    html = page.read_text()
+    timeline = html[html.index('id="timeline"'):]
+    assert timeline.index("watch: ring before the trigger") < timeline.index(f"netns-{info.namespaces['pod']} route")
+    assert 'stroke="#b42318" stroke-width="2"><title>trigger connect_failed' in timeline
 
 
 def _member(path: Path, name: str) -> bytes:
