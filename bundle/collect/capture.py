@@ -93,6 +93,31 @@ def _egress(addresses: list[str]) -> list[tuple[str, int]]:
     return list(out.items())[:MAX_INTERFACES]
 
 
+def open_packet_socket(name: str, program: bytes, cooked: bool = False, rcvbuf: int = 4 << 20) -> socket.socket:
+    """An AF_PACKET socket on one interface (or, cooked, on every one) that delivers only what `program`
+    accepts, with kernel timestamps and its statistics reset. libpcap's order: drop everything, bind, drain what
+    slipped in, then the real filter — so no packet the filter refuses is ever read."""
+    sock = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM if cooked else socket.SOCK_RAW, socket.htons(ETH_P_ALL))
+    try:
+        attach_drop_all(sock)
+        if not cooked:
+            sock.bind((name, ETH_P_ALL))
+        sock.setblocking(False)
+        while True:
+            try:
+                sock.recv(65535)
+            except BlockingIOError:
+                break
+        attach(sock, program)
+        sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        sock.getsockopt(SOL_PACKET, PACKET_STATISTICS, 8)  # reading resets the counters
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
 def _linktype_of(ifname: str) -> int | None:
     with IPRoute() as ipr:
         for m in ipr.get_links():
@@ -162,26 +187,10 @@ class CaptureCollector(Collector):
         try:
             for name, linktype in ifaces:
                 try:
-                    sock = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM if cooked else socket.SOCK_RAW,
-                                         socket.htons(ETH_P_ALL))
+                    socks.append(open_packet_socket(name, programs[linktype], cooked))
                 except PermissionError as exc:
                     return stop(SliceStatus.SKIPPED, f"AF_PACKET socket: {exc.strerror}",
                                 MissingReason.NOT_PERMITTED)
-                socks.append(sock)
-                # libpcap's order: drop everything, bind, drain what slipped in, then the real filter.
-                attach_drop_all(sock)
-                if not cooked:
-                    sock.bind((name, ETH_P_ALL))
-                sock.setblocking(False)
-                while True:
-                    try:
-                        sock.recv(65535)
-                    except BlockingIOError:
-                        break
-                attach(sock, programs[linktype])
-                sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
-                sock.getsockopt(SOL_PACKET, PACKET_STATISTICS, 8)  # reading resets the counters
             run.started = datetime.now(UTC)
             run.monotonic_start_ns = time.monotonic_ns()
             start_wall_ns = time.time_ns()

@@ -18,17 +18,16 @@ from pathlib import Path
 from bundle._netns import setns_net
 from bundle.collect.capture import (
     ARPHRD_LOOPBACK,
-    ETH_P_ALL,
     PACKET_OUTGOING,
     PACKET_STATISTICS,
-    SO_TIMESTAMPNS,
     SOL_PACKET,
     _egress,
     _timestamp,
+    open_packet_socket,
 )
 from bundle.models.watch import RingStats
 from bundle.pcap import pcapng
-from bundle.pcap.bpf import BpfError, attach, attach_drop_all, compile_filter
+from bundle.pcap.bpf import BpfError, compile_filter
 
 _ICMP4_ERRORS = {3, 11}  # destination unreachable, time exceeded
 _ICMP6_ERRORS = {1, 2, 3}  # destination unreachable, packet too big, time exceeded
@@ -106,20 +105,7 @@ class Ring:
             self.stats.interfaces = [n for n, _ in self._ifaces]
             programs = {lt: compile_filter(self.expr, lt) for lt in {lt for _, lt in self._ifaces}}
             for name, linktype in self._ifaces:
-                sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
-                socks.append(sock)
-                attach_drop_all(sock)
-                sock.bind((name, ETH_P_ALL))
-                sock.setblocking(False)
-                while True:
-                    try:
-                        sock.recv(65535)
-                    except BlockingIOError:
-                        break
-                attach(sock, programs[linktype])
-                sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
-                sock.getsockopt(SOL_PACKET, PACKET_STATISTICS, 8)  # reading resets the counters
+                socks.append(open_packet_socket(name, programs[linktype], rcvbuf=8 << 20))
         except (OSError, BpfError) as exc:
             self.stats.unavailable = f"capture ring: {exc}"
             for sock in socks:
