@@ -55,7 +55,8 @@ class Ring:
         self._stop = threading.Event()
         self._ready = threading.Event()
         self._ifaces: list[tuple[str, int]] = []
-        self._icmp_errors: list[tuple[int, str]] = []  # (ts_ns, "src > dst type/code") since last taken
+        # (ts_ns, "src > dst type/code") since last taken: the first few (a flood of errors is one trigger)
+        self._icmp_errors: list[tuple[int, str]] = []
         self._thread = threading.Thread(target=self._run, name="netbundle-ring", daemon=True)
 
     def start(self, wait_s: float = 5.0) -> None:
@@ -162,7 +163,7 @@ class Ring:
             self._packets.append(p)
             self._bytes += len(p.data)
             self.stats.packets_seen += 1
-            if icmp:
+            if icmp and len(self._icmp_errors) < 64:
                 self._icmp_errors.append((p.ts_ns, icmp))
             while self._bytes > self.max_bytes and self._packets:
                 old = self._packets.popleft()
