@@ -73,6 +73,18 @@ CORPUS = REPO.parent / "shared" / "corpus"
 
 
 @pytest.fixture(scope="session")
+def lab_scores(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, object], Path]:
+    """One `netbundle lab score` over every scenario, its bundles kept: the ladder's tests read them, and the
+    watch's tests read the `flaky` one (scored by a real `netbundle watch`)."""
+    import json
+
+    keep = tmp_path_factory.mktemp("score")
+    proc = netbundle("lab", "score", "--json", "--keep", str(keep), timeout=1500)
+    assert proc.returncode in (0, 7), proc.stderr
+    return json.loads(proc.stdout), keep
+
+
+@pytest.fixture(scope="session")
 def wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """This checkout's wheel and its dependencies' (pip's cache and index as configured): what the wheel test
     installs from with no index, and what the image is built from (`make image` does the same)."""

@@ -22,12 +22,9 @@ NEW = ("k8s-healthy", "context-only", "stale-dnat-blackhole", "rp-filter", "stal
 
 
 @pytest.fixture(scope="module")
-def scored(tmp_path_factory) -> tuple[dict[str, object], Path]:
-    """One `lab score` over every scenario; its bundles kept for the tests below."""
-    keep = tmp_path_factory.mktemp("score")
-    proc = netbundle("lab", "score", "--json", "--keep", str(keep), timeout=1500)
-    assert proc.returncode in (0, 7), proc.stderr
-    return json.loads(proc.stdout), keep
+def scored(lab_scores) -> tuple[dict[str, object], Path]:
+    """One `lab score` over every scenario (tests/conftest.py); its bundles kept for the tests below."""
+    return lab_scores
 
 
 def _report(scored: tuple[dict[str, object], Path], scenario: str) -> FindingsReport:

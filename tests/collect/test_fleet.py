@@ -163,7 +163,7 @@ table inet nbt_server {
 
 
 @pytest.mark.parametrize("where, role, table, fid", [
-    ("between", "ctl", "bridge nbt_between", "fleet.lost_between"),
+    # lost between the nodes: test_endpoint_nodes_that_answer_and_one_that_does_not_are_diffed
     ("at the server", "node-b", "inet nbt_server", "fleet.dropped_at_server"),
 ])
 def test_a_lost_handshake_is_followed_across_the_nodes(fleet_lab, tmp_path, where, role, table, fid):
