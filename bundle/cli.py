@@ -347,6 +347,11 @@ def _parser() -> argparse.ArgumentParser:
     sc.add_argument("scenarios", nargs="*", metavar="SCENARIO", help="default: every scenario")
     sc.add_argument("--keep", type=Path, metavar="DIR", help="keep each scenario's bundle there")
     sc.add_argument("--json", action="store_true", help="print the scores as JSON")
+    sc.add_argument("--readonly", action="store_true",
+                    help="also prove each collect (or watch) changed nothing: rules, routes, policy rules, links, "
+                         "addresses, sysctls, neighbors and conntrack of every lab netns, read with the system's "
+                         "own tools before and after (a change fails the scenario; the entries probes make are "
+                         "listed)")
     return p
 
 
@@ -833,7 +838,7 @@ def _cmd_watch(args: argparse.Namespace, argv: list[str]) -> int:
                 started=st.started, written=datetime.now(UTC), vantage=plan.vantage_id, every_s=plan.every_s,
                 post_trigger_s=plan.post_trigger_s, trigger=trigger, triggers_seen=st.triggers_seen, bundle_index=n,
                 totals=list(st.totals.values()), probes=list(st.probes), probes_dropped=st.probes_dropped,
-                counters=list(st.readings), ring=stats,
+                counters=list(st.readings), sockets=list(st.sockets), ring=stats,
                 ring_member="captures/0-watch-ring.pcapng/analysis.json" if ring else None)
             outcome = collect(dataclasses.replace(req, output=out, force=False, pcaps=pcaps,
                                                   finalize=_watch_finalizer(record)))
@@ -923,6 +928,8 @@ def _lab_score(args: argparse.Namespace) -> int:
     from bundle.archive import read_bundle
     from bundle.errors import LabError
     from bundle.lab import scenarios
+    from bundle.lab import readonly
+    from bundle.lab.readonly import Changes
     from bundle.lab.score import Score, score
 
     names = args.scenarios or sorted(scenarios.SCENARIOS)
@@ -932,11 +939,14 @@ def _lab_score(args: argparse.Namespace) -> int:
     keep = args.keep or Path(tempfile.mkdtemp(prefix="netbundle-score-"))
     keep.mkdir(parents=True, exist_ok=True)
     rows: list[Score] = []
+    touched: dict[str, Changes] = {}
     for name in names:
         out = keep / f"{name}.tar.zst"
         out.unlink(missing_ok=True)
+        changes = None
         with scenarios.running(name, f"nbs{os.getpid() % 100000}-{name}") as info, \
                 tempfile.TemporaryDirectory(prefix=".watch-", dir=keep) as watched:
+            before = readonly.snapshot(sorted(info.namespaces.values())) if args.readonly else None
             if info.watch:  # an intermittent fault: the flight recorder's one bundle
                 proc = subprocess.run([sys.executable, "-m", "bundle", *info.watch_argv(watched)[1:]],
                                       capture_output=True, text=True, timeout=300)
@@ -946,6 +956,8 @@ def _lab_score(args: argparse.Namespace) -> int:
             else:
                 proc = subprocess.run([sys.executable, "-m", "bundle", *info.collect_argv()[1:], "-o", str(out)],
                                       capture_output=True, text=True, timeout=300)
+            if before is not None:
+                changes = readonly.compare(before, readonly.snapshot(sorted(info.namespaces.values())))
         if proc.returncode not in (0, 5) or not out.exists():
             raise LabError(f"{name}: {'watch' if info.watch else 'collect'} failed (exit {proc.returncode}"
                            f"{', no bundle' if not out.exists() else ''}): {proc.stderr.strip()[-300:]}")
@@ -953,16 +965,25 @@ def _lab_score(args: argparse.Namespace) -> int:
         if report is None:
             raise LabError(f"{name}: the bundle has no findings.json")
         rows.append(score(name, info.verdict, report))
+        if changes is not None:
+            touched[name] = changes
         if not args.json:
             r = rows[-1]
             print(f"{'right' if r.right else 'WRONG':<6} {name:<22} expected {r.expected}; named {r.named}")
+            if changes is not None:
+                print(f"{'':<6} {'':<22} read-only: {'CHANGED ' + '; '.join(changes.mutations[:3]) if changes.mutations else 'nothing changed'}"
+                      f" ({len(changes.probe_made)} entries made by probes)")
     right = sum(r.right for r in rows)
+    changed = [n for n, c in touched.items() if c.mutations]
     if args.json:
-        print(json.dumps({"scores": [r.as_dict() for r in rows], "right": right, "total": len(rows),
-                          "bundles": str(keep)}, indent=1))
+        print(json.dumps({"scores": [{**r.as_dict(), **({"readonly": {
+            "mutations": touched[r.scenario].mutations, "probe_made": touched[r.scenario].probe_made[:20],
+            "probe_made_count": len(touched[r.scenario].probe_made)}} if r.scenario in touched else {})}
+            for r in rows], "right": right, "total": len(rows), "changed": changed, "bundles": str(keep)}, indent=1))
     else:
-        print(f"{right}/{len(rows)} right; bundles in {keep}")
-    return 0 if right == len(rows) else 7
+        print(f"{right}/{len(rows)} right" + (f"; read-only: {len(changed)} changed something" if args.readonly
+                                               else "") + f"; bundles in {keep}")
+    return 0 if right == len(rows) and not changed else 7
 
 
 def _cmd_fleet(args: argparse.Namespace, argv: list[str]) -> int:

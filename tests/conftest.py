@@ -74,12 +74,13 @@ CORPUS = REPO.parent / "shared" / "corpus"
 
 @pytest.fixture(scope="session")
 def lab_scores(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, object], Path]:
-    """One `netbundle lab score` over every scenario, its bundles kept: the ladder's tests read them, and the
-    watch's tests read the `flaky` one (scored by a real `netbundle watch`)."""
+    """One `netbundle lab score --readonly` over every scenario, its bundles kept: the ladder's tests read them,
+    the read-only tests its before/after comparison of every lab netns, and the watch's tests the `flaky` bundle
+    (scored by a real `netbundle watch`)."""
     import json
 
     keep = tmp_path_factory.mktemp("score")
-    proc = netbundle("lab", "score", "--json", "--keep", str(keep), timeout=1500)
+    proc = netbundle("lab", "score", "--json", "--readonly", "--keep", str(keep), timeout=1500)
     assert proc.returncode in (0, 7), proc.stderr
     return json.loads(proc.stdout), keep
 

@@ -24,10 +24,12 @@ from bundle.collect import connect
 from bundle.collect.counters import parse
 from bundle.collect.ring import Ring
 from bundle.models import ConnectOutcome
-from bundle.models.watch import CounterReading, ProbeResult, ProbeTotals, RingStats, Trigger
+from bundle.models.watch import CounterReading, ProbeResult, ProbeTotals, RingStats, SocketCounts, Trigger
 
 MAX_PROBES_KEPT = 3600  # probe results kept in the record (the totals count them all)
 MAX_READINGS_KEPT = 600  # counter readings (only those where something rose)
+MAX_SOCKET_SAMPLES = 720  # socket state counts (one every SOCKET_EVERY_S: an hour)
+SOCKET_EVERY_S = 5.0  # a sock_diag dump of a big table costs; every few seconds is enough for a trend
 # Counters whose rise is a trigger by default: a packet the kernel let go without a word.
 DEFAULT_COUNTERS = ("conntrack_drop", "conntrack_insert_failed", "conntrack_early_drop",
                     "TcpExtIPReversePathFilter", "TcpExtListenDrops", "TcpExtListenOverflows")
@@ -73,6 +75,8 @@ class WatchState:
     probes_seen: int = 0
     readings: collections.deque[CounterReading] = field(
         default_factory=lambda: collections.deque(maxlen=MAX_READINGS_KEPT))
+    sockets: collections.deque[SocketCounts] = field(
+        default_factory=lambda: collections.deque(maxlen=MAX_SOCKET_SAMPLES))
     triggers_seen: int = 0
     bundles: list[Path] = field(default_factory=list)
     held_back: list[str] = field(default_factory=list)  # why triggers wrote no bundle (cooldown, limit, disk)
@@ -93,7 +97,9 @@ class Prober:
     def __init__(self, plan: WatchPlan) -> None:
         self.plan = plan
         self._asks: queue.Queue[bool] = queue.Queue()
-        self._answers: queue.Queue[tuple[list[ProbeResult], dict[str, int]] | BaseException] = queue.Queue()
+        self._answers: queue.Queue[tuple[list[ProbeResult], dict[str, int], SocketCounts | None] | BaseException] = \
+            queue.Queue()
+        self._last_sockets = 0.0
         self._thread = threading.Thread(target=self._run, name="netbundle-prober", daemon=True)
         self._conf = None
 
@@ -104,7 +110,7 @@ class Prober:
         self._asks.put(False)
         self._thread.join(timeout=10)
 
-    def round(self, timeout_s: float) -> tuple[list[ProbeResult], dict[str, int]]:
+    def round(self, timeout_s: float) -> tuple[list[ProbeResult], dict[str, int], SocketCounts | None]:
         self._asks.put(True)
         got = self._answers.get(timeout=timeout_s)
         if isinstance(got, BaseException):
@@ -121,7 +127,7 @@ class Prober:
             return
         while self._asks.get():
             try:
-                self._answers.put((self._probes(), read_counters()))
+                self._answers.put((self._probes(), read_counters(), self._socket_counts()))
             except Exception as exc:  # noqa: BLE001 - handed to the watch loop, which says it
                 self._answers.put(exc)
 
@@ -137,6 +143,29 @@ class Prober:
         for name in self.plan.names:
             out.append(self._resolve(name))
         return out
+
+    def _socket_counts(self) -> SocketCounts | None:
+        """TCP states in the netns (sock_diag, no TCP_INFO), every SOCKET_EVERY_S at most."""
+        from collections import Counter
+
+        from bundle.netlink.sockdiag import dump_all
+
+        now = time.monotonic()
+        if now - self._last_sockets < SOCKET_EVERY_S:
+            return None
+        self._last_sockets = now
+        tcp: Counter[str] = Counter()
+        per: dict[str, Counter[str]] = {spec: Counter() for spec, _, _ in self.plan.connects}
+        try:
+            for s in dump_all(with_tcp_info=False):
+                if s.protocol == 6:
+                    tcp[s.state] += 1
+                    for spec, address, port in self.plan.connects:
+                        if s.remote in (address, f"::ffff:{address}") and s.rport == port:
+                            per[spec][s.state] += 1
+        except OSError:
+            return None
+        return SocketCounts(at=datetime.now(UTC), tcp=dict(tcp), to_targets={k: dict(v) for k, v in per.items()})
 
     def _resolve(self, name: str) -> ProbeResult:
         from bundle.collect.dns import load_conf, query_families, resolve
@@ -272,10 +301,13 @@ class Watcher:
         plan, st = self.plan, self.state
         fired: list[Trigger] = []
         try:
-            probes, counters = prober.round(timeout_s=max(10.0, plan.every_s * 10 + plan.connect_timeout_s * 4))
+            probes, counters, sockets = prober.round(
+                timeout_s=max(10.0, plan.every_s * 10 + plan.connect_timeout_s * 4))
         except (queue.Empty, OSError) as exc:
             self.on_event(Event("error", {"what": "probes", "error": str(exc) or "no answer"}))
             return []
+        if sockets is not None:
+            st.sockets.append(sockets)
         for p in probes:
             st.probes.append(p)
             st.probes_seen += 1

@@ -168,7 +168,6 @@ __all__ = [
     "CounterSample",
     "CountersSlice",
     "DOCUMENT_MODELS",
-    "WatchRecord",
     "Datapath",
     "DatapathCheck",
     "DataplaneEndpoint",
@@ -257,6 +256,7 @@ __all__ = [
     "VantageKind",
     "VantageLadder",
     "Verdict",
+    "WatchRecord",
     "endpoint_spec",
     "parse_version",
 ]

@@ -36,6 +36,12 @@ class CounterReading(Model):
     deltas: dict[str, int] = Field(description="rises since the previous reading, only the counters that rose")
 
 
+class SocketCounts(Model):
+    at: datetime
+    tcp: dict[str, int] = Field(description="TCP sockets per state (ss's names) in the watched netns")
+    to_targets: dict[str, dict[str, int]] = Field(default_factory=dict, description="target -> state -> sockets")
+
+
 class Trigger(Model):
     at: datetime
     kind: str = Field(description="connect_failed, connect_slow, dns_failed, dns_slow, counter_rise, icmp_error, "
@@ -76,6 +82,8 @@ class WatchRecord(Model):
     probes_dropped: int = Field(default=0, description="older probe results let go (the totals keep counting)")
     counters: list[CounterReading] = Field(default_factory=list, description="readings where a watched counter "
                                                                              "rose (bounded)")
+    sockets: list[SocketCounts] = Field(default_factory=list, description="socket state counts every "
+                                                                          "few seconds (bounded)")
     ring: RingStats
     ring_member: str | None = Field(default=None, description="the bundle member holding the ring's analysis "
                                                                "(captures/…/analysis.json)")

@@ -140,6 +140,14 @@ def _watch_lines(bundle: Bundle) -> list[str]:
     for tot in rec.totals:
         out.append(f"         {tot.kind} {_clean(tot.target)}: {tot.failed} of {tot.sent} failed"
                    + (f", {tot.slow} slow" if tot.slow else ""))
+    if rec.sockets:
+        peaks: dict[str, int] = {}
+        for sample in rec.sockets:
+            for states in sample.to_targets.values():
+                for state, n in states.items():
+                    peaks[state] = max(peaks.get(state, 0), n)
+        shown = ", ".join(f"{_clean(k)} {v}" for k, v in sorted(peaks.items())) or "none"
+        out.append(f"         sockets to the targets ({len(rec.sockets)} samples), most at once: {shown}")
     r = rec.ring
     if r.unavailable:
         out.append(f"         ring: none ({_clean(r.unavailable)})")

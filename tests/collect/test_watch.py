@@ -162,3 +162,40 @@ def test_a_signal_stops_it_cleanly(tmp_path, sig):
         assert len(got) == (1 if on_exit else 0)
         if on_exit:
             assert read_bundle(got[0]).watch().trigger.kind == "exit"
+
+
+_NEVER_ACCEPTS = """
+import socket, time
+s = socket.socket()
+s.bind(("127.0.0.1", 9000))
+s.listen(1)
+time.sleep(600)
+"""
+
+
+def test_failures_are_named_with_the_counter_that_rose_with_them(tmp_path):
+    """A listener that never accepts (backlog 1): once its accept queue is full the kernel drops the SYNs and
+    counts TcpExtListenOverflows. The watch's probes fail, the counter rises in the same seconds, and the
+    finding names the counter beside the failures."""
+    import os
+
+    from bundle.lab.topology import Topology
+
+    t = Topology(f"nbt-wlo-{os.getpid() % 100000}")
+    try:
+        ns = t.add_netns("pod")
+        t.spawn("pod", [sys.executable, "-c", _NEVER_ACCEPTS])
+        t.wait_listening("pod", 9000)
+        proc = _watch("--target", "127.0.0.1:9000", "--netns", ns, "--every", "0.5", "--connect-timeout", "0.5",
+                      "--for", "40s", "--max-bundles", "1", "--post-trigger", "1", "--out-dir", str(tmp_path),
+                      "--slice", "route", "--slice", "counters")
+    finally:
+        t.teardown()
+    assert proc.returncode == 0, proc.stderr
+    [path] = tmp_path.glob("watch-*.tar.zst")
+    b = read_bundle(path)
+    rec = b.watch()
+    assert rec.trigger.kind in ("connect_failed", "counter_rise")
+    assert any("TcpExtListenOverflows" in r.deltas for r in rec.counters)
+    [wf] = [f for f in b.findings().findings if f.id == "watch.connect_failures"]
+    assert "in the same seconds: " in wf.summary and "TcpExtListenOverflows +" in wf.summary, wf.summary

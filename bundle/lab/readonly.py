@@ -1,4 +1,4 @@
-"""What a collect must leave as it found it in a netns: firewall rules, routes, policy rules, neighbors, links,
+"""`lab score --readonly` (and the tests): what a collect must leave as it found it in a netns: firewall rules, routes, policy rules, neighbors, links,
 addresses, sysctls and the conntrack table — read with the system's own tools, so our decoders are not judging
 themselves."""
 
@@ -160,11 +160,11 @@ def compare(before: Snapshot, after: Snapshot,
         # an entry with a long timeout left must still be there: nothing deleted or flushed. (Where the table
         # is full the kernel evicts unassured entries itself, early_drop, as in conntrack-full.)
         full = before.conntrack_full[ns] or after.conntrack_full[ns]
-        for key, (timeout, assured) in was_c.items():
-            if timeout > 60 and key not in now_c and not _kernel_own(key) and (assured or not full):
-                mutations.append(f"{ns} conntrack entry gone: {key}")
-        for key in now_c.keys() - was_c.keys():
-            _, src, _, dst, _ = key
+        for ck, (timeout, assured) in was_c.items():
+            if timeout > 60 and ck not in now_c and not _kernel_own(ck) and (assured or not full):
+                mutations.append(f"{ns} conntrack entry gone: {ck}")
+        for ck in now_c.keys() - was_c.keys():
+            _, src, _, dst, _ = ck
             lab = all(a.startswith((*lab_prefixes, "127.")) or a == "::1" for a in (src, dst))
-            (probe_made if lab or _kernel_own(key) else mutations).append(f"{ns} new conntrack entry {key}")
+            (probe_made if lab or _kernel_own(ck) else mutations).append(f"{ns} new conntrack entry {ck}")
     return Changes(mutations, probe_made)
