@@ -610,13 +610,17 @@ def _cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
-def _findings_member(bundle: Bundle) -> list[tuple[str, bytes, str, str]]:
-    """findings.json for the collect: computed as `netbundle analyze` computes it."""
+def _findings_member(bundle: Bundle, watch: Any = None) -> list[tuple[str, bytes, str, str]]:
+    """findings.json for the collect: computed as `netbundle analyze` computes it (a watch's bundle: with the
+    watch record it is about to hold, which the staged bundle does not have yet)."""
     from bundle.analyze.report import build_report
     from bundle.models import MediaType
     from bundle.render.view import inputs
 
-    report = build_report(inputs(bundle))
+    inp = inputs(bundle)
+    if watch is not None:
+        inp.watch = watch
+    report = build_report(inp)
     return [("findings.json", report.model_dump_json(indent=1).encode(), MediaType.FINDINGS,
              "netbundle analyze: findings and the layer ladder from the collected documents")]
 
@@ -761,14 +765,6 @@ def _cmd_render(args: argparse.Namespace) -> int:
     return 0
 
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
-
-
-def _terminal_safe(text: str) -> str:
-    """A line from the system under diagnosis, safe on a terminal: control characters (escapes) shown as '?'."""
-    return _CONTROL.sub("?", text)
-
-
 def _duration(text: str) -> float:
     m = re.fullmatch(r"(\d+(?:\.\d+)?)(s|m|h)?", text.strip())
     if not m:
@@ -789,6 +785,7 @@ def _cmd_watch(args: argparse.Namespace, argv: list[str]) -> int:
     from bundle.collect.engine import collect, host_facts
     from bundle.collect.watch import DEFAULT_COUNTERS, Event, WatchPlan, WatchState, Watcher
     from bundle.models.watch import RingStats, Trigger, WatchRecord
+    from bundle.render.text import printable as _printable
 
     req = _collect_request(args, argv)
     if not 0.2 <= args.every <= 3600 or args.connect_timeout <= 0 or args.post_trigger < 0 or args.cooldown < 0:
@@ -852,13 +849,13 @@ def _cmd_watch(args: argparse.Namespace, argv: list[str]) -> int:
                     "bundle": lambda d: f"bundle written: {d.get('path')}",
                     "held_back": lambda d: f"no bundle for this trigger: {d.get('why')}",
                     "error": lambda d: f"error ({d.get('what')}): {d.get('error')}"}[ev.kind](ev.detail)
-            sys.stderr.write(("\r\033[K" if tty else "") + _terminal_safe(line) + "\n")
+            sys.stderr.write(("\r\033[K" if tty else "") + _printable(line) + "\n")
 
     tty = sys.stderr.isatty() and not args.json
 
     def status(line: str) -> None:
         if tty:
-            sys.stderr.write("\r\033[K" + _terminal_safe(line)[:200])
+            sys.stderr.write("\r\033[K" + _printable(line)[:200])
             sys.stderr.flush()
 
     watcher = Watcher(plan, write, event, status, disk=args.out_dir)
@@ -882,17 +879,11 @@ def _cmd_watch(args: argparse.Namespace, argv: list[str]) -> int:
 def _watch_finalizer(record: Any) -> Callable[[Bundle], list[tuple[str, bytes, str, str]]]:
     """watch.json, and findings.json computed with it (the probe history is evidence the snapshot lacks)."""
     def finalize(bundle: Bundle) -> list[tuple[str, bytes, str, str]]:
-        from bundle.analyze.report import build_report
         from bundle.models import MediaType
-        from bundle.render.view import inputs
 
-        inp = inputs(bundle)
-        inp.watch = record
-        report = build_report(inp)
         return [("watch.json", record.model_dump_json(indent=1).encode(), MediaType.WATCH,
                  "netbundle watch: the probe history, the counters that rose, the trigger, the ring's figures"),
-                ("findings.json", report.model_dump_json(indent=1).encode(), MediaType.FINDINGS,
-                 "netbundle analyze: findings and the layer ladder, with the watch's probe history")]
+                *_findings_member(bundle, record)]
     return finalize
 
 

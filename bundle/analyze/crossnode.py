@@ -234,10 +234,6 @@ class SetReport:
     splits: list[EndpointSplit]
 
 
-def _target_key(text: str) -> tuple[str | None, int | None]:
-    return split_endpoint(text)
-
-
 def set_ladders(nodes: list[NodeEvidence], reports: dict[str, FindingsReport],
                 findings: list[Finding]) -> list[SetLadder]:
     """Each target any node's ladder is about, across the nodes: every node's verdict side by side, and one owner —
@@ -250,7 +246,7 @@ def set_ladders(nodes: list[NodeEvidence], reports: dict[str, FindingsReport],
                 targets.append(known.target)
     out: list[SetLadder] = []
     for t in targets:
-        address, port = _target_key(t)
+        address, port = split_endpoint(t)
         rows: list[SetLadderRow] = []
         for n in nodes:
             rep = reports.get(n.node)

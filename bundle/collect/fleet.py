@@ -111,7 +111,7 @@ def node_outcome(host: str, started: datetime, code: int | None, stderr: str, **
                        duration_s=round((finished - started).total_seconds(), 3), exit_code=code, **kw)  # type: ignore[arg-type]
 
 
-def _last_line(text: str) -> str:
+def last_line(text: str) -> str:
     lines = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("sha256 ")]
     return (lines[-1] if lines else "")[:300]
 
@@ -140,13 +140,13 @@ def collect_node(fleet: SshFleet, host: str, folder: Path, running: Running) -> 
         return NodeResult(node_outcome(host, started, code, stderr, outcome="failed", detail="interrupted"))
     if code == 255:
         return NodeResult(node_outcome(host, started, code, stderr, outcome="unreachable",
-                                   detail=_last_line(stderr) or "ssh failed"))
+                                   detail=last_line(stderr) or "ssh failed"))
     if code == NETBUNDLE_MISSING:
         return NodeResult(node_outcome(host, started, code, stderr, outcome="netbundle_missing",
                                    detail=f"{fleet.remote_netbundle} not found on the node"))
     if code == SUDO_REFUSED:
         return NodeResult(node_outcome(host, started, code, stderr, outcome="sudo_refused",
-                                   detail=_last_line(stderr) or "sudo -n refused"))
+                                   detail=last_line(stderr) or "sudo -n refused"))
     said = _SHA_LINE.findall(stderr)
     return judge_bundle(host, started, code, stderr, out, said[-1] if said else None)
 
@@ -157,7 +157,7 @@ def judge_bundle(node: str, started: datetime, code: int | None, stderr: str, ou
     that arrived, then read as any bundle (every member's hash). Both engines end here."""
     if code not in (0, 5) or not out.exists() or out.stat().st_size == 0:
         return NodeResult(node_outcome(node, started, code, stderr, outcome="failed",
-                                   detail=_last_line(stderr) or f"exit {code}"))
+                                   detail=last_line(stderr) or f"exit {code}"))
     got = file_sha256(out)
     if said is None or said != got:
         return NodeResult(node_outcome(node, started, code, stderr, outcome="invalid", sha256=got, remote_sha256=said,
@@ -170,7 +170,7 @@ def judge_bundle(node: str, started: datetime, code: int | None, stderr: str, ou
     return NodeResult(node_outcome(node, started, code, stderr, outcome="collected" if code == 0 else "incomplete",
                                sha256=got, remote_sha256=said, bundle_id=bundle.manifest.bundle_id,
                                member=f"nodes/{out.name}",
-                               detail="" if code == 0 else _last_line(stderr)), out)
+                               detail="" if code == 0 else last_line(stderr)), out)
 
 
 def node_file(folder: Path, node: str) -> Path:

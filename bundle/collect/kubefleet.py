@@ -25,7 +25,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from bundle.collect.fleet import NETBUNDLE_MISSING, NodeResult, Running, node_outcome, judge_bundle, node_file, run_fleet
+from bundle.collect.fleet import (NETBUNDLE_MISSING, NodeResult, Running, judge_bundle, last_line, node_file,
+                                  node_outcome, run_fleet)
 from bundle.models.incidentset import NodeOutcome
 
 # Exactly what the slices need (docs/deploy/collect-job.yaml says why each).
@@ -323,7 +324,7 @@ def collect_job(fleet: KubeFleet, client: Any, node: str, index: int, folder: Pa
         if frame.error or frame.size is None:
             if code is None and time.monotonic() > deadline:
                 return fail("timeout", f"no bundle within {fleet.node_timeout_s:g} s: Job deleted")
-            detail = frame.error or pod_reason or why or _tail(stderr) or "no bundle in the log"
+            detail = frame.error or pod_reason or why or last_line(stderr) or "no bundle in the log"
             return NodeResult(node_outcome(node, started, code, stderr, outcome="failed", detail=detail[:300]))
         return judge_bundle(node, started, code if code is not None else frame.exit_code, stderr, out, frame.sha256)
     except ApiException as exc:
@@ -349,11 +350,6 @@ def _exit(core: Any, pod: str, ns: str, deadline: float, poll_s: float) -> tuple
             return None, p.status.phase, pod_reason
         time.sleep(poll_s)
     return None, "", ""
-
-
-def _tail(text: str) -> str:
-    lines = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("sha256 ")]
-    return lines[-1] if lines else ""
 
 
 def _api_message(exc: Any) -> str:

@@ -6,6 +6,7 @@ PACKET_STATISTICS say what the ring never saw."""
 from __future__ import annotations
 
 import collections
+import ipaddress
 import select
 import socket
 import struct
@@ -181,8 +182,6 @@ class Ring:
 
 def _icmp_error(data: bytes, at: int) -> str | None:
     """'SRC > DST type T code C' for an ICMP/ICMPv6 error (unreachable, too big, time exceeded), else None."""
-    import ipaddress
-
     if len(data) < at + 40:
         return None
     version = data[at] >> 4

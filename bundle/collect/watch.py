@@ -21,7 +21,7 @@ from pathlib import Path
 
 from bundle._netns import setns_net
 from bundle.collect import connect
-from bundle.collect.counters import parse
+from bundle.collect.counters import read_all
 from bundle.collect.ring import Ring
 from bundle.models import ConnectOutcome
 from bundle.models.watch import CounterReading, ProbeResult, ProbeTotals, RingStats, SocketCounts, Trigger
@@ -101,7 +101,6 @@ class Prober:
             queue.Queue()
         self._last_sockets = 0.0
         self._thread = threading.Thread(target=self._run, name="netbundle-prober", daemon=True)
-        self._conf = None
 
     def start(self) -> None:
         self._thread.start()
@@ -185,13 +184,8 @@ class Prober:
 def read_counters() -> dict[str, int]:
     """The calling thread's netns counters (/proc/thread-self/net: this thread's, not the process's), with
     conntrack's per-CPU statistics summed as conntrack_<field>."""
-    values: dict[str, int] = {}
     base = Path("/proc/thread-self/net")
-    for name in ("snmp", "netstat", "snmp6"):
-        try:
-            values.update(parse((base / name).read_text()))
-        except OSError:
-            pass
+    values, _unreadable = read_all(tuple(str(base / name) for name in ("snmp", "netstat", "snmp6")))
     try:
         lines = (base / "stat" / "nf_conntrack").read_text().split("\n")
         head = lines[0].split()
