@@ -63,6 +63,14 @@ def _covers(run: CaptureRun, first_ns: int, last_ns: int, offset_s: float = 0.0)
     return run.started + START_SLACK <= first and last <= run.finished - END_SLACK
 
 
+def _sees_arrivals(run: CaptureRun) -> bool:
+    """Whether packets from another machine could be in this capture: it ran on some interface besides the
+    loopback ("any" included). The capture slice captures where the targets' routes leave; on the node that holds
+    the target itself that is lo, which no packet from the network crosses — absence there proves nothing."""
+    names = run.interfaces or ([run.interface] if run.interface else [])
+    return any(name != "lo" for name in names)
+
+
 def _where(node: NodeEvidence, vantage: str, i: int) -> Evidence:
     return Evidence(member=node.member, pointer=f"vantages/{vantage}/capture.json#analysis.flows[{i}]")
 
@@ -148,7 +156,19 @@ def _verdict(a: NodeEvidence, va: str, i: int, f: TcpFlow, b: NodeEvidence,
                     f"firewall, or a listener that cannot take them.",
             evidence=[_where(a, va, i), _where(b, vb, j)],
             next_command=f"nft list ruleset; ss -tlnp sport = :{port}  # on {b.node}")
-    covering = [(vb, run) for vb, run in b.captures() if _covers(run, f.first_ns, f.last_ns, offset_s)]
+    running = [(vb, run) for vb, run in b.captures() if _covers(run, f.first_ns, f.last_ns, offset_s)]
+    covering = [(vb, run) for vb, run in running if _sees_arrivals(run)]
+    if running and not covering:  # a node collected about its own address captures on lo: deaf to the network
+        vb, run = running[0]
+        return Finding(
+            id="fleet.not_covered", severity=Severity.INFO, layer=Layer.ROUTE, vantage=here,
+            target=about(server, port),
+            summary=f"{sent} to {f.server} went unanswered; {b.node}'s capture ran then but only on "
+                    f"{', '.join(run.interfaces) or 'loopback'}, where packets from another node never pass: "
+                    f"whether they arrived is not known (give {b.node} a target it reaches over the network, or "
+                    f"--capture-iface).",
+            evidence=[_where(a, va, i), Evidence(member=b.member, pointer=f"vantages/{vb}/capture.json#interfaces")],
+            next_command=f"netbundle show {a.member}")
     if not covering:
         return Finding(
             id="fleet.not_covered", severity=Severity.INFO, layer=Layer.ROUTE, vantage=here,

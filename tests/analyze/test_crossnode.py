@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from bundle.analyze.crossnode import _covers
+from bundle.analyze.crossnode import _covers, _sees_arrivals
 from bundle.models import CaptureRun
 from bundle.models.capture import CaptureLimits
 
@@ -30,3 +30,13 @@ def test_edges_prove_nothing_and_the_offset_moves_the_moment():
     assert not _covers(run, _ns(5), _ns(9.5))  # the last SYN too close to the end
     assert _covers(run, _ns(5), _ns(9.5), offset_s=-1.0)
     assert not _covers(run.model_copy(update={"started": None}), _ns(3), _ns(4))
+
+
+def test_a_loopback_capture_cannot_say_never_reached():
+    """The server node collected about its own address: its capture ran on lo (where `route get` to a local
+    address leads), which no packet from another node crosses. Its silence proves nothing; eth0 or any can."""
+    run = _run()
+    assert _sees_arrivals(run)
+    assert not _sees_arrivals(run.model_copy(update={"interface": "lo", "interfaces": ["lo"]}))
+    assert _sees_arrivals(run.model_copy(update={"interface": "lo", "interfaces": ["lo", "eth0"]}))
+    assert _sees_arrivals(run.model_copy(update={"interface": "any", "interfaces": ["any"]}))
