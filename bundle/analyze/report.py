@@ -135,9 +135,18 @@ _SAME_FACT = {"capture.syn_rst": "transport.refused", "capture.syn_unanswered": 
 
 def _one_fact_once(findings: list[Finding]) -> list[Finding]:
     """The capture's words for a handshake the vantage's own probe already reported (refused, timed out) are
-    folded into the probe's finding as more evidence: one critical finding per fact, its packets cited."""
+    folded into the probe's finding as more evidence: one critical finding per fact, its packets cited. A symptom
+    of one kind, vantage and target found twice (a vantage's own capture and a watch's ring) is one finding,
+    counted twice."""
     out: list[Finding] = []
     for f in findings:
+        key = (f.id, f.vantage, f.target.model_dump_json() if f.target else None)
+        same = next((o for o in out if (o.id, o.vantage, o.target.model_dump_json() if o.target else None) == key),
+                    None)
+        if same is not None:  # two captures of one vantage (its own and a watch's ring) saw the same symptom
+            same.count += f.count
+            same.evidence += [e for e in f.evidence if e not in same.evidence]
+            continue
         twin = _SAME_FACT.get(f.id)
         probe = next((p for p in findings if twin and p.id == twin and p.vantage == f.vantage
                       and p.target is not None and f.target is not None

@@ -40,3 +40,19 @@ def test_a_loopback_capture_cannot_say_never_reached():
     assert not _sees_arrivals(run.model_copy(update={"interface": "lo", "interfaces": ["lo"]}))
     assert _sees_arrivals(run.model_copy(update={"interface": "lo", "interfaces": ["lo", "eth0"]}))
     assert _sees_arrivals(run.model_copy(update={"interface": "any", "interfaces": ["any"]}))
+
+
+def test_one_symptom_seen_by_two_captures_of_one_vantage_is_one_finding():
+    """A watch's bundle analyses two captures of the watched vantage (its own and the ring): the same unanswered
+    handshake symptom from both is one finding, counted twice, citing both (the flaky scenario hit it at random)."""
+    from bundle.analyze.report import _one_fact_once
+    from bundle.models import Evidence, Finding, FindingTarget, Layer, Severity
+
+    def f(member: str, target: str = "10.244.1.3") -> Finding:
+        return Finding(id="capture.syn_unanswered", severity=Severity.CRITICAL, layer=Layer.TRANSPORT,
+                       vantage="netns-pod", target=FindingTarget(address=target, port=8080), summary="s",
+                       evidence=[Evidence(member=member, pointer="analysis.flows[0]")])
+
+    out = _one_fact_once([f("vantages/netns-pod/capture.json"), f("captures/0-watch-ring.pcapng/analysis.json"),
+                          f("vantages/netns-pod/capture.json", target="10.244.1.4")])
+    assert [(x.target.address, x.count, len(x.evidence)) for x in out] == [("10.244.1.3", 2, 2), ("10.244.1.4", 1, 1)]
