@@ -98,11 +98,12 @@ def transport_findings(evidence: list[VantageEvidence], targets: list[Target]) -
             if ev.sockets is None:
                 continue
             on_port = [(i, l) for i, l in enumerate(ev.sockets.listeners) if l.protocol == "tcp" and l.lport == t.port]
-            reachable = [l for _, l in on_port if l.scope is not BindScope.LOOPBACK]
-            loopback = [(i, l) for i, l in on_port if l.scope is BindScope.LOOPBACK]
             # a name target: the address the clients dial, as any vantage's resolver answered it
             answers = [a for e in evidence for a in e.vantage.resolved.get(t.name or "", [])]
             address = next((a for a in answers if ev.owns(a)), ev.address_of(t))
+            # a target that is itself the loopback address (a sidecar, a local proxy) is served by its listener
+            reachable = [l for _, l in on_port if l.scope is not BindScope.LOOPBACK or _same_ip(l.local, address)]
+            loopback = [(i, l) for i, l in on_port if l.scope is BindScope.LOOPBACK and not _same_ip(l.local, address)]
             owner = ev.owns(address)
             if loopback and not reachable and (owner or not any(e.owns(e.address_of(t)) for e in evidence)):
                 i, lst = loopback[0]
@@ -161,3 +162,10 @@ def transport_findings(evidence: list[VantageEvidence], targets: list[Target]) -
                 # as root already, hidden owners live in another PID namespace: their inode and uid still show
                 "ss -tanpe" if s.owner_scan.uid == 0 else "sudo ss -tanp")
     return out
+
+
+def _same_ip(a: str, b: str | None) -> bool:
+    try:
+        return b is not None and ipaddress.ip_address(a.strip("[]")) == ipaddress.ip_address(b.strip("[]"))
+    except ValueError:
+        return False

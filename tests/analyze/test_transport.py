@@ -82,3 +82,28 @@ def test_hidden_owners_next_command_fits_who_ran(uid, command):
     v = Vantage(id="host", kind=VantageKind.HOST, entered=True)
     [f] = [f for f in transport_findings([VantageEvidence(v, None, doc)], []) if f.id == "transport.owners_hidden"]
     assert f.next_command == command
+
+
+@pytest.mark.parametrize("bound, target, expected", [
+    ("127.0.0.1", "127.0.0.1", False),  # a sidecar's port, asked about at the loopback address: served
+    ("::1", "::1", False),
+    ("127.0.0.1", "10.244.1.3", True),  # the pod's address: only the netns itself reaches it
+    ("::1", "fd00::3", True),
+])
+def test_loopback_listener_serves_a_loopback_target(bound, target, expected):
+    """A listener bound to 127.0.0.1 is the loopback_only fault for a target at the pod's address, and nothing
+    at all for a target that is 127.0.0.1 itself (seen on a healthy local proxy: a critical finding said the
+    listener was 'not reachable at 127.0.0.1')."""
+    from bundle.analyze.transport import VantageEvidence, transport_findings
+    from bundle.models import BindScope, Listener, OwnerScan, SocketsSlice, Target, Vantage, VantageKind
+
+    doc = SocketsSlice(sockets=[], total=1, kept=1, dropped=0, row_limit=20000, counts={"tcp LISTEN": 1},
+                       owners_hidden=0, close_wait_owners={}, samples=[], active_probes=False,
+                       owner_scan=OwnerScan(processes=10, denied=0, uid=0, complete=True),
+                       listeners=[Listener(protocol="tcp", local=bound, lport=8080, scope=BindScope.LOOPBACK,
+                                           recv_q=0, send_q=128)])
+    v = Vantage(id="host", kind=VantageKind.HOST, entered=True)
+    spec = f"[{target}]:8080" if ":" in target else f"{target}:8080"
+    found = {f.id for f in transport_findings([VantageEvidence(v, None, doc)],
+                                              [Target(spec=spec, address=target, port=8080)])}
+    assert ("transport.loopback_only" in found) is expected
