@@ -247,6 +247,8 @@ def _collect_vantages(req: CollectRequest, progress: Callable[[Progress], None] 
         }
         agents[spec.id] = Agent(spec, request, events)
     for agent in agents.values():
+        agent.spawn()
+    for agent in agents.values():
         agent.start()
     live = set(agents)
     interrupted = False
@@ -295,6 +297,7 @@ def _collect_vantages(req: CollectRequest, progress: Callable[[Progress], None] 
         _add_pcap(staged, pcap, i)
     for vid, agent in agents.items():
         tail = agent.stderr_tail()
+        agent.stderr.close()  # a watch collects many times in one process
         if tail.strip():
             with contextlib.suppress(StagingError):  # a diagnostic only: a full disk may cost it
                 staged.add_bytes(f"errors/{vid}-agent.txt", tail.encode(), MediaType.TEXT,
