@@ -54,6 +54,11 @@ class VantageDocs:
         return address is not None and self.route is not None and any(
             a.address == address for a in self.route.addresses)
 
+    def translates(self, address: str | None) -> bool:
+        """Whether this vantage's dataplane rewrites the address as a Service frontend (IPVS also puts every
+        ClusterIP on kube-ipvs0: held there, served by no socket of this vantage)."""
+        return address is not None and self.nat is not None and any(s.address == address for s in self.nat.services)
+
 
 def about(address: str | None = None, port: int | None = None, name: str | None = None) -> FindingTarget:
     return FindingTarget(address=address, port=port, name=name)

@@ -30,7 +30,8 @@ class NodeEvidence:
     docs: tuple[VantageDocs, ...]
 
     def holds(self, address: str | None) -> bool:
-        return any(d.holds(address) for d in self.docs)
+        """Whether the address is this node's own (an IPVS node's ClusterIPs are everyone's frontends, not its)."""
+        return any(d.holds(address) and not d.translates(address) for d in self.docs)
 
     def captures(self) -> list[tuple[str, CaptureRun]]:
         """The vantages' captures, the node's own (host) first: what left the node is seen there."""

@@ -108,7 +108,9 @@ def _findings(inp: Inputs) -> list[Finding]:
         if d.route is not None and inp.kube is not None and inp.kube.policies:
             out += dataplane_not_visible(v, d.route)
     out += neighbor_findings([(by_id[d.vantage], d.route) for d in inp.docs if d.route is not None])
-    out += transport_findings([VantageEvidence(by_id[d.vantage], d.route, d.sockets) for d in inp.docs],
+    out += transport_findings([VantageEvidence(by_id[d.vantage], d.route, d.sockets,
+                                              tuple(d.nat.services) if d.nat is not None else ())
+                               for d in inp.docs],
                               list(m.targets))
     out += unseen_targets(inp)
     pod = _client_pod(inp)

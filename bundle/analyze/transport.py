@@ -15,6 +15,7 @@ from bundle.models import (
     FindingTarget,
     Layer,
     RouteSlice,
+    ServiceEntry,
     Severity,
     SocketsSlice,
     Target,
@@ -31,6 +32,13 @@ class VantageEvidence:
     vantage: Vantage
     route: RouteSlice | None
     sockets: SocketsSlice | None
+    frontends: tuple[ServiceEntry, ...] = ()  # what this vantage's dataplane translates (its NAT slice)
+
+    def translates(self, address: str | None, port: int) -> ServiceEntry | None:
+        """The Service frontend this vantage's kernel rewrites address:port to (a ClusterIP on IPVS's kube-ipvs0,
+        a node port on any of its addresses): no socket is meant to listen there."""
+        return next((s for s in self.frontends if s.port == port and s.protocol.lower() == "tcp"
+                     and (_same_ip(s.address, address) if s.address else self.owns(address))), None)
 
     def address_of(self, target: Target) -> str | None:
         """An IP target's address, or what this vantage's resolver answered for a name target."""
@@ -105,6 +113,8 @@ def transport_findings(evidence: list[VantageEvidence], targets: list[Target]) -
             reachable = [l for _, l in on_port if l.scope is not BindScope.LOOPBACK or _same_ip(l.local, address)]
             loopback = [(i, l) for i, l in on_port if l.scope is BindScope.LOOPBACK and not _same_ip(l.local, address)]
             owner = ev.owns(address)
+            if ev.translates(address, t.port):
+                continue
             if loopback and not reachable and (owner or not any(e.owns(e.address_of(t)) for e in evidence)):
                 i, lst = loopback[0]
                 check = next((p for p in ev.sockets.probes if p.target.startswith("loopback ")

@@ -56,3 +56,30 @@ def test_one_symptom_seen_by_two_captures_of_one_vantage_is_one_finding():
     out = _one_fact_once([f("vantages/netns-pod/capture.json"), f("captures/0-watch-ring.pcapng/analysis.json"),
                           f("vantages/netns-pod/capture.json", target="10.244.1.4")])
     assert [(x.target.address, x.count, len(x.evidence)) for x in out] == [("10.244.1.3", 2, 2), ("10.244.1.4", 1, 1)]
+
+
+def test_an_ipvs_node_does_not_own_the_clusterips_it_holds():
+    """IPVS puts every ClusterIP on every node's kube-ipvs0: a flow to a ClusterIP is not 'arriving at' whichever
+    node of the set holds it first. The node's own address stays its own; without the NAT slice's frontends (no
+    IPVS service read) the held address counts as before."""
+    from bundle.analyze._common import VantageDocs
+    from bundle.analyze.crossnode import NodeEvidence
+    from bundle.models import (Address, ConntrackSample, ConntrackSettings, ConntrackTable, NatSlice, ProxyMode,
+                               RouteSlice, ServiceEntry, Sysctls)
+
+    route = RouteSlice(links=[], rules=[], routes=[], neighbors=[], lookups=[], active_probes=False,
+                       addresses=[Address(ifindex=2, ifname="eth0", family=4, address="10.244.0.2", prefixlen=24,
+                                          scope="global"),
+                              Address(ifindex=7, ifname="kube-ipvs0", family=4, address="10.96.0.20", prefixlen=32,
+                                      scope="global")],
+                       sysctls=Sysctls(ip_forward=1, rp_filter_all=0, rp_filter_default=0, interfaces=[]))
+    nat = NatSlice(settings=ConntrackSettings(max=1000, buckets=256), samples=[ConntrackSample(monotonic_ns=0, count=1)],
+                   table=ConntrackTable(total=0, by_protocol={}, by_tcp_state={}, watched=[], matched=0, entries=[],
+                                        truncated=False),
+                   proxy=ProxyMode(mode="ipvs", checks=[], reported="ipvs"),
+                   services=[ServiceEntry(service="default/payments:https", kind="cluster IP", protocol="tcp",
+                                          address="10.96.0.20", port=443, source="IPVS")])
+    ipvs = NodeEvidence("node-a", "nodes/node-a.tar.zst", (VantageDocs("host", route=route, nat=nat),))
+    assert ipvs.holds("10.244.0.2") and not ipvs.holds("10.96.0.20")
+    plain = NodeEvidence("node-a", "nodes/node-a.tar.zst", (VantageDocs("host", route=route),))
+    assert plain.holds("10.96.0.20")

@@ -109,3 +109,23 @@ def test_conntrack_full_leads_with_conntrack(healthy_lab, tmp_path):
         failing = _bundle(info, tmp_path, "conntrack-full", ["pod", "node"], "--slice", "nat")
     first = _lead(failing, healthy)
     assert first["area"] == "conntrack", first
+
+
+@pytest.mark.parametrize("failing, healthy, differs", [
+    ("UNKNOWN", "UP", False),  # a bridge just after its ports came up, a dummy, a tun: passing traffic either way
+    ("DOWN", "UP", True),
+    ("LOWERLAYERDOWN", "UNKNOWN", True),
+])
+def test_link_state_unknown_is_not_a_difference_from_up(failing, healthy, differs):
+    """Found on the stale-neighbor lab: the node's bridge read UNKNOWN where the healthy one read UP, and that
+    outranked the stale neighbor entry. UNKNOWN only says the driver reports no operational state."""
+    from bundle.analyze.diff import _route
+    from bundle.models import Link, RouteSlice, Sysctls
+
+    def doc(state: str) -> RouteSlice:
+        return RouteSlice(links=[Link(index=3, name="cbr0", kind="bridge", operstate=state, flags=["UP"], mtu=1500)],
+                          addresses=[], rules=[], routes=[], neighbors=[], lookups=[], active_probes=False,
+                          sysctls=Sysctls(ip_forward=1, rp_filter_all=0, rp_filter_default=0, interfaces=[]))
+
+    found = [d.key for d in _route(doc(failing), doc(healthy), "node ~ node")]
+    assert ("cbr0 state" in found) is differs

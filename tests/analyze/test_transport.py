@@ -107,3 +107,40 @@ def test_loopback_listener_serves_a_loopback_target(bound, target, expected):
     found = {f.id for f in transport_findings([VantageEvidence(v, None, doc)],
                                               [Target(spec=spec, address=target, port=8080)])}
     assert ("transport.loopback_only" in found) is expected
+
+
+@pytest.mark.parametrize("held, frontend, expected", [
+    # IPVS: every ClusterIP sits on the node's kube-ipvs0 and the kernel's virtual server takes the SYN
+    ("10.96.0.10", ("10.96.0.10", 53, "TCP"), False),
+    ("fd00:96::a", ("fd00:96::a", 53, "TCP"), False),
+    # a node port: on any address the node holds (kube-proxy keeps no socket on it)
+    ("10.244.0.1", (None, 53, "TCP"), False),
+    # the frontend is for UDP only, or another port, or none at all: nothing takes the TCP SYN
+    ("10.96.0.10", ("10.96.0.10", 53, "UDP"), True),
+    ("10.96.0.10", ("10.96.0.10", 9153, "TCP"), True),
+    ("10.96.0.10", None, True),
+])
+def test_a_translated_frontend_needs_no_listener(held, frontend, expected):
+    """A node that holds the target's address but has no socket on its port is `transport.no_listener` — unless
+    its own dataplane translates that address:port (an IPVS ClusterIP on kube-ipvs0, a node port): what answers
+    there is the kernel's rewrite, on every healthy IPVS node."""
+    from bundle.analyze.transport import VantageEvidence, transport_findings
+    from bundle.models import (Address, OwnerScan, RouteSlice, ServiceEntry, SocketsSlice, Sysctls, Target,
+                               Vantage, VantageKind)
+
+    family = 6 if ":" in held else 4
+    route = RouteSlice(links=[], rules=[], routes=[], neighbors=[], lookups=[], active_probes=False,
+                       addresses=[Address(ifindex=7, ifname="kube-ipvs0", family=family, address=held,
+                                          prefixlen=128 if family == 6 else 32, scope="global")],
+                       sysctls=Sysctls(ip_forward=1, rp_filter_all=0, rp_filter_default=0, interfaces=[]))
+    doc = SocketsSlice(sockets=[], total=0, kept=0, dropped=0, row_limit=20000, counts={}, owners_hidden=0,
+                       close_wait_owners={}, samples=[], active_probes=False, listeners=[],
+                       owner_scan=OwnerScan(processes=10, denied=0, uid=0, complete=True))
+    fronts = () if frontend is None else (ServiceEntry(service="kube-system/kube-dns:dns-tcp", kind="cluster IP",
+                                                       protocol=frontend[2], address=frontend[0], port=frontend[1],
+                                                       source="IPVS"),)
+    v = Vantage(id="host", kind=VantageKind.HOST, entered=True)
+    spec = f"[{held}]:53" if family == 6 else f"{held}:53"
+    found = {f.id for f in transport_findings([VantageEvidence(v, route, doc, fronts)],
+                                              [Target(spec=spec, address=held, port=53)])}
+    assert ("transport.no_listener" in found) is expected
