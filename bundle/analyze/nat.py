@@ -5,12 +5,16 @@ conntrack entries still translated to an endpoint that is gone, and more than on
 from __future__ import annotations
 
 import shlex
+from collections.abc import Sequence
 
 from bundle.analyze._common import FindingList, about
 from bundle.models import Finding, Layer, NatSlice, Severity, Unavailable, Vantage
-from bundle.models.nat import EndpointSliceView, ServiceEntry
+from bundle.models.kube import ServiceView
+from bundle.models.nat import EndpointSliceView, ServiceEntry, SliceEndpoint
 
 NEAR_MAX = 0.9
+# conntrack's TCP states of a connection already closing or closed
+_CLOSING = frozenset({"FIN_WAIT", "CLOSE_WAIT", "LAST_ACK", "TIME_WAIT", "CLOSE"})
 DROP_COUNTERS = ("insert_failed", "drop", "early_drop")
 
 
@@ -22,11 +26,11 @@ def _family(address: str | None) -> str | None:
     return "IPv6" if ":" in address else "IPv4"
 
 
-def _ready(slices: list[EndpointSliceView], service: str, port_name: str | None,
-           family: str | None = None) -> tuple[set[str], bool]:
-    """(ready addresses, found) of a Service in the EndpointSlices of the frontend's family. Ports are matched by
-    name (kube-proxy's comment carries the port name) when the slice names its ports."""
-    ready: set[str] = set()
+def _endpoints(slices: list[EndpointSliceView], service: str, port_name: str | None,
+               family: str | None = None) -> tuple[list[SliceEndpoint], bool]:
+    """(endpoints, found) of a Service in the EndpointSlices of the frontend's family. Ports are matched by name
+    (kube-proxy's comment carries the port name) when the slice names its ports."""
+    out: list[SliceEndpoint] = []
     found = False
     for s in slices:
         if s.service != service:
@@ -36,10 +40,47 @@ def _ready(slices: list[EndpointSliceView], service: str, port_name: str | None,
         if port_name is not None and s.ports and not any((p.name or "") == port_name for p in s.ports):
             continue
         found = True
-        for ep in s.endpoints:
-            if ep.ready is not False:  # absent means ready (the API's rule for v1 slices)
-                ready.update(ep.addresses)
-    return ready, found
+        out += s.endpoints
+    return out, found
+
+
+def _ready(slices: list[EndpointSliceView], service: str, port_name: str | None,
+           family: str | None = None) -> tuple[set[str], bool]:
+    """(ready addresses, found): absent `ready` means ready (the API's rule for v1 slices)."""
+    eps, found = _endpoints(slices, service, port_name, family)
+    return {a for ep in eps if ep.ready is not False for a in ep.addresses}, found
+
+
+def _serving(eps: list[SliceEndpoint]) -> set[str]:
+    """Addresses still serving: ready, or terminating and still answering (kube-proxy sends a Service's traffic
+    to these when no endpoint is ready, and a draining pod keeps its established connections)."""
+    return {a for ep in eps if ep.ready is not False or ep.serving is True for a in ep.addresses}
+
+
+def _left_out_by_design(entry: ServiceEntry, programmed: set[str], missing: set[str], eps: list[SliceEndpoint],
+                        service: ServiceView | None) -> bool:
+    """Whether kube-proxy leaves these ready endpoints out of this frontend on purpose (pkg/proxy/topology.go): a
+    Local traffic policy keeps only this node's endpoints (internalTrafficPolicy for the ClusterIP,
+    externalTrafficPolicy for node ports and external/load-balancer IPs), and topology-aware routing only those
+    hinted for this node's zone (or node) when every endpoint carries a hint. The node is not named in the
+    evidence: the programmed set must be exactly one node's (or zone's) share."""
+    ready = [ep for ep in eps if ep.ready is not False]
+    if service is not None:
+        policy = service.internal_traffic_policy if entry.kind == "cluster IP" else service.external_traffic_policy
+        if policy == "Local":
+            nodes = {ep.node for ep in ready if programmed & set(ep.addresses)}
+            if not programmed:  # this node has no endpoint of its own: kube-proxy drops, as asked
+                return True
+            if len(nodes) == 1 and None not in nodes and not any(
+                    ep.node in nodes for ep in ready if missing & set(ep.addresses)):
+                return True
+    for hints in ([ep.for_zones for ep in ready], [ep.for_nodes for ep in ready]):
+        if not ready or not all(hints):
+            continue
+        for place in {h for hs in hints for h in hs or []}:
+            if programmed == {a for ep, hs in zip(ready, hints) if place in (hs or []) for a in ep.addresses}:
+                return True
+    return False
 
 
 def _split(service: str) -> tuple[str, str | None]:
@@ -48,9 +89,10 @@ def _split(service: str) -> tuple[str, str | None]:
     return (name, port) if sep and "/" in name else (service, None)
 
 
-def nat_findings(vantage: Vantage, doc: NatSlice, configured_mode: str | None = None) -> list[Finding]:
+def nat_findings(vantage: Vantage, doc: NatSlice, configured_mode: str | None = None,
+                 services: Sequence[ServiceView] = ()) -> list[Finding]:
     """`configured_mode`: kube-proxy's ConfigMap `mode` from the Kubernetes slice ("" means the default,
-    iptables on Linux), when it was read."""
+    iptables on Linux), when it was read; `services`: the Service objects it read (their traffic policies)."""
     found = FindingList(Layer.SERVICE, vantage, f"vantages/{vantage.id}/nat.json")
     add = found.add
 
@@ -102,7 +144,9 @@ def nat_findings(vantage: Vantage, doc: NatSlice, configured_mode: str | None = 
     for i, entry in enumerate(doc.services):
         if slices is None:
             break
-        _service_vs_slices(found, vantage, i, entry, slices, doc.proxy.mode)
+        name = _split(entry.service)[0]
+        _service_vs_slices(found, vantage, i, entry, slices, doc.proxy.mode,
+                           next((sv for sv in services if f"{sv.namespace}/{sv.name}" == name), None))
 
     if not isinstance(doc.table, Unavailable) and slices is not None:
         frontends = {(s.address, s.port): s for s in doc.services if s.address and not s.reject}
@@ -113,9 +157,11 @@ def nat_findings(vantage: Vantage, doc: NatSlice, configured_mode: str | None = 
             if front is None:
                 continue
             name, port_name = _split(front.service)
-            ready, known = _ready(slices, name, port_name, _family(front.address))
+            if e.tcp_state in _CLOSING:  # a closed connection's leftover carries no traffic
+                continue
+            eps, known = _endpoints(slices, name, port_name, _family(front.address))
             now = {(ep.address, ep.port) for ep in front.endpoints}
-            if known and e.reply.src not in ready and (e.reply.src, e.reply.sport or 0) not in now:
+            if known and e.reply.src not in _serving(eps) and (e.reply.src, e.reply.sport or 0) not in now:
                 add("service.conntrack_stale_endpoint", Severity.WARNING, about(front.address, front.port),
                     f"In {vantage.id} a conntrack entry still sends {e.original.src} -> {e.original.dst}:"
                     f"{e.original.dport} to {e.reply.src}:{e.reply.sport}, which is neither in the service map nor "
@@ -139,11 +185,12 @@ def _rules_of(entry: ServiceEntry, mode: str) -> str:
 
 
 def _service_vs_slices(found: FindingList, vantage: Vantage, i: int, entry: ServiceEntry,
-                       slices: list[EndpointSliceView], doc_mode: str) -> None:
+                       slices: list[EndpointSliceView], doc_mode: str, service: ServiceView | None) -> None:
     name, port_name = _split(entry.service)
-    ready, known = _ready(slices, name, port_name, _family(entry.address))
+    eps, known = _endpoints(slices, name, port_name, _family(entry.address))
     if not known:
         return
+    ready = {a for ep in eps if ep.ready is not False for a in ep.addresses}
     front = f"{entry.address or '*'}:{entry.port}/{entry.protocol}"
     programmed = {e.address for e in entry.endpoints}
     if entry.reject and ready:
@@ -152,7 +199,7 @@ def _service_vs_slices(found: FindingList, vantage: Vantage, i: int, entry: Serv
                   f"EndpointSlices list ready endpoints ({', '.join(sorted(ready))}): kube-proxy has not synced "
                   f"since they became ready.", f"services[{i}]", "iptables-save | grep -F 'has no endpoints'")
         return
-    stale = sorted(programmed - ready)
+    stale = sorted(programmed - _serving(eps))
     if stale:
         found.add("service.stale_dnat", Severity.CRITICAL, about(entry.address, entry.port),
                   f"In {vantage.id} {front} ({entry.service}) is translated to {', '.join(stale)}, which "
@@ -161,7 +208,8 @@ def _service_vs_slices(found: FindingList, vantage: Vantage, i: int, entry: Serv
                   f"while the pod IPs themselves answer.", f"services[{i}].endpoints",
                   _rules_of(entry, doc_mode))
     missing = sorted(ready - programmed)
-    if missing and not entry.reject and entry.kind != "virtual server":
+    if missing and not entry.reject and entry.kind != "virtual server" and not _left_out_by_design(
+            entry, programmed, set(missing), eps, service):
         found.add("service.endpoint_not_programmed", Severity.WARNING, about(entry.address, entry.port),
                   f"In {vantage.id} ready endpoints of {entry.service} are missing from {front}'s rules: "
                   f"{', '.join(missing)}: they receive no traffic through the Service.", f"services[{i}].endpoints",

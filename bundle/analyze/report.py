@@ -97,7 +97,7 @@ def _findings(inp: Inputs) -> list[Finding]:
     for d in inp.docs:
         v = by_id[d.vantage]
         if d.nat is not None:
-            out += nat_findings(v, d.nat, configured_mode)
+            out += nat_findings(v, d.nat, configured_mode, inp.kube.services if inp.kube is not None else ())
         if d.dns is not None:
             out += dns_findings(v, d.dns)
         if d.route is not None:

@@ -356,10 +356,13 @@ def endpoint_slices(objects: list[Any]) -> list[EndpointSliceView]:
             if not isinstance(e, dict):
                 continue
             cond = e.get("conditions") or {}
+            hints: dict[str, Any] = e["hints"] if isinstance(e.get("hints"), dict) else {}
             eps.append(SliceEndpoint(addresses=[str(a) for a in e.get("addresses") or []], ready=_bool(cond.get("ready")),
                                      serving=_bool(cond.get("serving")), terminating=_bool(cond.get("terminating")),
                                      node=e.get("nodeName") if isinstance(e.get("nodeName"), str) else None,
-                                     zone=e.get("zone") if isinstance(e.get("zone"), str) else None))
+                                     zone=e.get("zone") if isinstance(e.get("zone"), str) else None,
+                                     for_zones=_hint_names(hints.get("forZones")),
+                                     for_nodes=_hint_names(hints.get("forNodes"))))
         ns = str(meta.get("namespace", "default"))
         kind = obj.get("addressType")
         out.append(EndpointSliceView(namespace=ns, name=str(meta.get("name", "")),
@@ -367,6 +370,13 @@ def endpoint_slices(objects: list[Any]) -> list[EndpointSliceView]:
                                      address_type=kind if isinstance(kind, str) else None, ports=ports,
                                      endpoints=eps))
     return out
+
+
+def _hint_names(value: Any) -> list[str] | None:
+    """hints.forZones / forNodes: a list of {name: ...}; None when absent."""
+    if not isinstance(value, list):
+        return None
+    return [str(h["name"]) for h in value if isinstance(h, dict) and isinstance(h.get("name"), str)]
 
 
 def load_endpoint_slices(path: Path) -> list[EndpointSliceView]:

@@ -11,9 +11,9 @@ from pydantic import Field, field_validator, model_validator
 from bundle.models._base import Model
 
 FORMAT_NAME = "netbundle"
-FORMAT_VERSION = "1.4"
+FORMAT_VERSION = "1.5"
 # The earliest format version this reader can read (plaso-style compatibility).
-READ_COMPATIBLE_FORMAT_VERSION = "1.4"
+READ_COMPATIBLE_FORMAT_VERSION = "1.5"
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _VERSION = re.compile(r"^(\d{1,4})\.(\d{1,4})$")

@@ -116,6 +116,10 @@ class SliceEndpoint(Model):
     terminating: bool | None = None
     node: str | None = None
     zone: str | None = None
+    for_zones: list[str] | None = Field(default=None, description="hints.forZones: topology-aware routing sends "
+                                        "this endpoint the traffic of nodes in these zones (1.5; null: no hint)")
+    for_nodes: list[str] | None = Field(default=None, description="hints.forNodes: ... of these nodes "
+                                        "(PreferSameNode; 1.5; null: no hint)")
 
 
 class SlicePort(Model):

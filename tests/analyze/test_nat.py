@@ -216,3 +216,86 @@ def test_a_dual_stack_service_is_judged_per_family():
     stale = v6.model_copy(update={"endpoints": [DataplaneEndpoint(address="fd00:10:244:2::9", port=8080, share=1.0)]})
     assert _ids(_doc([_svc(["10.244.1.3"]), stale], pair)) == ["service.endpoint_not_programmed",
                                                                "service.stale_dnat"]
+
+
+def _raw_slice(*eps: dict) -> list:
+    """An EndpointSlice as the API serves it (conditions, nodeName, hints), read by the collector's own reader."""
+    return endpoint_slices([{"kind": "EndpointSlice", "addressType": "IPv4",
+                             "metadata": {"name": "pay-x", "namespace": "default",
+                                          "labels": {"kubernetes.io/service-name": "payments"}},
+                             "ports": [{"name": "https", "port": 8080}], "endpoints": list(eps)}])
+
+
+def _ep(address: str, node: str = "node-a", ready: bool = True, serving: bool | None = None,
+        terminating: bool | None = None, zones: list[str] | None = None) -> dict:
+    cond = {"ready": ready, **({"serving": serving} if serving is not None else {}),
+            **({"terminating": terminating} if terminating is not None else {})}
+    return {"addresses": [address], "conditions": cond, "nodeName": node,
+            **({"hints": {"forZones": [{"name": z} for z in zones]}} if zones is not None else {})}
+
+
+def _service(itp: str | None = None, etp: str | None = None):
+    from bundle.models.kube import ServiceView
+    return ServiceView(namespace="default", name="payments", internal_traffic_policy=itp, external_traffic_policy=etp)
+
+
+def _svc_kind(endpoints: list[str], kind: str) -> ServiceEntry:
+    return _svc(endpoints).model_copy(update={"kind": kind, "address": None if kind == "nodeport" else "10.96.0.20"})
+
+
+def test_terminating_endpoints_still_serving_are_not_stale():
+    """kube-proxy sends a Service's traffic to terminating endpoints that still serve when none is ready (KEP-1669,
+    pkg/proxy/topology.go): that is not stale DNAT. A terminating endpoint that no longer serves is."""
+    draining = _raw_slice(_ep("10.244.1.3", ready=False, serving=True, terminating=True))
+    assert _ids(_doc([_svc(["10.244.1.3"])], draining)) == []
+    gone = _raw_slice(_ep("10.244.1.3", ready=False, serving=False, terminating=True))
+    assert _ids(_doc([_svc(["10.244.1.3"])], gone)) == ["service.stale_dnat"]
+
+
+def test_local_traffic_policy_programs_this_nodes_endpoints_only():
+    """internalTrafficPolicy: Local (the ClusterIP) and externalTrafficPolicy: Local (node ports, external IPs):
+    this node's endpoints only, by design. An endpoint of the same node left out is still missing; without the
+    Service object (no Kubernetes slice) the policy is unknown and the finding stands."""
+    two_nodes = _raw_slice(_ep("10.244.1.3", "node-a"), _ep("10.244.2.3", "node-b"))
+    assert _ids(_doc([_svc(["10.244.1.3"])], two_nodes)) == ["service.endpoint_not_programmed"]
+    assert nat_findings(V, _doc([_svc(["10.244.1.3"])], two_nodes), None, [_service(itp="Local")]) == []
+    assert nat_findings(V, _doc([_svc_kind(["10.244.1.3"], "nodeport")], two_nodes), None,
+                        [_service(etp="Local")]) == []
+    # externalTrafficPolicy does not apply to the ClusterIP
+    assert [f.id for f in nat_findings(V, _doc([_svc(["10.244.1.3"])], two_nodes), None,
+                                       [_service(etp="Local")])] == ["service.endpoint_not_programmed"]
+    same_node = _raw_slice(_ep("10.244.1.3", "node-a"), _ep("10.244.1.4", "node-a"), _ep("10.244.2.3", "node-b"))
+    assert [f.id for f in nat_findings(V, _doc([_svc(["10.244.1.3"])], same_node), None,
+                                       [_service(itp="Local")])] == ["service.endpoint_not_programmed"]
+
+
+def test_topology_hints_program_one_zones_endpoints():
+    """Topology-aware routing: with every endpoint hinted, a node programs those hinted for its zone. The
+    programmed set must be exactly one zone's: part of a zone's share is still endpoints missing."""
+    hinted = _raw_slice(_ep("10.244.1.3", zones=["zone-a"]), _ep("10.244.1.4", zones=["zone-a"]),
+                        _ep("10.244.2.3", "node-b", zones=["zone-b"]))
+    assert _ids(_doc([_svc(["10.244.1.3", "10.244.1.4"])], hinted)) == []
+    assert _ids(_doc([_svc(["10.244.2.3"])], hinted)) == []
+    assert _ids(_doc([_svc(["10.244.1.3"])], hinted)) == ["service.endpoint_not_programmed"]
+    # one endpoint without a hint: kube-proxy ignores hints altogether and programs every endpoint
+    unhinted = _raw_slice(_ep("10.244.1.3", zones=["zone-a"]), _ep("10.244.2.3", "node-b"))
+    assert _ids(_doc([_svc(["10.244.1.3"])], unhinted)) == ["service.endpoint_not_programmed"]
+
+
+def test_conntrack_leftovers_of_closed_or_draining_connections_are_not_stale():
+    def entry(backend: str, state: str) -> ConntrackEntry:
+        return ConntrackEntry(original=ConntrackTuple(proto="tcp", src="10.244.1.2", dst="10.96.0.20", sport=40000,
+                                                      dport=443),
+                              reply=ConntrackTuple(proto="tcp", src=backend, dst="10.244.1.2", sport=8080,
+                                                   dport=40000), tcp_state=state, timeout_s=100, dnat=True)
+    slices = _raw_slice(_ep("10.244.1.3"), _ep("10.244.1.5", ready=False, serving=True, terminating=True))
+    svc = [_svc(["10.244.1.3"])]
+    assert _ids(_doc(svc, slices, [entry("10.244.1.7", "TIME_WAIT")])) == []  # closed: a leftover, no traffic
+    assert _ids(_doc(svc, slices, [entry("10.244.1.5", "ESTABLISHED")])) == []  # a pod draining its connections
+    assert _ids(_doc(svc, slices, [entry("10.244.1.7", "ESTABLISHED")])) == ["service.conntrack_stale_endpoint"]
+
+
+def test_endpoint_slice_hints_are_read():
+    [view] = _raw_slice(_ep("10.244.1.3", zones=["zone-a", "zone-b"]), _ep("10.244.1.4"))
+    assert [e.for_zones for e in view.endpoints] == [["zone-a", "zone-b"], None]
+    assert [e.for_nodes for e in view.endpoints] == [None, None]

@@ -187,7 +187,7 @@ def cases() -> dict[str, tuple[Callable[[], bytes], str, int, str]]:
         "manifest-member-path-traversal": (lambda: _with_manifest([Member.model_construct(path="../../etc/passwd", size=1, sha256=hashlib.sha256(b"x").hexdigest(), media_type="text/plain", provenance=Provenance(source="x"))], [reg(f"{BUNDLE_ID}/../../etc/passwd", b"x")]), "InvalidBundle", 3, "schema violation"),
         "top-folder-not-bundle-id": (lambda: pack([(lambda e: (setattr(e[0], "name", "other/manifest.json"), e)[1])(valid_entries()[0])]), "InvalidBundle", 3, "not the bundle id"),
         "format-major-2": (lambda: pack(valid_entries(format_version="2.0", read_compatible_version="2.0")), "UnsupportedFormatVersion", 4, "format 2.0"),
-        "format-needs-newer-reader": (lambda: pack(valid_entries(format_version="1.7", read_compatible_version="1.5")), "UnsupportedFormatVersion", 4, "needs a reader for 1.5"),
+        "format-needs-newer-reader": (lambda: pack(valid_entries(format_version="1.99", read_compatible_version="1.99")), "UnsupportedFormatVersion", 4, "needs a reader for 1.99"),
         "format-not-netbundle": (lambda: pack(valid_entries(format="sosreport")), "InvalidBundle", 3, "not a netbundle manifest"),
         "not-zstd-plain-tar": (lambda: (lambda buf: (tarfile.open(fileobj=buf, mode="w").close(), buf.getvalue())[1])(io.BytesIO()), "InvalidBundle", 3, "not a zstd stream"),
         "truncated": (lambda: good[: len(good) // 2], "InvalidBundle", 3, "truncated"),
