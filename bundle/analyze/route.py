@@ -51,11 +51,16 @@ def route_findings(vantage: Vantage, doc: RouteSlice) -> list[Finding]:
                 f"ICMP echo from {vantage.id} to {ping.target} failed ({why}); ICMP may be filtered, "
                 f"so this alone does not prove the path is down.",
                 f"pings[{i}]", f"ping -c 2 {ping.target}")
+    # a target's next hop (its gateway, or the target itself on a connected route), as this vantage routes it
+    hops = {(lk.gateway or lk.target, lk.dev) for lk in doc.lookups if lk.ok and lk.dev}
     for i, n in enumerate(doc.neighbors):
         if UNRESOLVED_NEIGHBOR_STATES & set(n.states):
-            add("neighbor.failed", Severity.WARNING, about(n.dst),
+            on_path = (n.dst, n.dev) in hops
+            # elsewhere an unresolved entry is everyday residue (a deleted pod's address, a probe to a gone host)
+            add("neighbor.failed", Severity.WARNING if on_path else Severity.INFO, about(n.dst),
                 f"Neighbor {n.dst} on {n.dev} in {vantage.id} is {'/'.join(s.value for s in n.states)}: "
-                f"frames to it are not delivered.",
+                f"frames to it are not delivered" + (f" — it is a target's next hop." if on_path else
+                                                     " (no target's next hop)."),
                 f"neighbors[{i}]", f"ip neigh show dev {shlex.quote(n.dev)}")
     egress = {lk.dev for lk in doc.lookups if lk.ok and lk.dev}
     for i, s in enumerate(doc.sysctls.interfaces):
