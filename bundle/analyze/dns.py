@@ -71,8 +71,21 @@ def dns_findings(vantage: Vantage, doc: DnsSlice) -> list[Finding]:
                 f"dig +search {name}")
         alt = report.alternate
         if alt is not None and r.outcome is Outcome.ANSWERED and sorted(alt.addresses) != sorted(r.addresses):
-            add("dns.servers_disagree", Severity.WARNING, about(name=name),
+            # the cluster's own records are the same from every server; many outside names rotate their answers
+            internal = _in_cluster(alt.fqdn, conf.search)
+            failing = alt.outcome is not Outcome.ANSWERED
+            add("dns.servers_disagree", Severity.WARNING if internal or failing else Severity.INFO, about(name=name),
                 f"For {name}, {conf.nameservers[0]} answers {', '.join(r.addresses) or 'nothing'} but {alt.server} "
-                f"answers {', '.join(alt.addresses) or alt.outcome.value}: a cache holds stale data or one side "
-                f"is failing.", f"names[{i}].alternate", f"dig @{alt.server} {alt.fqdn}")
+                f"answers {', '.join(alt.addresses) or alt.outcome.value}: " +
+                ("a cache holds stale data or one side is failing." if internal or failing else
+                 "a name outside the cluster's domain, whose servers may rotate their answers; it matters if the "
+                 "addresses one side gives do not answer."),
+                f"names[{i}].alternate", f"dig @{alt.server} {alt.fqdn}")
     return found.items
+
+
+def _in_cluster(fqdn: str, search: list[str]) -> bool:
+    """Whether the name lies in the cluster's DNS domain, as a pod's search list names it (`svc.<domain>`)."""
+    name = fqdn.rstrip(".").lower()
+    domains = [d.lower().rstrip(".")[4:] for d in search if d.lower().startswith("svc.")]
+    return any(name == d or name.endswith("." + d) for d in domains if d)
