@@ -8,6 +8,8 @@ from bundle.analyze._common import about, split_endpoint
 from bundle.models import CaptureAnalysis, CaptureRun, Evidence, Finding, FindingTarget, Handshake, Layer, Severity
 
 MAX_PER_KIND = 5
+# Linux's first SYN retransmission comes a second after the SYN (TCP_TIMEOUT_INIT)
+FIRST_RTO_NS = 1_000_000_000
 
 
 def _at(endpoint: str | None) -> FindingTarget | None:
@@ -66,6 +68,9 @@ def capture_findings(where: str, member: str, analysis: CaptureAnalysis, run: Ca
                            evidence=[Evidence(member=member, pointer=pointer)], next_command=command))
 
     prefix = "analysis." if run is not None else ""
+    # where the capture stopped: its run's end, else (an operator's file) the last packet of any flow it kept
+    end_ns = (int(run.finished.timestamp() * 1e9) if run is not None and run.finished is not None
+              else max((f.last_ns for f in analysis.flows), default=None))
     for i, f in enumerate(analysis.flows):
         if own.sent(f.client):
             continue
@@ -80,6 +85,8 @@ def capture_findings(where: str, member: str, analysis: CaptureAnalysis, run: Ca
                 f"In the capture from {where}, {f.client}'s SYN to {f.server} was answered with RST: nothing "
                 f"listens there.", ptr, f"tcpdump -nn -r {file} 'tcp[tcpflags] & (tcp-syn|tcp-rst) != 0'")
         elif f.handshake is Handshake.SYN_UNANSWERED:
+            if f.syn_sent <= 1 and end_ns is not None and end_ns - f.last_ns < FIRST_RTO_NS:
+                continue  # sent in the capture's last second and not yet retransmitted: its answer may be later
             add("capture.syn_unanswered", Severity.CRITICAL, Layer.TRANSPORT, _at(f.server),
                 f"In the capture from {where}, {f.client}'s SYN to {f.server} was never answered "
                 f"({f.syn_sent} sent): dropped on the way or at the server.", ptr,

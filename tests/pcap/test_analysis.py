@@ -148,3 +148,29 @@ def test_fast_path_agrees_with_the_general_decoder(tmp_path):
     for other in (analyze_capture(raw), analyze_capture(vlan)):
         skip = {"file", "linktypes"}
         assert other.model_dump(exclude=skip) == eth.model_dump(exclude=skip)
+
+
+def test_a_syn_at_the_captures_end_is_not_unanswered(tmp_path):
+    """A SYN sent in the capture's last second, not retransmitted, proves nothing: its SYN-ACK may simply come
+    after the capture stopped (a packet limit, the window's end, a busy server's next client). One sent earlier
+    and never answered within the capture is the finding; so is a SYN retransmitted at the end."""
+    from bundle.analyze.capture import capture_findings
+
+    SYN, ACK = dpkt.tcp.TH_SYN, dpkt.tcp.TH_ACK
+    early = [_tcp(C, S, 40010, 8080, SYN, seq=1)]
+    chatter = [_tcp(C, S, 40020, 8080, SYN, seq=1), _tcp(S, C, 8080, 40020, SYN | ACK, ack=2)]
+    chatter += [_tcp(C, S, 40020, 8080, ACK, seq=2, ack=1) for _ in range(8)]  # 10 frames, 0.2 s apart
+    late = [_tcp(C, S, 40030, 8080, SYN, seq=1)]
+    late_again = [_tcp(C, S, 40040, 8080, SYN, seq=1), _tcp(C, S, 40040, 8080, SYN, seq=1)]
+
+    def unanswered(frames) -> set[str]:
+        a = analyze_capture(_write(tmp_path, frames))
+        out = set()
+        for f in capture_findings("operator", "c.json", a):
+            if f.id == "capture.syn_unanswered":
+                out |= {a.flows[int(e.pointer.split("[")[1].rstrip("]"))].client for e in f.evidence}
+        return out
+
+    assert unanswered(early + chatter) == {f"{C}:40010"}
+    assert unanswered(chatter + late) == set()
+    assert unanswered(chatter + late_again) == {f"{C}:40040"}
