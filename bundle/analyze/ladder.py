@@ -100,6 +100,7 @@ def _ladder(manifest: Manifest, flow: Flow, docs: list[VantageDocs], findings: l
     verdicts = {layer: _layer(manifest, layer, flow, plane if layer is Layer.SERVICE else mine, findings,
                               counted[layer], flow.client) for layer in LAYERS}
     _icmp_filtered(verdicts, findings)
+    _node_wide_while_working(verdicts, findings, flow)
     cause_of: dict[int, Explanation] = {}
     for x in found:  # the rules' order is their precedence: the first cause found for a symptom keeps it
         for e in x.effects:
@@ -178,6 +179,18 @@ def _probes_pass(verdicts: dict[Layer, LayerVerdict], flow: Flow) -> bool:
     if flow.port is not None:
         return verdicts[Layer.TRANSPORT].verdict is Verdict.PASS
     return verdicts[Layer.DNS].verdict is Verdict.PASS or verdicts[Layer.ROUTE].verdict is Verdict.PASS
+
+
+def _node_wide_while_working(verdicts: dict[Layer, LayerVerdict], findings: list[Finding], flow: Flow) -> None:
+    """A layer failed only by findings about no target (conntrack dropping some flows on a busy node, a table
+    near full) does not fail a target whose own probes pass: it is said, as a warning, and owns nothing there."""
+    if not _probes_pass(verdicts, flow):
+        return
+    for lv in verdicts.values():
+        critical = [i for i in lv.findings if findings[i].severity is Severity.CRITICAL]
+        if lv.verdict is Verdict.FAIL and critical and all(findings[i].target is None for i in critical):
+            lv.verdict = Verdict.WARN
+            lv.reasons.append("node-wide, about no target: this target's own probes pass, so it does not fail here")
 
 
 def _icmp_filtered(verdicts: dict[Layer, LayerVerdict], findings: list[Finding]) -> None:

@@ -256,3 +256,24 @@ def test_summary_formats(healthy_lab, tmp_path):
     sha = hashlib.sha256(out.read_bytes()).hexdigest()
     assert sha in md and sha in text and js["sha256"] == sha and js["bundle"] == out.name
     assert "| route | pass |" in md and js["ladders"]
+
+
+def test_node_wide_drops_do_not_fail_a_working_target(scored):
+    """A busy healthy node's conntrack refuses a flow now and then (insert_failed +1: the UDP DNS race): a
+    critical finding about no target. On the healthy scenario's bundle with that one counter raised on the node
+    (the client's path), every target's connects still pass: the service layer warns, nothing owns. The
+    conntrack-full scenario, where the client's own flows die, keeps its owner (test_every_scenario_scores_right)."""
+    from bundle.analyze.report import build_report
+    from bundle.render.view import inputs
+
+    inp = inputs(read_bundle(scored[1] / "healthy.tar.zst"))
+    node = next(d for d in inp.docs if d.vantage.endswith("-node"))
+    last = node.nat.samples[-1]
+    node.nat.samples[-1] = last.model_copy(update={"totals": {**last.totals, "insert_failed": 1}})
+    report = build_report(inp)
+    assert "service.conntrack_dropping" in {f.id for f in report.findings if f.severity.value == "critical"}
+    for lad in report.ladders:
+        service = next(lv for lv in lad.layers if lv.layer is Layer.SERVICE)
+        assert lad.owner is None, (lad.target, lad.owner)
+        if lad.client == node.vantage or node.vantage in {v.vantage for v in lad.vantages if v.role.value == "path"}:
+            assert service.verdict is Verdict.WARN and "node-wide" in " ".join(service.reasons)
