@@ -180,11 +180,26 @@ def conntrack_exhaustion(case: Case) -> list[Explanation]:
         for c in case.causes(fid, case.flow.upstream()):
             if case.findings[c].severity is not Severity.CRITICAL:
                 continue
+            if fid == "service.conntrack_dropping" and not _table_refused(case.docs.get(case.findings[c].vantage)):
+                # insert_failed alone is the clash race of two packets of one flow (UDP DNS's A and AAAA): it
+                # loses a query now and then, never every SYN of a connect (TCP retransmits through it)
+                out += _explain("conntrack_exhaustion", c, case.at(DNS_LOST, case.client()),
+                                f"{case.findings[c].vantage}'s conntrack lost insert races (insert_failed): the "
+                                f"UDP DNS queries of one lookup clash")
+                continue
             effects = case.at(NEW_FLOW_LOST, case.client())
             out += _explain("conntrack_exhaustion", c, effects,
                             f"every new flow through {case.findings[c].vantage} needs a conntrack entry, and its "
                             f"table refuses new ones")
     return out
+
+
+def _table_refused(doc: VantageDocs | None) -> bool:
+    """Whether the vantage's conntrack refused new entries for want of room (drop, early_drop rose)."""
+    if doc is None or doc.nat is None or len(doc.nat.samples) < 2:
+        return True  # nothing to tell the race from a full table: as before
+    first, last = doc.nat.samples[0].totals, doc.nat.samples[-1].totals
+    return any(last.get(k, 0) > first.get(k, 0) for k in ("drop", "early_drop"))
 
 
 def rp_filter(case: Case) -> list[Explanation]:

@@ -277,3 +277,24 @@ def test_node_wide_drops_do_not_fail_a_working_target(scored):
         assert lad.owner is None, (lad.target, lad.owner)
         if lad.client == node.vantage or node.vantage in {v.vantage for v in lad.vantages if v.role.value == "path"}:
             assert service.verdict is Verdict.WARN and "node-wide" in " ".join(service.reasons)
+
+
+def test_a_lost_insert_race_does_not_explain_dead_connects(scored):
+    """conntrack's insert_failed alone is the clash race of two packets of one flow (UDP DNS's A and AAAA): it
+    can lose a query, never every SYN of a connect. On the syn-drop scenario (a firewall drops the SYNs), the
+    client's conntrack with insert_failed +1 must not take the connect timeouts from transport; with drop +1 (a
+    full table refusing entries) it does."""
+    from bundle.analyze.report import build_report
+    from bundle.render.view import inputs
+
+    def owner(counter: str):
+        inp = inputs(read_bundle(scored[1] / "syn-drop.tar.zst"))
+        pod = next(d for d in inp.docs if d.vantage.endswith("-pod"))
+        last = pod.nat.samples[-1]
+        pod.nat.samples[-1] = last.model_copy(update={"totals": {**last.totals, counter: last.totals[counter] + 1}})
+        report = build_report(inp)
+        assert "service.conntrack_dropping" in {f.id for f in report.findings}
+        return _row(report, "10.244.1.3:8080").owner
+
+    assert owner("insert_failed") is Layer.TRANSPORT
+    assert owner("drop") is Layer.SERVICE
