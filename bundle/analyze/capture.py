@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from bundle.analyze._common import about, split_endpoint
-from bundle.models import CaptureAnalysis, CaptureRun, Evidence, Finding, FindingTarget, Handshake, Layer, Severity
+from bundle.models import (CaptureAnalysis, CaptureRun, Evidence, Finding, FindingTarget, Handshake, Layer, Severity,
+                           TcpFlow)
 
 MAX_PER_KIND = 5
 # Linux's first SYN retransmission comes a second after the SYN (TCP_TIMEOUT_INIT)
@@ -48,6 +49,20 @@ class OwnProbes:
         return parts[0] == "tcp" and len(parts) > 1 and self.sent(parts[1])
 
 
+def capture_end_ns(analysis: CaptureAnalysis, run: CaptureRun | None) -> int | None:
+    """Where the capture stopped: its run's end, else (an operator's file) the last packet of any flow it kept."""
+    if run is not None and run.finished is not None:
+        return int(run.finished.timestamp() * 1e9)
+    return max((f.last_ns for f in analysis.flows), default=None)
+
+
+def answer_may_follow(f: TcpFlow, end_ns: int | None) -> bool:
+    """An unanswered SYN sent once in the capture's last second, before any retransmission: its SYN-ACK may
+    simply have come after the capture stopped (a packet limit, the window's end), so it proves nothing."""
+    return (f.handshake is Handshake.SYN_UNANSWERED and f.syn_sent <= 1 and end_ns is not None
+            and end_ns - f.last_ns < FIRST_RTO_NS)
+
+
 def capture_findings(where: str, member: str, analysis: CaptureAnalysis, run: CaptureRun | None = None,
                      pcap: str | None = None, own: OwnProbes = OwnProbes()) -> list[Finding]:
     """`where` is a vantage id (or "operator"), `member` the JSON document, `pcap` the file to open next; `own`
@@ -68,9 +83,7 @@ def capture_findings(where: str, member: str, analysis: CaptureAnalysis, run: Ca
                            evidence=[Evidence(member=member, pointer=pointer)], next_command=command))
 
     prefix = "analysis." if run is not None else ""
-    # where the capture stopped: its run's end, else (an operator's file) the last packet of any flow it kept
-    end_ns = (int(run.finished.timestamp() * 1e9) if run is not None and run.finished is not None
-              else max((f.last_ns for f in analysis.flows), default=None))
+    end_ns = capture_end_ns(analysis, run)
     for i, f in enumerate(analysis.flows):
         if own.sent(f.client):
             continue
@@ -85,8 +98,8 @@ def capture_findings(where: str, member: str, analysis: CaptureAnalysis, run: Ca
                 f"In the capture from {where}, {f.client}'s SYN to {f.server} was answered with RST: nothing "
                 f"listens there.", ptr, f"tcpdump -nn -r {file} 'tcp[tcpflags] & (tcp-syn|tcp-rst) != 0'")
         elif f.handshake is Handshake.SYN_UNANSWERED:
-            if f.syn_sent <= 1 and end_ns is not None and end_ns - f.last_ns < FIRST_RTO_NS:
-                continue  # sent in the capture's last second and not yet retransmitted: its answer may be later
+            if answer_may_follow(f, end_ns):
+                continue
             add("capture.syn_unanswered", Severity.CRITICAL, Layer.TRANSPORT, _at(f.server),
                 f"In the capture from {where}, {f.client}'s SYN to {f.server} was never answered "
                 f"({f.syn_sent} sent): dropped on the way or at the server.", ptr,

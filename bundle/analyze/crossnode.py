@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from bundle.analyze._common import VantageDocs, about, split_endpoint
+from bundle.analyze.capture import answer_may_follow, capture_end_ns
 from bundle.analyze.diff import Difference, diff
 from bundle.models import (CaptureRun, Evidence, Finding, FindingsReport, Handshake, Layer, Severity, TcpFlow,
                            Verdict)
@@ -302,8 +303,9 @@ def endpoint_splits(nodes: list[NodeEvidence]) -> list[EndpointSplit]:
     for a in nodes:
         by_port: dict[int, dict[str, dict[str, set[bool]]]] = {}
         for _va, run in a.captures():
+            end_ns = capture_end_ns(run.analysis, run) if run.analysis is not None else None
             for f in run.analysis.flows if run.analysis is not None else []:
-                if f.handshake not in (Handshake.COMPLETED, Handshake.SYN_UNANSWERED):
+                if f.handshake not in (Handshake.COMPLETED, Handshake.SYN_UNANSWERED) or answer_may_follow(f, end_ns):
                     continue
                 server, port = split_endpoint(f.server)
                 b = next((n for n in nodes if n is not a and n.holds(server)), None)

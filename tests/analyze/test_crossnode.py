@@ -83,3 +83,38 @@ def test_an_ipvs_node_does_not_own_the_clusterips_it_holds():
     assert ipvs.holds("10.244.0.2") and not ipvs.holds("10.96.0.20")
     plain = NodeEvidence("node-a", "nodes/node-a.tar.zst", (VantageDocs("host", route=route),))
     assert plain.holds("10.96.0.20")
+
+
+def test_a_syn_at_the_captures_end_does_not_split_the_endpoints():
+    """A client node's handshakes to one port: every one completed toward node b; toward node c a single SYN
+    sent in the capture's last second, never retransmitted. That proves nothing about c (its SYN-ACK may follow
+    the capture's end), so no 'answered on b, never on c' split; the same SYN sent mid-window does split."""
+    from bundle.analyze._common import VantageDocs
+    from bundle.analyze.crossnode import NodeEvidence, endpoint_splits
+    from bundle.models import Address, CaptureAnalysis, Handshake, RouteSlice, Sysctls, TcpFlow
+
+    def route(address: str) -> RouteSlice:
+        return RouteSlice(links=[], rules=[], routes=[], neighbors=[], lookups=[], active_probes=False,
+                          addresses=[Address(ifindex=2, ifname="eth0", family=4, address=address, prefixlen=24,
+                                             scope="global")],
+                          sysctls=Sysctls(ip_forward=1, rp_filter_all=0, rp_filter_default=0, interfaces=[]))
+
+    def flow(server: str, at: float, hs: Handshake) -> TcpFlow:
+        return TcpFlow(client="10.244.0.2:40000", server=f"{server}:8080", first_ns=_ns(at), last_ns=_ns(at),
+                       packets=1, bytes=0, handshake=hs, syn_sent=1, syn_retransmits=0, retransmits=0,
+                       resets_from_client=0, resets_from_server=0, zero_windows=0, blackhole=False)
+
+    def split(c_at: float) -> list:
+        analysis = CaptureAnalysis(file="capture.pcapng", format="pcapng", linktypes={"1": 2}, packets=2,
+                                   ip_packets=2, non_ip=0, unsupported_linktype=0, malformed=0, complete=True,
+                                   flows=[flow("10.244.1.2", 2, Handshake.COMPLETED),
+                                          flow("10.244.2.2", c_at, Handshake.SYN_UNANSWERED)],
+                                   flows_total=2, dns=[], dns_unanswered=0, icmp=[])
+        a = NodeEvidence("a", "nodes/a.tar.zst", (VantageDocs("host", route=route("10.244.0.2"),
+                                                              capture=_run().model_copy(update={"analysis": analysis})),))
+        b = NodeEvidence("b", "nodes/b.tar.zst", (VantageDocs("host", route=route("10.244.1.2")),))
+        c = NodeEvidence("c", "nodes/c.tar.zst", (VantageDocs("host", route=route("10.244.2.2")),))
+        return [(s.working, s.failing) for s in endpoint_splits([a, b, c])]
+
+    assert split(9.5) == []  # 0.5 s before the capture's end
+    assert split(4.0) == [({"b": ["10.244.1.2"]}, {"c": ["10.244.2.2"]})]
