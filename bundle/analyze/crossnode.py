@@ -29,6 +29,7 @@ class NodeEvidence:
     node: str
     member: str
     docs: tuple[VantageDocs, ...]
+    started: datetime | None = None  # the node's collect began (its manifest's created)
 
     def holds(self, address: str | None) -> bool:
         """Whether the address is this node's own (an IPVS node's ClusterIPs are everyone's frontends, not its)."""
@@ -327,6 +328,29 @@ def endpoint_splits(nodes: list[NodeEvidence]) -> list[EndpointSplit]:
     return out
 
 
-def set_report(nodes: list[NodeEvidence], reports: dict[str, FindingsReport]) -> SetReport:
+LATE_START = timedelta(seconds=1)
+
+
+def late_starts(nodes: list[NodeEvidence], start_at: datetime | None) -> list[Finding]:
+    """A node whose collect began well after the shared start (its collect arrived late: a slow ssh session, an
+    image still pulling): the windows overlap less, which the set must say before any 'never reached'."""
+    out: list[Finding] = []
+    for n in nodes:
+        if start_at is None or n.started is None or n.started - start_at <= LATE_START:
+            continue
+        late = (n.started - start_at).total_seconds()
+        out.append(Finding(
+            id="fleet.late_start", severity=Severity.INFO, layer=Layer.ROUTE, vantage=n.node, target=None,
+            summary=f"{n.node} began collecting {late:.1f} s after the shared start: its captures cover the others' "
+                    f"window from then on only (packets before that are not in them; the cross-node checks "
+                    f"compare only moments both captures ran).",
+            evidence=[Evidence(member=n.member, pointer="manifest.json#created")],
+            next_command=f"netbundle show {n.member}"))
+    return out
+
+
+def set_report(nodes: list[NodeEvidence], reports: dict[str, FindingsReport],
+               start_at: datetime | None = None) -> SetReport:
     findings, offsets = cross_node(nodes)
+    findings = late_starts(nodes, start_at) + findings
     return SetReport(findings, offsets, set_ladders(nodes, reports, findings), endpoint_splits(nodes))

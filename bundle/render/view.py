@@ -298,7 +298,7 @@ def set_view(st: IncidentSet) -> SetView:
     """The set: each node's own view (its stored report), then what the nodes say together (analyze/crossnode)."""
     sections = [NodeSection(n, build_view(st.bundles[n.node]) if n.node in st.bundles else None,
                             st.bundles.get(n.node)) for n in st.manifest.nodes]
-    evidence = [NodeEvidence(s.outcome.node, s.outcome.member or "", tuple(inputs(s.bundle).docs))
-                for s in sections if s.bundle is not None]
+    evidence = [NodeEvidence(s.outcome.node, s.outcome.member or "", tuple(inputs(s.bundle).docs),
+                             s.bundle.manifest.created) for s in sections if s.bundle is not None]
     reports = {s.outcome.node: s.view.report for s in sections if s.view is not None and s.view.report is not None}
-    return SetView(st.manifest, set_report(evidence, reports), sections)
+    return SetView(st.manifest, set_report(evidence, reports, st.manifest.start_at), sections)

@@ -118,3 +118,17 @@ def test_a_syn_at_the_captures_end_does_not_split_the_endpoints():
 
     assert split(9.5) == []  # 0.5 s before the capture's end
     assert split(4.0) == [({"b": ["10.244.1.2"]}, {"c": ["10.244.2.2"]})]
+
+
+def test_a_node_that_started_late_is_said():
+    """The set's shared start against each node's collect start (its manifest): a second late is noise, more is
+    a node whose captures cover less of the window (40 ssh sessions on a busy coordinator, an image pulling)."""
+    from bundle.analyze.crossnode import NodeEvidence, late_starts
+
+    nodes = [NodeEvidence("a", "nodes/a.tar.zst", (), T + timedelta(seconds=0.4)),
+             NodeEvidence("b", "nodes/b.tar.zst", (), T + timedelta(seconds=3.5)),
+             NodeEvidence("c", "nodes/c.tar.zst", (), None)]
+    [late] = late_starts(nodes, T)
+    assert late.id == "fleet.late_start" and late.vantage == "b" and "3.5 s after" in late.summary
+    assert late.severity.value == "info" and late.evidence[0].member == "nodes/b.tar.zst"
+    assert late_starts(nodes, None) == []
