@@ -148,6 +148,7 @@ def services_from_iptables(text: str, source: str) -> list[ServiceEntry]:
                 protocol=r.get("-p", "tcp"), address=_strip(r.get("-d", "")) or None,
                 port=int(r["--dport"]), endpoints=_endpoints(nat, target), session_affinity_s=affinity,
                 source_ranges=ranges, source=f"{source} nat {chain}"))
+    out += _hostports(nat, source)
     for table in ("filter", "nat"):
         for chain in ("KUBE-SERVICES", "KUBE-EXTERNAL-SERVICES"):
             for r in tables.get(table, {}).get(chain, []):
@@ -157,6 +158,26 @@ def services_from_iptables(text: str, source: str) -> list[ServiceEntry]:
                         service=comment.split(" ")[0], kind="cluster IP" if "-d" in r else "nodeport",
                         protocol=r.get("-p", "tcp"), address=_strip(r["-d"]) if "-d" in r else None,
                         port=int(r["--dport"]), reject=True, source=f"{source} {table} {chain}"))
+    return out
+
+
+def _hostports(nat: dict[str, list[dict[str, str]]], source: str) -> list[ServiceEntry]:
+    """The CNI portmap plugin's hostPorts: CNI-HOSTPORT-DNAT hands a port to a CNI-DN-… chain whose DNAT sends it
+    to the pod (on the node's every address, or on its hostIP with -d). No socket listens on a hostPort either."""
+    out: list[ServiceEntry] = []
+    chains = [r.get("-j", "") for r in nat.get("CNI-HOSTPORT-DNAT", []) if r.get("-j", "").startswith("CNI-DN-")]
+    for chain in dict.fromkeys(chains):
+        for r in nat.get(chain, []):
+            dest = r.get("--to-destination", "")
+            host, _, port = dest.rpartition(":")
+            if r.get("-j") != "DNAT" or not host or not port.isdigit() or not r.get("--dport", "").isdigit():
+                continue
+            pod = host.strip("[]")
+            out.append(ServiceEntry(
+                service=f"hostPort {pod}:{port}", kind="hostport", protocol=r.get("-p", "tcp"),
+                address=_strip(r["-d"]) if "-d" in r else None, port=int(r["--dport"]),
+                endpoints=[DataplaneEndpoint(address=pod, port=int(port), share=1.0, chain=chain)],
+                source=f"{source} nat {chain}"))
     return out
 
 

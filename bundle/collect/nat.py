@@ -230,6 +230,8 @@ def proxy_dataplane(budget_s: float, active: bool) -> tuple[ProxyMode, list[Serv
                 programmed.add(datapath)
             if found or any(e.reject for e in entries):
                 services += entries
+            else:  # kube-proxy elsewhere (nftables, IPVS) or absent: the CNI's hostPorts are still iptables'
+                services += [e for e in entries if e.kind == "hostport"]
 
     for nft_family, suffix in (("ip", ""), ("ip6", "-v6")):
         command = f"nft -j list table {nft_family} kube-proxy"

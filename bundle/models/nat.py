@@ -94,10 +94,11 @@ class DataplaneEndpoint(Model):
 
 
 class ServiceEntry(Model):
-    """One frontend the dataplane translates: ClusterIP, external or load-balancer IP, or node port."""
+    """One frontend the dataplane translates: ClusterIP, external or load-balancer IP, node port, hostPort."""
 
     service: str = Field(description="namespace/name:port-name, from kube-proxy's rule comment")
-    kind: str = Field(description="cluster IP, external IP, loadbalancer IP, nodeport")
+    kind: str = Field(description="cluster IP, external IP, loadbalancer IP, nodeport; hostport (the CNI portmap "
+                                  "plugin's DNAT to a pod, not kube-proxy's); virtual server (IPVS)")
     protocol: str
     address: str | None = Field(description="None for a node port on any local address")
     port: int

@@ -516,3 +516,57 @@ def test_a_dual_stack_nftables_node(tmp_path):
 
     [v] = b.manifest.vantages
     assert [f.id for f in nat_findings(v, doc)] == []
+
+
+# The CNI portmap plugin's rules for one hostPort (containernetworking/plugins, plugins/meta/portmap): node port
+# 8080 on every local address to the pod's 10.244.0.2:80
+_PORTMAP = """*nat
+:PREROUTING ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+:POSTROUTING ACCEPT [0:0]
+:CNI-HOSTPORT-DNAT - [0:0]
+:CNI-HOSTPORT-SETMARK - [0:0]
+:CNI-HOSTPORT-MASQ - [0:0]
+:CNI-DN-8a2b9c1d4e5f60718293a - [0:0]
+-A PREROUTING -m addrtype --dst-type LOCAL -j CNI-HOSTPORT-DNAT
+-A OUTPUT -m addrtype --dst-type LOCAL -j CNI-HOSTPORT-DNAT
+-A POSTROUTING -m comment --comment "CNI portfwd requiring masquerade" -j CNI-HOSTPORT-MASQ
+-A CNI-HOSTPORT-DNAT -p tcp -m comment --comment "dnat name: \\"cbr0\\" id: \\"4f1c2a\\"" -m multiport --dports 8080 -j CNI-DN-8a2b9c1d4e5f60718293a
+-A CNI-DN-8a2b9c1d4e5f60718293a -s 10.244.0.0/24 -p tcp -m tcp --dport 8080 -j CNI-HOSTPORT-SETMARK
+-A CNI-DN-8a2b9c1d4e5f60718293a -s 127.0.0.1/32 -p tcp -m tcp --dport 8080 -j CNI-HOSTPORT-SETMARK
+-A CNI-DN-8a2b9c1d4e5f60718293a -p tcp -m tcp --dport 8080 -j DNAT --to-destination 10.244.0.2:80
+-A CNI-HOSTPORT-SETMARK -m comment --comment "CNI portfwd masquerade mark" -j MARK --set-xmark 0x2000/0x2000
+-A CNI-HOSTPORT-MASQ -m mark --mark 0x2000/0x2000 -j MASQUERADE
+COMMIT
+"""
+
+
+@pytest.mark.privileged
+def test_a_cni_hostport_is_a_frontend_that_needs_no_listener(tmp_path):
+    """A pod's hostPort: the node holds the address, nothing listens on the port, the CNI's DNAT takes the SYN to
+    the pod. Loaded into a lab node with iptables-restore and read back by the NAT slice (from `iptables-save`,
+    as the kernel prints it), it is a frontend of that node — and the node's connect to its own
+    address:hostPort (through the DNAT) is no 'no listener' fault, which it was."""
+    with Topology(f"nbt-hp-{os.getpid() % 100000}") as t:
+        node, pod = t.add_netns("node"), t.add_netns("pod")
+        t.veth("node", "veth-pod", "pod", "eth0")
+        t.address("node", "veth-pod", "10.244.0.1/24")
+        t.address("pod", "eth0", "10.244.0.2/24")
+        t.python("pod", "bundle.lab.listener", "--port", "80")
+        t.wait_listening("pod", 80)
+        t.iptables_restore("node", _PORTMAP)
+        dnat = [line for line in _in_netns(node, "iptables-save", "-t", "nat").splitlines() if "-j DNAT" in line]
+        out = fresh(tmp_path)
+        proc = netbundle("collect", "--netns", node, "--target", "10.244.0.1:8080", "--slice", "route",
+                         "--slice", "sockets", "--slice", "nat", "-o", str(out))
+        assert proc.returncode == 0, proc.stderr
+    b = read_bundle(out)
+    doc = b.nat(f"netns-{node}")
+    [hp] = [s for s in doc.services if s.kind == "hostport"]
+    assert [f"--dport {hp.port} -j DNAT --to-destination {e.address}:{e.port}" for e in hp.endpoints] == \
+        [line.split("-m tcp ")[1] for line in dnat]
+    assert hp.address is None and doc.proxy.mode == "none"  # no kube-proxy here: the CNI's rule all the same
+    [probe] = [p for p in b.sockets(f"netns-{node}").probes if not p.target.startswith("loopback ")]
+    assert probe.outcome.value == "connected"
+    found = {f.id for f in build_view(b).findings}
+    assert "transport.no_listener" not in found, found
