@@ -208,8 +208,14 @@ def rp_filter(case: Case) -> list[Explanation]:
     out: list[Explanation] = []
     for c in case.causes("counters.rp_filter_drops", case.flow.upstream()):
         doc = case.docs.get(case.findings[c].vantage)
-        strict = [s.name for s in doc.route.sysctls.interfaces if s.rp_filter_effective == 1] \
-            if doc is not None and doc.route is not None else []
+        if doc is None or doc.route is None:
+            continue
+        # the replies are dropped where they arrive on a strict interface that is not the route back to their
+        # source: strict rp_filter on the flow's own egress alone drops none of them
+        flow_to = set(case.flow.addresses) | set(case.flow.endpoints)
+        egress = {lk.dev for lk in doc.route.lookups if lk.ok and lk.dev and lk.target in flow_to}
+        strict = [s.name for s in doc.route.sysctls.interfaces
+                  if s.rp_filter_effective == 1 and s.name != "lo" and s.name not in egress]
         if not strict:
             continue
         effects = case.at(NEW_FLOW_LOST, case.client())

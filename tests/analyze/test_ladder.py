@@ -298,3 +298,26 @@ def test_a_lost_insert_race_does_not_explain_dead_connects(scored):
 
     assert owner("insert_failed") is Layer.TRANSPORT
     assert owner("drop") is Layer.SERVICE
+
+
+def test_rp_filter_explains_only_where_replies_can_be_dropped(scored):
+    """Strict rp_filter drops a reply that arrives on an interface other than the route back to its source. On
+    the rp-filter scenario (replies return over eth1, strict everywhere) the counter owns the timeouts; with only
+    the flow's own egress (eth0) strict, no reply of this flow can be dropped by it: the rule must not claim
+    them, whatever else raised the netns-wide counter."""
+    from bundle.analyze.report import build_report
+    from bundle.render.view import inputs
+
+    def owner(strict_only_egress: bool):
+        inp = inputs(read_bundle(scored[1] / "rp-filter.tar.zst"))
+        node = next(d for d in inp.docs if d.vantage.endswith("-node"))
+        if strict_only_egress:
+            ifs = [s.model_copy(update={"rp_filter_effective": 0}) if s.name != "eth0" else s
+                   for s in node.route.sysctls.interfaces]
+            node.route = node.route.model_copy(update={"sysctls": node.route.sysctls.model_copy(
+                update={"interfaces": ifs})})
+        report = build_report(inp)
+        return _row(report, "10.244.0.2:8080").owner, {x.rule for x in report.explanations}
+
+    assert owner(False) == (Layer.ROUTE, {"rp_filter_asymmetric"})
+    assert owner(True) == (Layer.TRANSPORT, set())
