@@ -35,6 +35,11 @@ class NodeEvidence:
         """Whether the address is this node's own (an IPVS node's ClusterIPs are everyone's frontends, not its)."""
         return any(d.holds(address) and not d.translates(address) for d in self.docs)
 
+    def dummies(self, vantage: str) -> frozenset[str]:
+        """The vantage's dummy interfaces (by its route slice): they hold addresses, no packet arrives on them."""
+        d = next((d for d in self.docs if d.vantage == vantage), None)
+        return frozenset(lk.name for lk in d.route.links if lk.kind == "dummy") if d and d.route else frozenset()
+
     def captures(self) -> list[tuple[str, CaptureRun]]:
         """The vantages' captures, the node's own (host) first: what left the node is seen there."""
         runs = [(d.vantage, d.capture) for d in self.docs if d.capture is not None and d.capture.analysis is not None]
@@ -66,12 +71,13 @@ def _covers(run: CaptureRun, first_ns: int, last_ns: int, offset_s: float = 0.0)
     return run.started + START_SLACK <= first and last <= run.finished - END_SLACK
 
 
-def _sees_arrivals(run: CaptureRun) -> bool:
+def _sees_arrivals(run: CaptureRun, deaf: frozenset[str] = frozenset()) -> bool:
     """Whether packets from another machine could be in this capture: it ran on some interface besides the
-    loopback ("any" included). The capture slice captures where the targets' routes leave; on the node that holds
-    the target itself that is lo, which no packet from the network crosses — absence there proves nothing."""
+    loopback and `deaf` ones (dummies: kube-ipvs0 holds addresses no packet arrives on); "any" included. A node's
+    own address routes to lo, which no packet from the network crosses (a collect now also captures the interface
+    holding the address; older bundles have lo alone) — absence there proves nothing."""
     names = run.interfaces or ([run.interface] if run.interface else [])
-    return any(name != "lo" for name in names)
+    return any(name != "lo" and name not in deaf for name in names)
 
 
 def _where(node: NodeEvidence, vantage: str, i: int) -> Evidence:
@@ -160,7 +166,7 @@ def _verdict(a: NodeEvidence, va: str, i: int, f: TcpFlow, b: NodeEvidence,
             evidence=[_where(a, va, i), _where(b, vb, j)],
             next_command=f"nft list ruleset; ss -tlnp sport = :{port}  # on {b.node}")
     running = [(vb, run) for vb, run in b.captures() if _covers(run, f.first_ns, f.last_ns, offset_s)]
-    covering = [(vb, run) for vb, run in running if _sees_arrivals(run)]
+    covering = [(vb, run) for vb, run in running if _sees_arrivals(run, b.dummies(vb))]
     if running and not covering:  # a node collected about its own address captures on lo: deaf to the network
         vb, run = running[0]
         return Finding(

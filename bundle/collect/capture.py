@@ -41,6 +41,7 @@ DEFAULT_SNAPLEN = 128
 PACKET_OUTGOING = 4  # sockaddr_ll.sll_pkttype of a frame this host sent
 ARPHRD_LOOPBACK = 772
 DISK_FLOOR = 64 << 20
+RTN_LOCAL = 2  # rtm_type of a route to an address of this netns
 MAX_INTERFACES = 4  # one capture socket per egress interface of the targets and nameservers, at most this many
 MAX_HOSTS = 256  # addresses counted in hosts_seen
 _ARPHRD_LINKTYPE = {1: 1, 772: 1, 65534: 101, 776: 101}  # ethernet, loopback (ethernet framing), none/tun, sit
@@ -78,7 +79,9 @@ def _ssh_session(value: str | None) -> str | None:
 
 
 def _egress(addresses: list[str]) -> list[tuple[str, int]]:
-    """The interfaces `route get` picks for the addresses (each once, in order), with their link types."""
+    """The interfaces `route get` picks for the addresses (each once, in order), with their link types. An address
+    of this netns routes to lo, where only its own connects pass: the interface holding it is taken too, where
+    the other machines' packets to it arrive."""
     out: dict[str, int] = {}
     with IPRoute() as ipr:
         names = {m["index"]: (m.get_attr("IFLA_IFNAME"), m["ifi_type"]) for m in ipr.get_links()}
@@ -90,6 +93,11 @@ def _egress(addresses: list[str]) -> list[tuple[str, int]]:
             oif = msg.get_attr("RTA_OIF")
             if oif in names:
                 out.setdefault(names[oif][0], _ARPHRD_LINKTYPE.get(names[oif][1], 1))
+            if msg["type"] == RTN_LOCAL:
+                for held in ipr.get_addr(address=address):
+                    index = held["index"]
+                    if index in names and names[index][0] != "lo":
+                        out.setdefault(names[index][0], _ARPHRD_LINKTYPE.get(names[index][1], 1))
     return list(out.items())[:MAX_INTERFACES]
 
 

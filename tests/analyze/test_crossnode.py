@@ -40,6 +40,9 @@ def test_a_loopback_capture_cannot_say_never_reached():
     assert not _sees_arrivals(run.model_copy(update={"interface": "lo", "interfaces": ["lo"]}))
     assert _sees_arrivals(run.model_copy(update={"interface": "lo", "interfaces": ["lo", "eth0"]}))
     assert _sees_arrivals(run.model_copy(update={"interface": "any", "interfaces": ["any"]}))
+    # the holder of an IPVS ClusterIP: a dummy no packet arrives on
+    ipvs = run.model_copy(update={"interface": "lo", "interfaces": ["lo", "kube-ipvs0"]})
+    assert _sees_arrivals(ipvs) and not _sees_arrivals(ipvs, frozenset({"kube-ipvs0"}))
 
 
 def test_one_symptom_seen_by_two_captures_of_one_vantage_is_one_finding():

@@ -100,3 +100,28 @@ def test_a_target_the_capture_never_saw_is_said(two_links):
     # the failing target's row is the one owned; its capture never saw it, so no capture is offered as proof
     assert any(lad.owner is not None for lad in report.ladders if lad.target == "10.244.20.77:80")
     assert report.capture is None
+
+
+def test_a_vantage_collected_about_its_own_address_captures_where_clients_arrive(tmp_path):
+    """The server collected about itself: `route get` to its own address is lo, where only its own connects pass.
+    The interface holding the address is captured too: a client's connections arriving there are in the pcapng
+    (as tcpdump reads it), beside the vantage's own probe on lo."""
+    with Topology(f"nbt-capself-{os.getpid() % 100000}") as t:
+        t.add_netns("server")
+        t.add_netns("client")
+        t.veth("client", "eth0", "server", "eth0")
+        t.address("client", "eth0", "10.244.22.1/24")
+        t.address("server", "eth0", "10.244.22.2/24")
+        t.python("server", "bundle.lab.listener", "--port", "8080", "--send", "16")
+        t.wait_listening("server", 8080)
+        t.python("client", "bundle.lab.client", "--target", "10.244.22.2:8080", "--interval", "0.2")
+        out = tmp_path / "self.tar.zst"
+        proc = netbundle("collect", "--netns", t.namespaces["server"], "--target", "10.244.22.2:8080",
+                         "--slice", "capture", "--slice", "sockets", "--capture-seconds", "3", "-o", str(out))
+        assert proc.returncode in (0, 5), proc.stderr
+        vid = f"netns-{t.namespaces['server']}"
+    b = read_bundle(out, extract_to=tmp_path / "x")
+    run = b.capture(vid)
+    assert run.interfaces == ["lo", "eth0"]
+    arrived = _tcpdump(tmp_path, vid, "tcp[tcpflags] & tcp-syn != 0 and src host 10.244.22.1")
+    assert "10.244.22.1." in arrived and "> 10.244.22.2.8080" in arrived
