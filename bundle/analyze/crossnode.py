@@ -144,75 +144,73 @@ def cross_node(nodes: list[NodeEvidence]) -> tuple[list[Finding], list[ClockOffs
 def _verdict(a: NodeEvidence, va: str, i: int, f: TcpFlow, b: NodeEvidence,
              at_b: list[tuple[str, int, TcpFlow]], server: str | None, port: int | None,
              offset_s: float = 0.0) -> Finding | None:
-    here = f"{a.node}/{va}"
     sent = f"{f.syn_sent} SYN(s) from {f.client}"
+
+    def add(fid: str, severity: Severity, layer: Layer, summary: str, evidence: list[Evidence],
+             command: str) -> Finding:
+        return Finding(id=fid, severity=severity, layer=layer, vantage=f"{a.node}/{va}", target=about(server, port),
+                       summary=summary, evidence=evidence, next_command=command)
+
     if at_b:
         vb, j, g = at_b[0]
         if g.handshake is Handshake.SYN_ACK_ONLY:
-            return Finding(
-                id="fleet.reply_lost", severity=Severity.CRITICAL, layer=Layer.ROUTE, vantage=here,
-                target=about(server, port),
-                summary=f"{sent} to {f.server} left {a.node} and reached {b.node}, which answered (SYN-ACK in its "
-                        f"capture); {a.node}'s capture never saw the answer: it is lost on the way back "
-                        f"(the return path, asymmetric routing, a stateful firewall that missed the SYN).",
-                evidence=[_where(a, va, i), _where(b, vb, j)],
-                next_command=f"ip route get {split_endpoint(f.client)[0]}  # on {b.node}: the way back")
-        return Finding(
-            id="fleet.dropped_at_server", severity=Severity.CRITICAL, layer=Layer.TRANSPORT, vantage=here,
-            target=about(server, port),
-            summary=f"{sent} to {f.server} left {a.node} and reached {b.node}'s interface (its capture holds "
-                    f"them), and {b.node} sent nothing back: they are dropped in {b.node}'s own stack — its "
-                    f"firewall, or a listener that cannot take them.",
-            evidence=[_where(a, va, i), _where(b, vb, j)],
-            next_command=f"nft list ruleset; ss -tlnp sport = :{port}  # on {b.node}")
+            return add(
+                "fleet.reply_lost", Severity.CRITICAL, Layer.ROUTE,
+                f"{sent} to {f.server} left {a.node} and reached {b.node}, which answered (SYN-ACK in its "
+                f"capture); {a.node}'s capture never saw the answer: it is lost on the way back "
+                f"(the return path, asymmetric routing, a stateful firewall that missed the SYN).",
+                [_where(a, va, i), _where(b, vb, j)],
+                f"ip route get {split_endpoint(f.client)[0]}  # on {b.node}: the way back")
+        return add(
+            "fleet.dropped_at_server", Severity.CRITICAL, Layer.TRANSPORT,
+            f"{sent} to {f.server} left {a.node} and reached {b.node}'s interface (its capture holds "
+            f"them), and {b.node} sent nothing back: they are dropped in {b.node}'s own stack — its "
+            f"firewall, or a listener that cannot take them.",
+            [_where(a, va, i), _where(b, vb, j)],
+            f"nft list ruleset; ss -tlnp sport = :{port}  # on {b.node}")
     running = [(vb, run) for vb, run in b.captures() if _covers(run, f.first_ns, f.last_ns, offset_s)]
     covering = [(vb, run) for vb, run in running if _sees_arrivals(run, b.dummies(vb))]
     if running and not covering:  # a node collected about its own address captures on lo: deaf to the network
         vb, run = running[0]
-        return Finding(
-            id="fleet.not_covered", severity=Severity.INFO, layer=Layer.ROUTE, vantage=here,
-            target=about(server, port),
-            summary=f"{sent} to {f.server} went unanswered; {b.node}'s capture ran then but only on "
-                    f"{', '.join(run.interfaces) or 'loopback'}, where packets from another node never pass: "
-                    f"whether they arrived is not known (give {b.node} a target it reaches over the network, or "
-                    f"--capture-iface).",
-            evidence=[_where(a, va, i), Evidence(member=b.member, pointer=f"vantages/{vb}/capture.json#interfaces")],
-            next_command=f"netbundle show {a.member}")
+        return add(
+            "fleet.not_covered", Severity.INFO, Layer.ROUTE,
+            f"{sent} to {f.server} went unanswered; {b.node}'s capture ran then but only on "
+            f"{', '.join(run.interfaces) or 'loopback'}, where packets from another node never pass: "
+            f"whether they arrived is not known (give {b.node} a target it reaches over the network, or "
+            f"--capture-iface).",
+            [_where(a, va, i), Evidence(member=b.member, pointer=f"vantages/{vb}/capture.json#interfaces")],
+            f"netbundle show {a.member}")
     if not covering:
-        return Finding(
-            id="fleet.not_covered", severity=Severity.INFO, layer=Layer.ROUTE, vantage=here,
-            target=about(server, port),
-            summary=f"{sent} to {f.server} went unanswered; {b.node} holds {server} but its capture did not run "
-                    f"at that moment: whether they arrived is not known.",
-            evidence=[_where(a, va, i)], next_command=f"netbundle show {a.member}")
+        return add(
+            "fleet.not_covered", Severity.INFO, Layer.ROUTE,
+            f"{sent} to {f.server} went unanswered; {b.node} holds {server} but its capture did not run "
+            f"at that moment: whether they arrived is not known.",
+            [_where(a, va, i)], f"netbundle show {a.member}")
     if not a.is_host(va):  # seen in a pod's netns: whether it left the node is a's own host capture's to say
         own = [(vh, run) for vh, run in a.captures() if a.is_host(vh) and _covers(run, f.first_ns, f.last_ns)]
         if not own:
-            return Finding(
-                id="fleet.not_covered", severity=Severity.INFO, layer=Layer.ROUTE, vantage=here,
-                target=about(server, port),
-                summary=f"{sent} to {f.server} left {va} on {a.node} and never reached {b.node}; {a.node}'s own "
-                        f"interfaces were not captured, so whether they left {a.node} is not known (collect the "
-                        f"nodes with --host).", evidence=[_where(a, va, i)], next_command=f"netbundle show {a.member}")
-        return Finding(
-            id="fleet.stayed_on_client_node", severity=Severity.WARNING, layer=Layer.ROUTE, vantage=here,
-            target=about(server, port),
-            summary=f"{sent} to {f.server} left {va} on {a.node} but {a.node}'s own capture, running then, holds "
-                    f"none of them: they were dropped on {a.node} itself (its firewall, policy or routing), not "
-                    f"between the nodes; {a.node}'s own ladder names the layer.",
-            evidence=[_where(a, va, i), Evidence(member=a.member, pointer=f"vantages/{own[0][0]}/capture.json")],
-            next_command=f"netbundle show {a.member}")
+            return add(
+                "fleet.not_covered", Severity.INFO, Layer.ROUTE,
+                f"{sent} to {f.server} left {va} on {a.node} and never reached {b.node}; {a.node}'s own "
+                f"interfaces were not captured, so whether they left {a.node} is not known (collect the "
+                f"nodes with --host).", [_where(a, va, i)], f"netbundle show {a.member}")
+        return add(
+            "fleet.stayed_on_client_node", Severity.WARNING, Layer.ROUTE,
+            f"{sent} to {f.server} left {va} on {a.node} but {a.node}'s own capture, running then, holds "
+            f"none of them: they were dropped on {a.node} itself (its firewall, policy or routing), not "
+            f"between the nodes; {a.node}'s own ladder names the layer.",
+            [_where(a, va, i), Evidence(member=a.member, pointer=f"vantages/{own[0][0]}/capture.json")],
+            f"netbundle show {a.member}")
     vb, run = covering[0]
     heard = run.hosts_seen.get(split_endpoint(f.client)[0] or "", 0)
-    return Finding(
-        id="fleet.lost_between", severity=Severity.CRITICAL, layer=Layer.ROUTE, vantage=here,
-        target=about(server, port),
-        summary=f"{sent} to {f.server} left {a.node} (its capture holds them) and never reached {b.node}: "
-                f"{b.node}'s capture on {', '.join(run.interfaces) or 'its interfaces'}, running at that moment, "
-                f"holds none of them ({heard} other packet(s) from that address). They are lost between the two "
-                f"nodes: the network in between (underlay, overlay, a firewall or security group).",
-        evidence=[_where(a, va, i), Evidence(member=b.member, pointer=f"vantages/{vb}/capture.json#hosts_seen")],
-        next_command=f"traceroute -T -p {port} {server}  # from {a.node}")
+    return add(
+        "fleet.lost_between", Severity.CRITICAL, Layer.ROUTE,
+        f"{sent} to {f.server} left {a.node} (its capture holds them) and never reached {b.node}: "
+        f"{b.node}'s capture on {', '.join(run.interfaces) or 'its interfaces'}, running at that moment, "
+        f"holds none of them ({heard} other packet(s) from that address). They are lost between the two "
+        f"nodes: the network in between (underlay, overlay, a firewall or security group).",
+        [_where(a, va, i), Evidence(member=b.member, pointer=f"vantages/{vb}/capture.json#hosts_seen")],
+        f"traceroute -T -p {port} {server}  # from {a.node}")
 
 
 # --- the set's own verdicts: one ladder per target across the nodes, and working vs failing endpoint nodes ------

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from bundle.analyze._common import VantageDocs
+from bundle.analyze.nat import DROP_COUNTERS, conntrack_rises
 from bundle.models import (
     STATIC_NEIGHBOR_STATES,
     UNRESOLVED_NEIGHBOR_STATES,
@@ -249,15 +250,12 @@ def _nat(f: NatSlice, h: NatSlice, pair: str) -> list[Difference]:
                               pair=pair))
 
     def rising(doc: NatSlice) -> int:
-        if len(doc.samples) < 2:
-            return 0
-        return sum(doc.samples[-1].totals.get(k, 0) - doc.samples[0].totals.get(k, 0)
-                   for k in ("insert_failed", "drop", "early_drop"))
+        return sum(conntrack_rises(doc).values())
 
     if rising(f) != rising(h):
         out.append(Difference("conntrack", "drops during the window", f"+{rising(f)}", f"+{rising(h)}",
                               8 if rising(f) > rising(h) else 1, pair=pair))
-    for k in ("insert_failed", "drop", "early_drop"):
+    for k in DROP_COUNTERS:
         a = f.samples[-1].totals.get(k) if f.samples else None
         b = h.samples[-1].totals.get(k) if h.samples else None
         if a != b:

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from bundle.analyze._common import VantageDocs
+from bundle.analyze.nat import conntrack_rises
 from bundle.analyze.roles import Flow
 from bundle.models import Explanation, Finding, Layer, Severity
 from bundle.models.counters import PolicyChain
@@ -198,8 +199,7 @@ def _table_refused(doc: VantageDocs | None) -> bool:
     """Whether the vantage's conntrack refused new entries for want of room (drop, early_drop rose)."""
     if doc is None or doc.nat is None or len(doc.nat.samples) < 2:
         return True  # nothing to tell the race from a full table: as before
-    first, last = doc.nat.samples[0].totals, doc.nat.samples[-1].totals
-    return any(last.get(k, 0) > first.get(k, 0) for k in ("drop", "early_drop"))
+    return bool({"drop", "early_drop"} & set(conntrack_rises(doc.nat)))
 
 
 def rp_filter(case: Case) -> list[Explanation]:

@@ -44,11 +44,18 @@ def _endpoints(slices: list[EndpointSliceView], service: str, port_name: str | N
     return out, found
 
 
-def _ready(slices: list[EndpointSliceView], service: str, port_name: str | None,
-           family: str | None = None) -> tuple[set[str], bool]:
-    """(ready addresses, found): absent `ready` means ready (the API's rule for v1 slices)."""
-    eps, found = _endpoints(slices, service, port_name, family)
-    return {a for ep in eps if ep.ready is not False for a in ep.addresses}, found
+def _ready(eps: list[SliceEndpoint]) -> list[SliceEndpoint]:
+    """The ready ones: absent `ready` means ready (the API's rule for v1 slices)."""
+    return [ep for ep in eps if ep.ready is not False]
+
+
+def conntrack_rises(doc: NatSlice) -> dict[str, int]:
+    """The conntrack drop counters (insert_failed, drop, early_drop) that rose over the window, by how much."""
+    if len(doc.samples) < 2:
+        return {}
+    first, last = doc.samples[0].totals, doc.samples[-1].totals
+    rises = {k: last.get(k, 0) - first.get(k, 0) for k in DROP_COUNTERS}
+    return {k: v for k, v in rises.items() if v > 0}
 
 
 def _serving(eps: list[SliceEndpoint]) -> set[str]:
@@ -64,7 +71,7 @@ def _left_out_by_design(entry: ServiceEntry, programmed: set[str], missing: set[
     externalTrafficPolicy for node ports and external/load-balancer IPs), and topology-aware routing only those
     hinted for this node's zone (or node) when every endpoint carries a hint. The node is not named in the
     evidence: the programmed set must be exactly one node's (or zone's) share."""
-    ready = [ep for ep in eps if ep.ready is not False]
+    ready = _ready(eps)
     if service is not None:
         policy = service.internal_traffic_policy if entry.kind == "cluster IP" else service.external_traffic_policy
         if policy == "Local":
@@ -105,17 +112,14 @@ def nat_findings(vantage: Vantage, doc: NatSlice, configured_mode: str | None = 
                 f"In {vantage.id} the conntrack table holds {last.count} of {cmax} entries ({ratio:.0%}): new flows "
                 f"are refused or evict others once it is full, while established ones carry on.",
                 f"samples[{len(doc.samples) - 1}].count", "conntrack -C; conntrack -S")
-    if len(doc.samples) >= 2:
-        first = doc.samples[0]
-        rising = {k: last.totals.get(k, 0) - first.totals.get(k, 0) for k in DROP_COUNTERS} if last else {}
-        rising = {k: v for k, v in rising.items() if v > 0}
-        if rising:
-            secs = (doc.samples[-1].monotonic_ns - first.monotonic_ns) / 1e9
-            what = ", ".join(f"{k} +{v}" for k, v in rising.items())
-            add("service.conntrack_dropping", Severity.CRITICAL, None,
-                f"In {vantage.id} conntrack refused new flows during the {secs:.1f} s window ({what}): connections "
-                f"that need a new entry fail or stall while established ones survive.",
-                f"samples[{len(doc.samples) - 1}].totals", "conntrack -S; cat /proc/net/stat/nf_conntrack")
+    rising = conntrack_rises(doc)
+    if rising:
+        secs = (doc.samples[-1].monotonic_ns - doc.samples[0].monotonic_ns) / 1e9
+        what = ", ".join(f"{k} +{v}" for k, v in rising.items())
+        add("service.conntrack_dropping", Severity.CRITICAL, None,
+            f"In {vantage.id} conntrack refused new flows during the {secs:.1f} s window ({what}): connections "
+            f"that need a new entry fail or stall while established ones survive.",
+            f"samples[{len(doc.samples) - 1}].totals", "conntrack -S; cat /proc/net/stat/nf_conntrack")
 
     checks = [c for c in doc.proxy.checks if c.programmed]
     if doc.proxy.mode == "ambiguous":
@@ -190,7 +194,7 @@ def _service_vs_slices(found: FindingList, vantage: Vantage, i: int, entry: Serv
     eps, known = _endpoints(slices, name, port_name, _family(entry.address))
     if not known:
         return
-    ready = {a for ep in eps if ep.ready is not False for a in ep.addresses}
+    ready = {a for ep in _ready(eps) for a in ep.addresses}
     front = f"{entry.address or '*'}:{entry.port}/{entry.protocol}"
     programmed = {e.address for e in entry.endpoints}
     if entry.reject and ready:

@@ -63,7 +63,7 @@ def place(spec: str, client: str | None, addresses: set[str], names: set[str], p
     by_id = {d.vantage: d for d in docs}
     endpoints = {e for a in addresses for e in translated.get(a, set())}
     # IPVS puts every ClusterIP on the node's kube-ipvs0: a vantage that translates the address is on the path
-    translators = {d.vantage for d in docs if d.nat is not None and any(s.address in addresses for s in d.nat.services)}
+    translators = {d.vantage for d in docs if any(d.translates(a) for a in addresses)}
     servers = {d.vantage for d in docs if any(d.holds(a) for a in addresses | endpoints)} - translators
     path: list[str] = []
     here = by_id.get(client) if client else None

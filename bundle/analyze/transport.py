@@ -109,12 +109,12 @@ def transport_findings(evidence: list[VantageEvidence], targets: list[Target]) -
             # a name target: the address the clients dial, as any vantage's resolver answered it
             answers = [a for e in evidence for a in e.vantage.resolved.get(t.name or "", [])]
             address = next((a for a in answers if ev.owns(a)), ev.address_of(t))
+            if ev.translates(address, t.port):
+                continue
             # a target that is itself the loopback address (a sidecar, a local proxy) is served by its listener
             reachable = [l for _, l in on_port if l.scope is not BindScope.LOOPBACK or _same_ip(l.local, address)]
             loopback = [(i, l) for i, l in on_port if l.scope is BindScope.LOOPBACK and not _same_ip(l.local, address)]
             owner = ev.owns(address)
-            if ev.translates(address, t.port):
-                continue
             if loopback and not reachable and (owner or not any(e.owns(e.address_of(t)) for e in evidence)):
                 i, lst = loopback[0]
                 check = next((p for p in ev.sockets.probes if p.target.startswith("loopback ")

@@ -17,6 +17,16 @@ _TELLING = ("conntrack_drop", "conntrack_insert_failed", "conntrack_early_drop",
             "TcpExtListenDrops", "TcpExtListenOverflows", "IpInNoRoutes", "IpOutNoRoutes", "IpInDiscards")
 
 
+def socket_peaks(rec: WatchRecord) -> dict[str, int]:
+    """The most sockets to the targets seen at once in each TCP state over the watch's samples."""
+    peaks: dict[str, int] = {}
+    for sample in rec.sockets:
+        for states in sample.to_targets.values():
+            for state, n in states.items():
+                peaks[state] = max(peaks.get(state, 0), n)
+    return peaks
+
+
 def _together(rec: WatchRecord, t: ProbeTotals) -> list[str]:
     """Counters that rose within a second of one of this target's failed probes."""
     failed = [p.at for p in rec.probes if p.kind == t.kind and p.target == t.target and not p.ok]

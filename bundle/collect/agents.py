@@ -76,7 +76,6 @@ def _child(stdin: int, stdout: int, stderr: int) -> None:
     """The forked agent: only its three pipes open (an inherited copy of another agent's pipe would hold back
     that agent's end of file), none of the parent's objects ever collected (their descriptors are closed here), and
     never back into the parent's code."""
-    code = 70
     try:
         gc.freeze()
         signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -92,7 +91,7 @@ def _child(stdin: int, stdout: int, stderr: int) -> None:
         traceback.print_exc()
         sys.stderr.flush()
     finally:
-        os._exit(code)
+        os._exit(70)  # agent.main() ends with its own exit: reached only when it could not run
 
 
 class Agent(threading.Thread):
@@ -105,7 +104,6 @@ class Agent(threading.Thread):
         self.events = events
         self.proc: subprocess.Popen[bytes] | _Forked | None = None
         self.stderr = tempfile.TemporaryFile()
-        self.forked = False
         self._spawn_error: OSError | None = None
 
     def spawn(self) -> None:
@@ -113,7 +111,7 @@ class Agent(threading.Thread):
         copies one thread only)."""
         try:
             if threading.active_count() == 1:
-                self.proc, self.forked = _Forked(self.stderr), True
+                self.proc = _Forked(self.stderr)
             else:
                 self.proc = subprocess.Popen([sys.executable, "-m", "bundle.collect.agent"],
                                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr)

@@ -25,6 +25,7 @@ from bundle.collect.counters import read_all
 from bundle.collect.ring import Ring
 from bundle.models import ConnectOutcome
 from bundle.models.watch import CounterReading, ProbeResult, ProbeTotals, RingStats, SocketCounts, Trigger
+from bundle.netlink.sockdiag import dump_all
 
 MAX_PROBES_KEPT = 3600  # probe results kept in the record (the totals count them all)
 MAX_READINGS_KEPT = 600  # counter readings (only those where something rose)
@@ -145,16 +146,12 @@ class Prober:
 
     def _socket_counts(self) -> SocketCounts | None:
         """TCP states in the netns (sock_diag, no TCP_INFO), every SOCKET_EVERY_S at most."""
-        from collections import Counter
-
-        from bundle.netlink.sockdiag import dump_all
-
         now = time.monotonic()
         if now - self._last_sockets < SOCKET_EVERY_S:
             return None
         self._last_sockets = now
-        tcp: Counter[str] = Counter()
-        per: dict[str, Counter[str]] = {spec: Counter() for spec, _, _ in self.plan.connects}
+        tcp: collections.Counter[str] = collections.Counter()
+        per = {spec: collections.Counter[str]() for spec, _, _ in self.plan.connects}
         try:
             for s in dump_all(with_tcp_info=False):
                 if s.protocol == 6:

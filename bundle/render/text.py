@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from bundle.analyze.crossnode import ClockOffset
+from bundle.analyze.watch import socket_peaks
 from bundle.archive import Bundle
 from bundle.archive.incidentset import IncidentSet
 from bundle.models import Finding
@@ -141,12 +142,7 @@ def _watch_lines(bundle: Bundle) -> list[str]:
         out.append(f"         {tot.kind} {printable(tot.target)}: {tot.failed} of {tot.sent} failed"
                    + (f", {tot.slow} slow" if tot.slow else ""))
     if rec.sockets:
-        peaks: dict[str, int] = {}
-        for sample in rec.sockets:
-            for states in sample.to_targets.values():
-                for state, n in states.items():
-                    peaks[state] = max(peaks.get(state, 0), n)
-        shown = ", ".join(f"{printable(k)} {v}" for k, v in sorted(peaks.items())) or "none"
+        shown = ", ".join(f"{printable(k)} {v}" for k, v in sorted(socket_peaks(rec).items())) or "none"
         out.append(f"         sockets to the targets ({len(rec.sockets)} samples), most at once: {shown}")
     r = rec.ring
     if r.unavailable:

@@ -80,7 +80,7 @@ def test_agent_execs_when_other_threads_run(tmp_path):
     agent = Agent(spec, json.loads(_request(tmp_path)), events)
     try:
         agent.spawn()
-        assert not agent.forked
+        assert not isinstance(agent.proc, _Forked)
         assert b"bundle.collect.agent" in Path(f"/proc/{agent.proc.pid}/cmdline").read_bytes()
     finally:
         hold.set()
