@@ -93,6 +93,11 @@ def _findings(inp: Inputs) -> list[Finding]:
     m = inp.manifest
     configured_mode = inp.kube.kube_proxy.mode if inp.kube is not None and inp.kube.kube_proxy else None
     by_id = {v.id: v for v in m.vantages}
+    # the endpoints the targets' frontends are translated to: their neighbors are on the targets' path too
+    fronts = frontends(inp.docs)
+    dialed = {t.address for t in m.targets if t.address} | {
+        a for v in m.vantages for t in m.targets if t.name for a in v.resolved.get(t.name, [])}
+    endpoints = frozenset(e for a in dialed for e in fronts.get(a, set()))
     out: list[Finding] = []
     for d in inp.docs:
         v = by_id[d.vantage]
@@ -101,7 +106,7 @@ def _findings(inp: Inputs) -> list[Finding]:
         if d.dns is not None:
             out += dns_findings(v, d.dns)
         if d.route is not None:
-            out += route_findings(v, d.route)
+            out += route_findings(v, d.route, endpoints)
         if d.counters is not None:
             out += counter_findings(v, d.counters)
             out += chain_findings(v, d.counters)

@@ -20,7 +20,9 @@ from bundle.models import (
 )
 
 
-def route_findings(vantage: Vantage, doc: RouteSlice) -> list[Finding]:
+def route_findings(vantage: Vantage, doc: RouteSlice, endpoints: frozenset[str] = frozenset()) -> list[Finding]:
+    """`endpoints`: the addresses the targets' Service frontends are translated to (a flow's next hop may be
+    one of them, not the frontend's gateway)."""
     found = FindingList(Layer.ROUTE, vantage, f"vantages/{vantage.id}/route.json")
     add = found.add
 
@@ -55,7 +57,7 @@ def route_findings(vantage: Vantage, doc: RouteSlice) -> list[Finding]:
     hops = {(lk.gateway or lk.target, lk.dev) for lk in doc.lookups if lk.ok and lk.dev}
     for i, n in enumerate(doc.neighbors):
         if UNRESOLVED_NEIGHBOR_STATES & set(n.states):
-            on_path = (n.dst, n.dev) in hops
+            on_path = (n.dst, n.dev) in hops or n.dst in endpoints
             # elsewhere an unresolved entry is everyday residue (a deleted pod's address, a probe to a gone host)
             add("neighbor.failed", Severity.WARNING if on_path else Severity.INFO, about(n.dst),
                 f"Neighbor {n.dst} on {n.dev} in {vantage.id} is {'/'.join(s.value for s in n.states)}: "

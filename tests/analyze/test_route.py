@@ -88,3 +88,24 @@ def test_neighbor_with_another_mac_than_its_owner(tmp_path, lab):
     assert STALE_MAC in critical.summary and "never re-resolves" in critical.summary
     assert f"netns-{remote}" in critical.summary
     assert critical.next_command == f"ip netns exec {node} ip neigh show 10.244.0.2 dev eth0"
+
+
+def test_an_unresolved_endpoint_behind_a_frontend_is_on_the_path():
+    """The target is a ClusterIP: `route get` names the frontend's gateway, yet the node's frames go to the pod the
+    frontend is translated to. That pod's FAILED neighbor entry is on the target's path (warning); the same entry
+    with no target behind it is residue (info)."""
+    from bundle.analyze.route import route_findings
+    from bundle.models import Neighbor, NeighborState, RouteLookup, RouteSlice, Sysctls, Vantage, VantageKind
+
+    doc = RouteSlice(links=[], addresses=[], rules=[], routes=[], active_probes=False,
+                     neighbors=[Neighbor(family=4, dev="cbr0", dst="10.244.1.3", states=[NeighborState.FAILED])],
+                     lookups=[RouteLookup(target="10.96.0.20", ok=True, gateway="10.244.0.1", dev="eth0")],
+                     sysctls=Sysctls(ip_forward=1, rp_filter_all=0, rp_filter_default=0, interfaces=[]))
+    v = Vantage(id="netns-node", kind=VantageKind.NETNS_NAME, ref="node", entered=True)
+
+    def severity(endpoints: frozenset[str]) -> str:
+        [f] = [f for f in route_findings(v, doc, endpoints) if f.id == "neighbor.failed"]
+        return f.severity.value
+
+    assert severity(frozenset({"10.244.1.3"})) == "warning"
+    assert severity(frozenset()) == "info"
